@@ -1,0 +1,3 @@
+from erasecli.cli import main
+
+main()

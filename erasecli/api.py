@@ -1,0 +1,154 @@
+"""The importable library layer: one function per command. The CLI parses, calls one of these, prints."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from erasecli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    prompt: str
+    seed: int
+    file: str  # relative to the output folder
+    image: object  # PIL.Image
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return s or "empty"
+
+
+def make_scheduler(pipe, name: str):
+    """A fresh scheduler of the recipe's kind, from the base's own config (so the beta schedule is the base's)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(pipe.scheduler.config)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(pipe.scheduler.config)
+    raise UsageError(f"unknown scheduler {name!r}", hint="use ddim or ddpm")
+
+
+def generate(base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float, eta: float = 0.0,
+             scheduler: str = "ddim", batch_size: int = 16, on_batch: Callable[[int], None] | None = None):
+    """Images for (prompt, seed) pairs, batched. Each image has its own CPU generator seeded with its seed,
+    so an image depends on its prompt and seed only, not on the batch it falls in or the device."""
+    import torch
+
+    if len(prompts) != len(seeds):
+        raise ValueError("prompts and seeds must have the same length")
+    pipe = base.pipe
+    pipe.scheduler = make_scheduler(pipe, scheduler)
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
+        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in s]
+        extra = {"eta": eta} if scheduler == "ddim" else {}
+        with torch.inference_mode():
+            out = pipe(prompt=p, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                       output_type="pil", **extra)
+        images.extend(out.images)
+        if on_batch:
+            on_batch(len(p))
+    return images
+
+
+def image_grid(images, cols: int, min_tile: int = 128):
+    """Images in a grid; tiles smaller than `min_tile` are enlarged with nearest-neighbour so people see them."""
+    from PIL import Image
+
+    w, h = images[0].size
+    k = max(1, -(-min_tile // max(w, h)))
+    tw, th = w * k, h * k
+    rows = -(-len(images) // cols)
+    grid = Image.new("RGB", (cols * tw, rows * th))
+    for i, im in enumerate(images):
+        grid.paste(im.resize((tw, th), Image.NEAREST), ((i % cols) * tw, (i // cols) * th))
+    return grid
+
+
+def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
+                 overwrite: bool = False) -> None:
+    """Everything about a sample request that can be wrong, checked before any model loads."""
+    from erasecli.delta import read_delta_info
+    from erasecli.errors import OutputExistsError
+    from erasecli.models.registry import resolve_base
+
+    if not prompts:
+        raise UsageError("no prompts given", hint="pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    if n < 1:
+        raise UsageError(f"-n must be >= 1, got {n}")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
+    resolve_base(recipe.base)
+    for d in deltas:
+        read_delta_info(d)
+
+
+def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
+           overwrite: bool = False, force: bool = False, device: str | None = None, dtype: str = "auto",
+           progress: Callable[[int, int], None] | None = None, base=None) -> list[SampleRecord]:
+    """`erase sample`: n images per prompt from the base (plus deltas), seeds recipe.sample.seed + i.
+
+    With `out`, writes PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl` and the resolved
+    `recipe.yaml`, all into a temp folder that replaces `out` only when complete.
+    """
+    from erasecli.delta import apply_deltas, replace_dir, staging_dir
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import recipe_to_dict, write_recipe
+
+    check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite)
+    out = Path(out) if out is not None else None
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype)
+    infos = apply_deltas(base, deltas, force=force)
+    cfg = recipe.sample
+    jobs = [(p, cfg.seed + i) for p in prompts for i in range(n)]
+    done = 0
+
+    def tick(k):
+        nonlocal done
+        done += k
+        if progress:
+            progress(done, len(jobs))
+
+    try:
+        images = generate(base, [j[0] for j in jobs], [j[1] for j in jobs], steps=cfg.steps, guidance=cfg.guidance,
+                          eta=cfg.eta, scheduler=cfg.scheduler, batch_size=cfg.batch_size, on_batch=tick)
+    finally:
+        if deltas:
+            base.pipe.unload_lora_weights()
+    records = []
+    for pi, p in enumerate(prompts):
+        folder = f"{pi:03d}-{_slug(p)}"
+        for i in range(n):
+            seed = cfg.seed + i
+            records.append(SampleRecord(p, seed, f"{folder}/{seed:06d}.png", images[pi * n + i]))
+    if out is None:
+        return records
+    tmp = staging_dir(out)
+    try:
+        delta_meta = [d.to_dict() for d in infos]
+        with open(tmp / "manifest.jsonl", "w") as f:
+            for r in records:
+                (tmp / r.file).parent.mkdir(exist_ok=True)
+                r.image.save(tmp / r.file)
+                f.write(json.dumps({"prompt": r.prompt, "seed": r.seed, "file": r.file, "base": base.name,
+                                    "deltas": [d["path"] for d in delta_meta]}) + "\n")
+        for pi, p in enumerate(prompts):
+            grid = image_grid([r.image for r in records[pi * n : (pi + 1) * n]], cols=min(n, 8))
+            grid.save(tmp / f"grid-{pi:03d}-{_slug(p)}.png")
+        write_recipe(recipe, tmp / "recipe.yaml")
+        (tmp / "run.json").write_text(json.dumps({"command": "sample", "base": base.name, "deltas": delta_meta,
+                                                  "recipe": recipe_to_dict(recipe), "n": n}, indent=2))
+        replace_dir(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return records

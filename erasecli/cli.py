@@ -1,0 +1,159 @@
+"""The `erase` command line: parse, resolve the recipe, call one api function, print.
+
+Heavy imports (torch, diffusers) happen inside the api calls, so `--help` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from erasecli import __version__
+from erasecli.errors import EraseError, UsageError
+
+app = typer.Typer(
+    name="erase",
+    help="Erase concepts (a style, an object, a digit) from text-to-image diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"erasecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Erase concepts from text-to-image diffusion models. Runs on the bundled tiny base by default."""
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _read_prompts(prompts: list[str], prompts_file: Optional[str]) -> list[str]:
+    out = list(prompts or [])
+    if prompts_file is not None:
+        if prompts_file == "-":
+            text = sys.stdin.read()
+        else:
+            p = Path(prompts_file)
+            if not p.is_file():
+                raise UsageError(f"prompts file {p} does not exist", hint="one prompt a line; use - for stdin")
+            text = p.read_text()
+        out += [line.strip() for line in text.splitlines() if line.strip()]
+    return out
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@app.command()
+def sample(
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="One prompt a line; - reads stdin."),
+    base: Optional[str] = typer.Option(None, "--base", help="tiny (default), sd-1.4, sd-1.5, sd-2.1-base, a "
+                                       "local diffusers folder or a hub id."),
+    delta: List[Path] = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable)."),
+    n: int = typer.Option(4, "-n", help="Images per prompt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed; image i uses seed + i. [default: 0]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. [default: recipe's, 25]"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: --set sample.eta=0.5."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for PNGs, grids, manifest.jsonl."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Load deltas made for another base."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu. [default: best available]"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+):
+    """Generate images from a base, optionally with deltas applied."""
+    from erasecli.recipes import load_recipe
+
+    from erasecli import api
+
+    prompts = _read_prompts(prompt, prompts_file)
+    if out is None and not as_json:
+        raise UsageError("nowhere to put the images", hint="pass --out DIR (or --json for the records only)")
+    r = load_recipe(recipe, set_, base=base,
+                    sample=_drop_none({"seed": seed, "steps": steps, "guidance": guidance, "batch_size": batch_size}))
+    api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from erasecli.models.registry import load_base
+
+    console = _stderr_console()
+    with console.status(f"loading base {r.base}"):
+        loaded = load_base(r.base, device=device, dtype=dtype)
+    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("sample", total=len(prompts) * n)
+        records = api.sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite,
+                             force=force, base=loaded,
+                             progress=lambda done, total: bar.update(task, completed=done))
+    if as_json:
+        print(json.dumps({"out": str(out) if out else None, "base": r.base, "deltas": [str(d) for d in delta],
+                          "images": [{"prompt": x.prompt, "seed": x.seed, "file": x.file} for x in records]}))
+    else:
+        console.print(f"wrote {len(records)} images and {len(prompts)} grid(s) to {out}")
+
+
+def main() -> None:
+    """Entry point: one line per error, exit 1 (2 for usage errors); ERASE_DEBUG=1 shows tracebacks."""
+    try:  # typer >= 0.20 vendors click and raises its own copies of click's exceptions
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+
+    debug = os.environ.get("ERASE_DEBUG", "") not in ("", "0")
+    # transformers announces at import that torchvision is absent (we do not use it): keep stderr for errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:  # --help, --version
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except cx.NoArgsIsHelpError as e:  # bare `erase`: the help, as a usage error
+        print(e.format_message(), file=sys.stderr)
+        sys.exit(2)
+    except cx.ClickException as e:  # bad option, missing value, unknown command
+        if debug:
+            raise
+        cmd = e.ctx.command_path if getattr(e, "ctx", None) else "erase"
+        print(f"error: {' '.join(e.format_message().split())} (see `{cmd} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except EraseError as e:
+        if debug:
+            raise
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug, or a library error we did not anticipate: still one line by default
+        if debug:
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"error: {type(e).__name__}: {msg} (rerun with ERASE_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

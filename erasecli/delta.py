@@ -1,0 +1,183 @@
+"""Deltas: what an unlearning run changes, saved so that a plain diffusers pipeline can load it.
+
+A delta is a folder holding `pytorch_lora_weights.safetensors` in diffusers' LoRA format (peft keys
+converted with diffusers' own helpers, prefixed `unet.`), so `pipe.load_lora_weights(folder)` works with no
+erasecli code. The safetensors header carries diffusers' `lora_adapter_metadata` (rank, alpha, targets, so
+the LoRA scale is restored exactly) and erasecli's own keys: base, base UNet architecture, method, concept,
+resolved recipe, version, creation time, metrics. `recipe.yaml` and `delta.json` beside it say the same for
+people.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erasecli import __version__
+from erasecli.errors import DeltaError, OutputExistsError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+META_PREFIX = "erasecli."
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    """What a delta's header says about it."""
+
+    path: Path
+    base: str
+    base_arch: str
+    method: str
+    concept: str
+    version: str
+    created: str
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "base": self.base, "base_arch": self.base_arch, "method": self.method,
+                "concept": self.concept, "version": self.version, "created": self.created,
+                "recipe": self.recipe, "metrics": self.metrics}
+
+
+def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
+    """Attach a fresh, trainable peft LoRA adapter to the UNet (lora_B starts at zero: a no-op until trained)."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                                init_lora_weights=True))
+
+
+def replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move a finished temp folder into place. An existing `out` is swapped out only after `tmp` is whole."""
+    if out.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def staging_dir(out: Path) -> Path:
+    """A temp folder beside `out` (same file system, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
+                    metrics: dict | None = None, overwrite: bool = False) -> DeltaInfo:
+    """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
+    peft_cfg = unet.peft_config["default"].to_dict()
+    peft_cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in peft_cfg.items()}
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    info = DeltaInfo(path=out, base=base.name, base_arch=base.arch, method=method, concept=concept,
+                     version=__version__, created=created, recipe=recipe, metrics=metrics or {})
+    header = {
+        "format": "pt",
+        # The same packing diffusers' save_lora_weights uses ("unet." + peft field), so alpha/rank reload.
+        LORA_ADAPTER_METADATA_KEY: json.dumps({f"unet.{k}": v for k, v in peft_cfg.items()}, sort_keys=True,
+                                              default=str),
+        **{META_PREFIX + k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+           for k, v in info.to_dict().items() if k != "path"},
+    }
+
+    def save_with_header(weights, filename):
+        save_file(weights, filename, metadata=header)
+
+    tmp = staging_dir(out)
+    try:
+        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, save_function=save_with_header)
+        (tmp / "delta.json").write_text(json.dumps(info.to_dict() | {"path": None}, indent=2))
+        from erasecli.recipes import recipe_from_dict, write_recipe
+
+        if recipe:
+            write_recipe(recipe_from_dict(recipe), tmp / "recipe.yaml")
+        replace_dir(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def read_delta_info(path: str | Path) -> DeltaInfo:
+    """Read a delta's header metadata without loading its tensors."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    file = p / LORA_FILE if p.is_dir() else p
+    if not p.exists():
+        raise DeltaError(f"delta {p} does not exist", hint="pass the folder written by `erase unlearn`")
+    if not file.exists():
+        raise DeltaError(f"delta folder {p} has no {LORA_FILE}", hint="pass the folder written by `erase unlearn`")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise DeltaError(f"delta file {file} is not a readable safetensors file: {err}") from err
+
+    def get(key, default=""):
+        return meta.get(META_PREFIX + key, default)
+
+    def get_json(key):
+        raw = get(key, "{}")
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+
+    return DeltaInfo(path=file.parent, base=get("base"), base_arch=get("base_arch"), method=get("method"),
+                     concept=get("concept"), version=get("version"), created=get("created"),
+                     recipe=get_json("recipe"), metrics=get_json("metrics"))
+
+
+def check_fits(info: DeltaInfo, base, force: bool = False) -> None:
+    """Refuse a delta made for another base (name or UNet architecture), unless forced."""
+    if force:
+        return
+    if info.base_arch and info.base_arch != base.arch:
+        raise DeltaError(
+            f"delta {info.path} was made for base {info.base!r} with another UNet architecture than "
+            f"base {base.name!r}", hint="pass the --base it was made for (--force cannot fix a shape mismatch)")
+    if not info.base:
+        raise DeltaError(f"delta {info.path} does not say which base it was made for",
+                         hint="pass --force to load it anyway")
+    if info.base != base.name:
+        raise DeltaError(f"delta {info.path} was made for base {info.base!r}, not {base.name!r}",
+                         hint=f"use --base {info.base}, or --force to load it anyway")
+
+
+def apply_deltas(base, paths, force: bool = False) -> list[DeltaInfo]:
+    """Load delta folders into the base pipeline with diffusers' own LoRA loader; all at weight 1."""
+    infos = [read_delta_info(p) for p in paths]
+    for info in infos:
+        check_fits(info, base, force)
+    names = []
+    for i, info in enumerate(infos):
+        name = f"delta{i}"
+        try:
+            base.pipe.load_lora_weights(str(info.path), adapter_name=name)
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise DeltaError(f"delta {info.path} does not fit base {base.name!r}: {err}".splitlines()[0]) from err
+        names.append(name)
+    if names:
+        base.pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+    return infos

@@ -1,0 +1,1 @@
+"""Bases (the registry and loader) and the bundled tiny world."""

@@ -1,0 +1,178 @@
+"""Bases: a registry of known names, plus any local diffusers folder or hub id, and `load_base()`.
+
+`tiny` is the bundled Stable Diffusion pipeline trained on the tiny world (see tiny_world.py); the `sd-*`
+names are the hub repositories users run on their GPUs. Hub bases are looked up in the local Hugging Face
+cache first, and downloaded only when the hub can be reached; when it cannot, the error names the model
+and how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from erasecli.errors import BaseNotFoundError, UsageError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_DIR = ASSETS / "tiny"
+JUDGES_DIR = ASSETS / "judges"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    repo: str | None  # hub repository; None for the bundled base
+    resolution: int  # image side in pixels
+    description: str
+
+
+BASES: dict[str, BaseSpec] = {
+    "tiny": BaseSpec("tiny", None, 32, "bundled: coloured handwritten digits, 32x32, runs on a CPU"),
+    "sd-1.4": BaseSpec("sd-1.4", "CompVis/stable-diffusion-v1-4", 512, "Stable Diffusion 1.4"),
+    "sd-1.5": BaseSpec("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, "Stable Diffusion 1.5"),
+    "sd-2.1-base": BaseSpec("sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", 512, "Stable Diffusion 2.1 base"),
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where a base lives: `kind` is bundled, local or hub; `location` a folder path or a hub repo id."""
+
+    name: str  # canonical id, stored in deltas: registry name, hub id, or absolute folder path
+    kind: str
+    location: str
+
+
+def resolve_base(name: str) -> BaseRef:
+    """Map a --base value to where its weights are, without loading anything."""
+    if name in BASES:
+        spec = BASES[name]
+        if spec.repo is None:
+            return BaseRef(name, "bundled", str(TINY_DIR))
+        return BaseRef(name, "hub", spec.repo)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise BaseNotFoundError(
+                f"base folder {path} has no model_index.json, so it is not a diffusers pipeline",
+                hint="pass a folder written by StableDiffusionPipeline.save_pretrained, or a registry name",
+            )
+        return BaseRef(str(path.resolve()), "local", str(path.resolve()))
+    if _HUB_ID.fullmatch(name) and not path.exists():
+        return BaseRef(name, "hub", name)
+    raise BaseNotFoundError(
+        f"unknown base {name!r}",
+        hint=f"use one of {', '.join(BASES)}, a local diffusers folder, or a hub id such as org/model",
+    )
+
+
+def pick_device(requested: str | None = None):
+    """cuda > mps > cpu, unless one is requested."""
+    import torch
+
+    if requested in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested} asked for, but no CUDA device is visible", hint="use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {requested} asked for, but MPS is not available", hint="use --device cpu")
+    return dev
+
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def pick_dtype(device, requested: str = "auto"):
+    """fp16 on CUDA, fp32 elsewhere, unless one is requested."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if requested in table:
+        return table[requested]
+    raise UsageError(f"unknown dtype {requested!r}", hint=f"use one of {', '.join(DTYPES)}")
+
+
+def unet_arch(config: dict) -> str:
+    """A short fingerprint of the UNet's architecture: deltas fit only a UNet of the same shape."""
+    keys = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
+            "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "transformer_layers_per_block")
+    canon = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=list)
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Base:
+    """A loaded base: the diffusers pipeline plus what deltas and reports need to know about it."""
+
+    ref: BaseRef
+    pipe: object  # diffusers.StableDiffusionPipeline
+    device: object
+    dtype: object
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def arch(self) -> str:
+        return unet_arch(dict(self.pipe.unet.config))
+
+    @property
+    def resolution(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+
+def _missing(ref: BaseRef, why: str) -> BaseNotFoundError:
+    return BaseNotFoundError(
+        f"weights for base {ref.name!r} ({ref.location}) are not in the local Hugging Face cache and "
+        f"could not be downloaded: {why}",
+        hint=f"on a machine with internet run `hf download {ref.location}` (huggingface_hub >= 1.0; "
+        f"older: `huggingface-cli download`), or pass --base /path/to/a/diffusers/folder",
+    )
+
+
+def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base:
+    """Load a base as a StableDiffusionPipeline on the chosen device and dtype."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # our own progress bars are the ones users see
+    transformers_logging.disable_progress_bar()
+    ref = resolve_base(name)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    # No safety checker: erasure research must see what the model draws (the checker blacks it out).
+    kwargs = dict(dtype=dt, safety_checker=None, requires_safety_checker=False)
+    if ref.kind in ("bundled", "local"):
+        if ref.kind == "bundled" and not (TINY_DIR / "model_index.json").exists():
+            raise BaseNotFoundError(
+                f"the bundled tiny base is missing from {TINY_DIR}",
+                hint="reinstall erasecli, or rebuild it with `python -m erasecli.models.train_tiny`",
+            )
+        pipe = StableDiffusionPipeline.from_pretrained(ref.location, **kwargs)
+    else:
+        try:  # local cache first: no network round trip when the weights are already here
+            pipe = StableDiffusionPipeline.from_pretrained(ref.location, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as cached_err:
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+                raise _missing(ref, "HF_HUB_OFFLINE is set") from cached_err
+            try:
+                pipe = StableDiffusionPipeline.from_pretrained(ref.location, **kwargs)
+            except (OSError, ValueError) as err:
+                raise _missing(ref, type(err).__name__) from err
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev)
+    return Base(ref=ref, pipe=pipe, device=dev, dtype=dt)

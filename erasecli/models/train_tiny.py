@@ -1,0 +1,336 @@
+"""Train the whole tiny world from scratch: `python -m erasecli.models.train_tiny --seed 0 --out DIR`.
+
+Stages, each seeded, in order: tokenizer files (SD's real CLIP BPE vocabulary), VAE (32x32x3 <-> 8x8x4),
+judge classifier, text encoder + UNet (jointly, with EMA and cosine decay), tiny CLIP. The result is a
+folder with `tiny/` (a diffusers Stable Diffusion pipeline), `judges/` and `train_report.json` (seed,
+steps, seconds and held-out figures per stage). The shipped assets in `erasecli/models/assets/` were made
+by this script; `--pilot` runs every stage for a few steps to check the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from erasecli.models import tiny_world as W
+from erasecli.models.judges import (TinyClassifier, classifier_accuracy_on, clip_config, clip_image_embeds,
+                                    clip_text_embeds)
+
+MAX_TOKENS = 16
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _find_bpe() -> Path:
+    """OpenAI's BPE file, from an installed clip-anytorch/open_clip wheel or `pip download clip-anytorch`."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    for mod in ("clip", "open_clip"):
+        spec = importlib.util.find_spec(mod)
+        if spec and spec.origin:
+            p = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+            if p.exists():
+                return p
+    tmp = Path(tempfile.mkdtemp())
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp), "clip-anytorch"],
+                   check=True)
+    wheel = next(tmp.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        z.extract("clip/bpe_simple_vocab_16e6.txt.gz", tmp)
+    return tmp / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def vae_model():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+        block_out_channels=(16, 32, 64), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+
+
+def unet_model(cross_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=32, cross_attention_dim=cross_dim,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+
+
+def text_encoder_model():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS, projection_dim=64, eos_token_id=49407, bos_token_id=49406,
+        pad_token_id=49407,
+    ))
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def train_vae(steps: int, seed: int, batch: int = 64):
+    torch.manual_seed(seed)
+    vae = vae_model()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    x_all, _, _ = W.render_split("train", seed, copies=2)
+    for step in range(steps):
+        _set_lr(opt, cosine_lr(step, steps, 1e-3, 50))
+        x = x_all[torch.randint(len(x_all), (batch,))]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / (4 * 8 * 8)  # per latent element
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            _log(f"vae {step}/{steps} loss {loss.item():.4f} kl {kl.item():.1f}")
+    vae.eval()
+    with torch.no_grad():
+        xh, _, _ = W.render_split("heldout", seed + 1)
+        mean = vae.encode(xh[:512]).latent_dist.mean
+        rec_mse = F.mse_loss(vae.decode(mean).sample, xh[:512]).item()
+        lat = vae.encode(x_all[:2048]).latent_dist.mean
+    scaling = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scaling)
+    return vae, {"steps": steps, "heldout_recon_mse": rec_mse, "scaling_factor": scaling}
+
+
+def train_classifier(steps: int, seed: int, batch: int = 128):
+    torch.manual_seed(seed)
+    clf = TinyClassifier()
+    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
+    x_all, d_all, c_all = W.render_split("train", seed + 10, copies=4)
+    clf.train()
+    for step in range(steps):
+        _set_lr(opt, cosine_lr(step, steps, 2e-3, 50))
+        i = torch.randint(len(x_all), (batch,))
+        x = x_all[i] + 0.05 * torch.randn_like(x_all[i])  # a little noise: generated images are not exact
+        ld, lc = clf(x.clamp(-1, 1))
+        loss = F.cross_entropy(ld, d_all[i], label_smoothing=0.05) + F.cross_entropy(lc, c_all[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            _log(f"classifier {step}/{steps} loss {loss.item():.4f}")
+    acc_d, acc_c = classifier_accuracy_on("heldout", clf.eval(), seed + 11)
+    _log(f"classifier held-out digit acc {acc_d:.4f} colour acc {acc_c:.4f}")
+    return clf.eval(), {"steps": steps, "heldout_digit_acc": acc_d, "heldout_colour_acc": acc_c}
+
+
+class Captioner:
+    """Random captions for (digit, colour) pairs, tokenized with a cache (the caption set is small)."""
+
+    def __init__(self, tokenizer, seed: int):
+        self.tok = tokenizer
+        self.rng = random.Random(seed)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def ids(self, text: str) -> torch.Tensor:
+        if text not in self.cache:
+            self.cache[text] = self.tok(text, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                                        return_tensors="pt").input_ids[0]
+        return self.cache[text]
+
+    def __call__(self, digits, colours) -> tuple[list[str], torch.Tensor]:
+        texts = [W.caption(int(d), W.COLOUR_NAMES[int(c)], self.rng) for d, c in zip(digits, colours)]
+        return texts, torch.stack([self.ids(t) for t in texts])  # (B, MAX_TOKENS)
+
+
+def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(seed)
+    te, unet = text_encoder_model(), unet_model(64)
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
+    noise_sched = DDPMScheduler(**SD_BETAS)
+    x_all, d_all, c_all = W.render_split("train", seed + 20, copies=3)
+    with torch.no_grad():  # encode once; sample the posterior each step as SD training does
+        moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
+                             for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
+    scale = vae.config.scaling_factor
+    cap = Captioner(tokenizer, seed)
+    t0 = time.time()
+    for step in range(steps):
+        _set_lr(opt, cosine_lr(step, steps, lr, 200))
+        i = torch.randint(len(moments), (batch,))
+        mean, logvar = moments[i].chunk(2, dim=1)  # (B, 4, 8, 8) each
+        z = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * scale
+        _, ids = cap(d_all[i], c_all[i])
+        noise = torch.randn_like(z)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
+        pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.step(params)
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"unet {step}/{steps} loss {loss.item():.4f} ({(step + 1) / (time.time() - t0):.2f} it/s)")
+    ema.copy_to(params)
+    return te.eval(), unet.eval(), {"steps": steps, "batch": batch, "lr": lr, "final_loss": loss.item()}
+
+
+def train_clip(tokenizer, steps: int, seed: int, batch: int = 256):
+    """Contrastive training with multi-positive targets: a caption matches every image it describes."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(clip_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    x_all, d_all, c_all = W.render_split("train", seed + 30, copies=2)
+    rng = random.Random(seed)
+    cache: dict[str, torch.Tensor] = {}
+    model.train()
+    for step in range(steps):
+        _set_lr(opt, cosine_lr(step, steps, 1e-3, 100))
+        i = torch.randint(len(x_all), (batch,))
+        d, c = d_all[i], c_all[i]
+        named_d, named_c, texts = [], [], []
+        for di, ci in zip(d.tolist(), c.tolist()):
+            text = ""
+            while not text:  # empty captions carry no contrastive signal
+                text = W.caption(di, W.COLOUR_NAMES[ci], rng)
+            texts.append(text)
+            named_d.append(di if (W.DIGIT_WORDS[di] in text.split() or str(di) in text.split()) else -1)
+            named_c.append(ci if W.COLOUR_NAMES[ci] in text.split() else -1)
+        for t in texts:
+            if t not in cache:
+                cache[t] = tokenizer(t, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                                     return_tensors="pt").input_ids[0]
+        ids = torch.stack([cache[t] for t in texts])  # (B, MAX_TOKENS)
+        nd, nc = torch.tensor(named_d), torch.tensor(named_c)
+        # match[j, k]: caption j describes image k (every attribute it names agrees). (B, B)
+        match = ((nd[:, None] == -1) | (nd[:, None] == d[None])) & ((nc[:, None] == -1) | (nc[:, None] == c[None]))
+        out = model(input_ids=ids, pixel_values=x_all[i])
+        logits_img = out.logits_per_image  # (B images, B texts)
+        tgt_img = match.T.float() / match.T.float().sum(1, keepdim=True)
+        tgt_txt = match.float() / match.float().sum(1, keepdim=True)
+        loss = 0.5 * (-(tgt_img * logits_img.log_softmax(1)).sum(1).mean()
+                      - (tgt_txt * logits_img.T.log_softmax(1)).sum(1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            _log(f"clip {step}/{steps} loss {loss.item():.4f}")
+    model.eval()
+    # Held-out zero-shot accuracy: does "a {colour} handwritten digit {word}" pick the right pair?
+    xh, dh, ch = W.render_split("heldout", seed + 31)
+    prompts = [W.quality_prompt(col, dg) for col in W.COLOUR_NAMES for dg in range(10)]
+    ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        tf = clip_text_embeds(model, ids)
+        imf = clip_image_embeds(model, xh)
+        pick = (imf @ tf.T).argmax(1)
+    acc = ((pick // 10 == ch) & (pick % 10 == dh)).float().mean().item()
+    _log(f"clip held-out zero-shot (digit, colour) acc {acc:.4f}")
+    return model, {"steps": steps, "heldout_zero_shot_acc": acc}
+
+
+def save_pipeline(vae, te, tokenizer_dir: Path, unet, out: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    sched = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                          prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)), unet=unet,
+        scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)  # fp16 storage halves the shipped size; erasecli loads it back in fp32 on CPU
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(tokenizer_dir, out / "tokenizer")  # without tokenizer.json: vocab+merges suffice
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=1000)
+    ap.add_argument("--classifier-steps", type=int, default=1500)
+    ap.add_argument("--unet-steps", type=int, default=4500)
+    ap.add_argument("--clip-steps", type=int, default=1000)
+    ap.add_argument("--pilot", action="store_true", help="a few steps of every stage")
+    args = ap.parse_args(argv)
+    if args.pilot:
+        args.vae_steps = args.classifier_steps = args.clip_steps = 20
+        args.unet_steps = 30
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from transformers import CLIPTokenizer
+
+    out = args.out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    report: dict = {"seed": args.seed, "torch": torch.__version__}
+    t_all = time.time()
+
+    from erasecli.models.tokenizer import write_tokenizer_files
+
+    tok_dir = tmp / "tokenizer_files"
+    write_tokenizer_files(_find_bpe(), tok_dir, MAX_TOKENS)
+    (tok_dir / "tokenizer.json").unlink(missing_ok=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+
+    t = time.time()
+    vae, report["vae"] = train_vae(args.vae_steps, args.seed)
+    report["vae"]["seconds"] = time.time() - t
+    t = time.time()
+    clf, report["classifier"] = train_classifier(args.classifier_steps, args.seed)
+    report["classifier"]["seconds"] = time.time() - t
+    clf.save(tmp / "judges" / "classifier")
+    t = time.time()
+    te, unet, report["unet"] = train_unet(vae, tokenizer, args.unet_steps, args.seed)
+    report["unet"]["seconds"] = time.time() - t
+    save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
+    t = time.time()
+    clip, report["clip"] = train_clip(tokenizer, args.clip_steps, args.seed)
+    report["clip"]["seconds"] = time.time() - t
+    clip.to(torch.float16).save_pretrained(str(tmp / "judges" / "clip"))
+    shutil.copytree(tok_dir, tmp / "judges" / "clip", dirs_exist_ok=True)
+    shutil.rmtree(tok_dir)
+    report["total_seconds"] = time.time() - t_all
+    (tmp / "train_report.json").write_text(json.dumps(report, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    _log(f"done in {report['total_seconds']:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
