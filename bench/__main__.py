@@ -2,9 +2,9 @@
 
 import sys
 
-from bench import tiny_quality
+from bench import evaluate_speed, tiny_quality
 
-BENCHES = {"tiny_quality": tiny_quality.main}
+BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main}
 
 
 def main() -> None:

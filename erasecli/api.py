@@ -78,15 +78,14 @@ def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str
                  overwrite: bool = False) -> None:
     """Everything about a sample request that can be wrong, checked before any model loads."""
     from erasecli.delta import read_delta_info
-    from erasecli.errors import OutputExistsError
     from erasecli.models.registry import resolve_base
+    from erasecli.outputs import check_out
 
     if not prompts:
         raise UsageError("no prompts given", hint="pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if n < 1:
         raise UsageError(f"-n must be >= 1, got {n}")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
+    check_out(out, overwrite)
     resolve_base(recipe.base)
     for d in deltas:
         read_delta_info(d)
@@ -100,8 +99,9 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     With `out`, writes PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl` and the resolved
     `recipe.yaml`, all into a temp folder that replaces `out` only when complete.
     """
-    from erasecli.delta import apply_deltas, replace_dir, staging_dir
+    from erasecli.delta import apply_deltas
     from erasecli.models.registry import load_base
+    from erasecli.outputs import replace_dir, staging_dir
     from erasecli.recipes import recipe_to_dict, write_recipe
 
     check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite)
@@ -152,3 +152,140 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return records
+
+
+def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
+                   force: bool = False):
+    """Everything about an evaluate request that can be wrong, before any model loads. Returns the plan."""
+    from erasecli.delta import read_delta_info
+    from erasecli.errors import DeltaError
+    from erasecli.eval.metrics import check_metrics
+    from erasecli.outputs import check_out
+    from erasecli.eval.plan import clip_plan, tiny_plan
+    from erasecli.models.registry import resolve_base
+
+    check_metrics(recipe.eval.metrics)
+    if not recipe.concept.name:
+        raise UsageError("no concept to evaluate", hint='pass --concept, e.g. --concept "digit 3"')
+    check_out(out, overwrite)
+    ref = resolve_base(recipe.base)
+    for d in deltas:
+        info = read_delta_info(d)
+        if not force and info.base and info.base != ref.name:
+            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
+                             hint=f"use --base {info.base}, or --force to evaluate it anyway")
+    if _judge_kind(recipe, ref) == "classifier":
+        return tiny_plan(recipe.concept.name, recipe.concept.kind)
+    e = recipe.eval
+    return clip_plan(recipe.concept.name, recipe.concept.forget_templates, e.in_domain, e.cross_domain,
+                     e.cross_template)
+
+
+def _judge_kind(recipe, ref) -> str:
+    j = recipe.eval.judge
+    if j == "auto":
+        return "classifier" if ref.kind == "bundled" else "clip"
+    if j == "classifier" and ref.kind != "bundled":
+        raise UsageError("the shipped classifier judges only the tiny base", hint="use --set eval.judge=clip")
+    return j
+
+
+def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
+             force: bool = False, device: str | None = None, dtype: str = "auto",
+             progress: Callable[[str, int, int], None] | None = None, base=None) -> dict:
+    """`erase evaluate`: UA/IRA/CRA, CLIP score, FID/KID of the base and each delta, as one report dict.
+
+    Images are generated once per model and shared by every metric; the base's come from an on-disk cache
+    when they were made before with the same settings. With `out`, also writes images, grids, report.json
+    and report.html (atomically).
+    """
+    import time
+
+    from erasecli import __version__
+    from erasecli.delta import apply_deltas, read_delta_info
+    from erasecli.eval.cache import cached_generate
+    from erasecli.eval.judges import Clip, ClipZeroShotJudge, TinyClassifierJudge
+    from erasecli.eval.metrics import METRICS, Context, ModelImages
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import recipe_to_dict
+
+    t0 = time.time()
+    plan = check_evaluate(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force)
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype)
+    cfg, e = recipe.sample, recipe.eval
+    if _judge_kind(recipe, base.ref) == "classifier":
+        judge = TinyClassifierJudge()
+        clip = Clip.tiny() if "clip_score" in e.metrics else None
+    else:
+        clip = Clip.tiny() if base.ref.kind == "bundled" else Clip.load(e.clip_model)
+        templ = {"concept": recipe.concept.forget_templates[0], "cross": e.cross_template}
+        judge = ClipZeroShotJudge(clip, {k: [templ[k].format(concept=n) for n in names]
+                                         for k, names in plan.label_names.items()})
+    spp = e.samples_per_prompt
+    prompts = [p.prompt for p in plan.prompts for _ in range(spp)]
+    seeds = [e.seed + s for _ in plan.prompts for s in range(spp)]
+    total = len(prompts) * (1 + len(deltas))
+    done = 0
+
+    def tick(k):
+        nonlocal done
+        done += k
+        if progress:
+            progress("sampling", done, total)
+
+    models = []
+    base_images, hits = cached_generate(base, prompts, seeds, cfg, generate, on_batch=tick)
+    models.append(("base", None, base_images))
+    for d in deltas:
+        info = apply_deltas(base, [d], force=force)[0]
+        try:
+            imgs = generate(base, prompts, seeds, steps=cfg.steps, guidance=cfg.guidance, eta=cfg.eta,
+                            scheduler=cfg.scheduler, batch_size=cfg.batch_size, on_batch=tick)
+        finally:
+            base.pipe.unload_lora_weights()
+        models.append((Path(d).name or str(d), info, imgs))
+    judged = [ModelImages(name, imgs, judge.predict(imgs)) for name, _, imgs in models]
+    rows = []
+    shared_ir = None
+    for (name, info, _), mi in zip(models, judged):
+        ctx = Context(plan, spp, mi, judged[0], judge, clip, is_base=info is None, device=base.device,
+                      imagereward=shared_ir)
+        values = {m: METRICS[m].fn(ctx) for m in e.metrics}
+        shared_ir = ctx.imagereward
+        rows.append({"name": name, "delta": info.to_dict() if info else None, "metrics": values})
+    per_prompt = []
+    for i, p in enumerate(plan.prompts):
+        idx = list(range(i * spp, (i + 1) * spp))
+        entry = {"prompt": p.prompt, "group": p.group, "labels": p.labels, "models": {}}
+        for mi in judged:
+            entry["models"][mi.name] = {
+                kind: sum(int(mi.preds[kind][j]) == label for j in idx) / spp for kind, label in p.labels.items()
+            }
+        per_prompt.append(entry)
+    report = {
+        "command": "evaluate",
+        "erasecli_version": __version__,
+        "concept": plan.concept,
+        "kind": plan.kind,
+        "base": {"name": base.name, "arch": base.arch, "device": base.device.type, "dtype": str(base.dtype)},
+        "judge": {"name": judge.name, "version": judge.version, "features": judge.feature_name},
+        "clip": {"name": clip.name, "version": clip.version} if clip else None,
+        "protocol": {
+            "samples_per_prompt": spp, "seeds": sorted(set(seeds)), "steps": cfg.steps, "guidance": cfg.guidance,
+            "eta": cfg.eta, "scheduler": cfg.scheduler,
+            "prompts": {g: len(plan.group(g)) for g in ("forget", "retain", "cross")},
+            "images_per_model": len(prompts), "base_images_from_cache": hits,
+            "definitions": {m: METRICS[m].doc for m in e.metrics},
+        },
+        "models": rows,
+        "prompts": per_prompt,
+        "recipe": recipe_to_dict(recipe),
+        "wall_seconds": round(time.time() - t0, 2),
+    }
+    if out is not None:
+        from erasecli.eval.report import write_report_dir
+
+        write_report_dir(Path(out), report, plan, spp, [(name, imgs) for name, _, imgs in models], recipe,
+                         overwrite=overwrite)
+    return report

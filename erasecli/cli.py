@@ -62,6 +62,13 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def load_recipe_cli(path, overrides, **values):
+    """The recipe from defaults < file < command-line flags < --set."""
+    from erasecli.recipes import load_recipe
+
+    return load_recipe(path, overrides, **values)
+
+
 @app.command()
 def sample(
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)."),
@@ -84,15 +91,13 @@ def sample(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ):
     """Generate images from a base, optionally with deltas applied."""
-    from erasecli.recipes import load_recipe
-
     from erasecli import api
 
     prompts = _read_prompts(prompt, prompts_file)
     if out is None and not as_json:
         raise UsageError("nowhere to put the images", hint="pass --out DIR (or --json for the records only)")
-    r = load_recipe(recipe, set_, base=base,
-                    sample=_drop_none({"seed": seed, "steps": steps, "guidance": guidance, "batch_size": batch_size}))
+    r = load_recipe_cli(recipe, set_, base=base,
+                        sample=_drop_none({"seed": seed, "steps": steps, "guidance": guidance, "batch_size": batch_size}))
     api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -112,6 +117,55 @@ def sample(
                           "images": [{"prompt": x.prompt, "seed": x.seed, "file": x.file} for x in records]}))
     else:
         console.print(f"wrote {len(records)} images and {len(prompts)} grid(s) to {out}")
+
+
+@app.command()
+def evaluate(
+    concept: Optional[str] = typer.Option(None, "--concept", help='The erased concept, e.g. "digit 3" or "red".'),
+    base: Optional[str] = typer.Option(None, "--base", help="tiny (default), sd-1.4, ..., a folder or a hub id."),
+    delta: List[Path] = typer.Option([], "--delta", help="A delta folder (repeatable); none evaluates the base."),
+    metrics: List[str] = typer.Option([], "--metrics", help="Metric names, comma-separated or repeated. "
+                                      "[default: ua,ira,cra,clip_score,fid,kid]"),
+    samples_per_prompt: Optional[int] = typer.Option(None, "--samples-per-prompt", help="Images per prompt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed; image i of a prompt uses seed + i."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: --set eval.samples_per_prompt=8."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for images, grids, report.json, report.html."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Evaluate deltas made for another base."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu. [default: best available]"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+):
+    """Measure an erasure: UA, IRA, CRA, CLIP score, FID/KID of the base and each delta, side by side."""
+    from erasecli import api
+
+    names = [m.strip() for x in metrics for m in x.split(",") if m.strip()] or None
+    r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+                        eval=_drop_none({"metrics": names, "samples_per_prompt": samples_per_prompt, "seed": seed}))
+    api.check_evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from erasecli.eval.report import rich_table
+    from erasecli.models.registry import load_base
+
+    console = _stderr_console()
+    with console.status(f"loading base {r.base}"):
+        loaded = load_base(r.base, device=device, dtype=dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("sampling", total=None)
+        report = api.evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force,
+                              base=loaded, progress=lambda what, done, total: bar.update(
+                                  task, description=what, completed=done, total=total))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        from rich.console import Console
+
+        Console().print(rich_table(report))
+        if out is not None:
+            console.print(f"wrote images, grids, report.json and report.html to {out}")
 
 
 def main() -> None:

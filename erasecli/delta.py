@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from erasecli import __version__
-from erasecli.errors import DeltaError, OutputExistsError
+from erasecli.errors import DeltaError
+from erasecli.outputs import check_out, replace_dir, staging_dir
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 META_PREFIX = "erasecli."
@@ -53,26 +52,6 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
                                 init_lora_weights=True))
 
 
-def replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move a finished temp folder into place. An existing `out` is swapped out only after `tmp` is whole."""
-    if out.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def staging_dir(out: Path) -> Path:
-    """A temp folder beside `out` (same file system, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-
-
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
                     metrics: dict | None = None, overwrite: bool = False) -> DeltaInfo:
     """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically."""
@@ -83,8 +62,7 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     from safetensors.torch import save_file
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output folder {out} already exists", hint="pass --overwrite or another --out")
+    check_out(out, overwrite)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
     peft_cfg = unet.peft_config["default"].to_dict()

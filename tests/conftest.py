@@ -18,3 +18,65 @@ def torch_threads():
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or fill the user's sample cache."""
+    os.environ["ERASECLI_CACHE"] = str(tmp_path_factory.mktemp("erasecli-cache"))
+
+
+def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0):
+    """A delta that demonstrably removes a digit: a LoRA fine-tuned with the plain diffusion loss so that
+    prompts naming `src_digit` draw `dst_digit` (same colour). Not an erasure method, a test instrument."""
+    import random
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from erasecli.delta import add_lora, save_lora_delta
+    from erasecli.models import tiny_world as W
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import Recipe, recipe_to_dict
+
+    torch.manual_seed(seed)
+    base = load_base("tiny", device="cpu")
+    pipe, unet = base.pipe, base.pipe.unet
+    unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    add_lora(unet, rank=4, alpha=4.0, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
+    x, d, c = W.render_split("train", seed)
+    keep = d == dst_digit
+    x, c = x[keep], c[keep]
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 8, 8)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    rng = random.Random(seed)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    for _ in range(steps):
+        i = torch.randint(len(z), (32,))
+        prompts = []
+        for ci in c[i].tolist():
+            col, w = W.COLOUR_NAMES[ci], W.DIGIT_WORDS[src_digit]
+            prompts.append(rng.choice([f"a {col} handwritten digit {w}", f"the number {src_digit} in {col}",
+                                       f"a {col} digit {src_digit}", f"a handwritten digit {w}"]))
+        ids = pipe.tokenizer(prompts, padding="max_length", max_length=16, truncation=True,
+                             return_tensors="pt").input_ids
+        with torch.no_grad():
+            emb = pipe.text_encoder(ids)[0]
+        noise = torch.randn_like(z[i])
+        t = torch.randint(0, 1000, (32,))
+        loss = F.mse_loss(unet(sched.add_noise(z[i], noise, t), t, emb).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_lora_delta(unet, out, base=base, method="test-replacement", concept=f"digit {src_digit}",
+                    recipe=recipe_to_dict(Recipe()))
+    return out
+
+
+@pytest.fixture(scope="session")
+def remover_delta(tmp_path_factory):
+    return train_replacement_lora(tmp_path_factory.mktemp("remover") / "no-three")

@@ -29,8 +29,8 @@ def one_line_error(proc, code):
 
 def test_help_lists_only_landed_commands():
     p = erase("--help")
-    assert p.returncode == 0 and "sample" in p.stdout
-    for cmd in ("train-critic", "unlearn", "evaluate"):  # not shown until their issues land
+    assert p.returncode == 0 and "sample" in p.stdout and "evaluate" in p.stdout
+    for cmd in ("train-critic", "unlearn"):  # not shown until their issues land
         assert cmd not in p.stdout
 
 

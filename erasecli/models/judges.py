@@ -124,6 +124,20 @@ def load_clip(folder: Path | None = None):
     return CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval(), CLIPTokenizer.from_pretrained(str(folder))
 
 
+def write_clip_preprocessor(folder: Path) -> None:
+    """A CLIP image-processor config for the tiny CLIP: no resize or crop (32x32 in), uint8 -> [-1, 1].
+
+    With it, `CLIPProcessor.from_pretrained(folder)` prepares images exactly as the tiny CLIP was trained,
+    so the tiny CLIP loads and runs like any hub CLIP."""
+    cfg = {
+        "image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True,
+        "do_resize": False, "size": {"shortest_edge": 32}, "do_center_crop": False,
+        "crop_size": {"height": 32, "width": 32}, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2))
+
+
 @torch.no_grad()
 def classify(clf: TinyClassifier, images, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted digit (B,) and colour index (B,) for PIL images or a [-1, 1] tensor."""

@@ -143,14 +143,20 @@ def _missing(ref: BaseRef, why: str) -> BaseNotFoundError:
     )
 
 
-def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base:
-    """Load a base as a StableDiffusionPipeline on the chosen device and dtype."""
-    from diffusers import StableDiffusionPipeline
+def quiet_loading() -> None:
+    """No per-file loading bars from diffusers/transformers: our own progress bars are the ones users see."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.disable_progress_bar()  # our own progress bars are the ones users see
+    diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base:
+    """Load a base as a StableDiffusionPipeline on the chosen device and dtype."""
+    from diffusers import StableDiffusionPipeline
+
+    quiet_loading()
     ref = resolve_base(name)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -176,3 +182,28 @@ def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
     return Base(ref=ref, pipe=pipe, device=dev, dtype=dt)
+
+
+def weights_fingerprint(base: Base) -> str:
+    """A cheap fingerprint of a base's weight files (size plus first and last MiB of each), for caches."""
+    folder: Path | None = None
+    if base.ref.kind in ("bundled", "local"):
+        folder = Path(base.ref.location)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(base.ref.location, local_files_only=True))
+        except Exception:  # not resolvable offline: fall back to the architecture alone
+            folder = None
+    h = hashlib.sha256(base.name.encode())
+    if folder is not None:
+        for f in sorted(folder.rglob("*")):
+            if f.suffix in (".safetensors", ".bin") and f.is_file():
+                size = f.stat().st_size
+                h.update(f"{f.relative_to(folder)}:{size}".encode())
+                with open(f, "rb") as fh:
+                    h.update(fh.read(2**20))
+                    fh.seek(max(0, size - 2**20))
+                    h.update(fh.read(2**20))
+    return h.hexdigest()[:16]

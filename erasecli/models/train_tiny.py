@@ -4,7 +4,8 @@ Stages, each seeded, in order: tokenizer files (SD's real CLIP BPE vocabulary), 
 judge classifier, text encoder + UNet (jointly, with EMA and cosine decay), tiny CLIP. The result is a
 folder with `tiny/` (a diffusers Stable Diffusion pipeline), `judges/` and `train_report.json` (seed,
 steps, seconds and held-out figures per stage). The shipped assets in `erasecli/models/assets/` were made
-by this script; `--pilot` runs every stage for a few steps to check the plumbing.
+by this script; `--pilot` runs every stage for a few steps to check the plumbing; `--resume` continues an
+interrupted run (finished stages are kept in OUT.partial, the UNet stage checkpoints every 250 steps).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,9 +24,10 @@ import torch.nn.functional as F
 
 from erasecli.models import tiny_world as W
 from erasecli.models.judges import (TinyClassifier, classifier_accuracy_on, clip_config, clip_image_embeds,
-                                    clip_text_embeds)
+                                    clip_text_embeds, write_clip_preprocessor)
 
 MAX_TOKENS = 16
+STAGES = ("vae", "classifier", "unet", "clip")
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -167,7 +170,12 @@ class Captioner:
         return texts, torch.stack([self.ids(t) for t in texts])  # (B, MAX_TOKENS)
 
 
-def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3):
+def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
+               ckpt: Path | None = None, ckpt_every: int = 250):
+    """Text encoder + UNet jointly. With `ckpt`, saves a checkpoint every `ckpt_every` steps (weights, EMA,
+    optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run."""
+    import os
+
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
@@ -183,8 +191,19 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
                              for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
     scale = vae.config.scaling_factor
     cap = Captioner(tokenizer, seed)
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)  # our own file, written below
+        unet.load_state_dict(st["unet"])
+        te.load_state_dict(st["te"])
+        opt.load_state_dict(st["opt"])
+        ema.load_state_dict(st["ema"])
+        torch.set_rng_state(st["rng"])
+        cap.rng.setstate(st["cap_rng"])
+        start = st["step"]
+        _log(f"unet: resumed at step {start}")
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         _set_lr(opt, cosine_lr(step, steps, lr, 200))
         i = torch.randint(len(moments), (batch,))
         mean, logvar = moments[i].chunk(2, dim=1)  # (B, 4, 8, 8) each
@@ -200,7 +219,12 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
         opt.step()
         ema.step(params)
         if step % 100 == 0 or step == steps - 1:
-            _log(f"unet {step}/{steps} loss {loss.item():.4f} ({(step + 1) / (time.time() - t0):.2f} it/s)")
+            _log(f"unet {step}/{steps} loss {loss.item():.4f} ({(step + 1 - start) / (time.time() - t0):.2f} it/s)")
+        if ckpt is not None and ((step + 1) % ckpt_every == 0 or step == steps - 1):
+            st = {"step": step + 1, "unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
+                  "ema": ema.state_dict(), "rng": torch.get_rng_state(), "cap_rng": cap.rng.getstate()}
+            torch.save(st, ckpt.with_suffix(".tmp"))
+            os.replace(ckpt.with_suffix(".tmp"), ckpt)
     ema.copy_to(params)
     return te.eval(), unet.eval(), {"steps": steps, "batch": batch, "lr": lr, "final_loss": loss.item()}
 
@@ -286,50 +310,76 @@ def main(argv=None) -> None:
     ap.add_argument("--unet-steps", type=int, default=4500)
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--pilot", action="store_true", help="a few steps of every stage")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from OUT.partial: finished stages are kept, the UNet "
+                    "stage continues from its last checkpoint")
     args = ap.parse_args(argv)
     if args.pilot:
         args.vae_steps = args.classifier_steps = args.clip_steps = 20
         args.unet_steps = 30
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
-
-    out = args.out
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    report: dict = {"seed": args.seed, "torch": torch.__version__}
-    t_all = time.time()
 
     from erasecli.models.tokenizer import write_tokenizer_files
 
+    out = args.out
+    tmp = out.with_name(out.name + ".partial")
+    settings = {k: getattr(args, k) for k in ("seed", "vae_steps", "classifier_steps", "unet_steps", "clip_steps")}
+    state_file = tmp / "stages.json"
+    if args.resume and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["settings"] != settings:
+            sys.exit(f"--resume: {tmp} was started with {state['settings']}, not {settings}")
+        _log(f"resuming {tmp}: done {[k for k in state['report'] if k in STAGES]}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = {"settings": settings, "report": {"seed": args.seed, "torch": torch.__version__}}
+    report = state["report"]
+    (tmp / "stages").mkdir(exist_ok=True)
+
+    def finish(stage: str, info: dict, t: float) -> None:
+        report[stage] = {**info, "seconds": round(time.time() - t, 1)}
+        state_file.write_text(json.dumps(state, indent=2))
+
     tok_dir = tmp / "tokenizer_files"
-    write_tokenizer_files(_find_bpe(), tok_dir, MAX_TOKENS)
-    (tok_dir / "tokenizer.json").unlink(missing_ok=True)
+    if not (tok_dir / "vocab.json").exists():
+        write_tokenizer_files(_find_bpe(), tok_dir, MAX_TOKENS)
+        (tok_dir / "tokenizer.json").unlink(missing_ok=True)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
 
-    t = time.time()
-    vae, report["vae"] = train_vae(args.vae_steps, args.seed)
-    report["vae"]["seconds"] = time.time() - t
-    t = time.time()
-    clf, report["classifier"] = train_classifier(args.classifier_steps, args.seed)
-    report["classifier"]["seconds"] = time.time() - t
-    clf.save(tmp / "judges" / "classifier")
-    t = time.time()
-    te, unet, report["unet"] = train_unet(vae, tokenizer, args.unet_steps, args.seed)
-    report["unet"]["seconds"] = time.time() - t
-    save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
-    t = time.time()
-    clip, report["clip"] = train_clip(tokenizer, args.clip_steps, args.seed)
-    report["clip"]["seconds"] = time.time() - t
-    clip.to(torch.float16).save_pretrained(str(tmp / "judges" / "clip"))
-    shutil.copytree(tok_dir, tmp / "judges" / "clip", dirs_exist_ok=True)
-    shutil.rmtree(tok_dir)
-    report["total_seconds"] = time.time() - t_all
+    if "vae" in report:
+        vae = AutoencoderKL.from_pretrained(str(tmp / "stages" / "vae"))
+    else:
+        t = time.time()
+        vae, info = train_vae(args.vae_steps, args.seed)
+        vae.save_pretrained(str(tmp / "stages" / "vae"))
+        finish("vae", info, t)
+    if "classifier" not in report:
+        t = time.time()
+        clf, info = train_classifier(args.classifier_steps, args.seed)
+        clf.save(tmp / "judges" / "classifier")
+        finish("classifier", info, t)
+    if "unet" not in report:
+        t = time.time()
+        te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt")
+        save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
+        finish("unet", info, t)
+    if "clip" not in report:
+        t = time.time()
+        clip, info = train_clip(tokenizer, args.clip_steps, args.seed)
+        clip.to(torch.float16).save_pretrained(str(tmp / "judges" / "clip"))
+        shutil.copytree(tok_dir, tmp / "judges" / "clip", dirs_exist_ok=True)
+        write_clip_preprocessor(tmp / "judges" / "clip")
+        finish("clip", info, t)
+    report["total_seconds"] = round(sum(report[k]["seconds"] for k in STAGES), 1)
     (tmp / "train_report.json").write_text(json.dumps(report, indent=2))
+    for scratch in (tok_dir, tmp / "stages", state_file):
+        shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    _log(f"done in {report['total_seconds']:.0f} s -> {out}")
+    _log(f"done: {report['total_seconds']:.0f} s of training -> {out}")
 
 
 if __name__ == "__main__":

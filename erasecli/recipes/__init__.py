@@ -50,6 +50,7 @@ __all__ = [
     "LoraConfig",
     "Recipe",
     "SampleConfig",
+    "EvalConfig",
     "TrainConfig",
     "field_help",
     "load_recipe",
@@ -221,6 +222,51 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How `erase evaluate` measures an erasure (UnlearnCanvas definitions; see METHODS.md)."""
+
+    metrics: tuple[str, ...] = field(
+        default=("ua", "ira", "cra", "clip_score", "fid", "kid"),
+        metadata={"help": "Metrics to compute; `erase evaluate --metrics` lists the valid names."},
+    )
+    samples_per_prompt: int = field(default=4, metadata={"help": "Images per prompt and model, >= 1."})
+    seed: int = field(
+        default=1000, metadata={"help": "Seed of the first image per prompt (apart from training seeds), >= 0."}
+    )
+    judge: str = field(
+        default="auto",
+        metadata={"help": "'auto' (the shipped classifier on the tiny base, CLIP zero-shot elsewhere), "
+                  "'classifier' or 'clip'."},
+    )
+    clip_model: str = field(
+        default="openai/clip-vit-large-patch14",
+        metadata={"help": "CLIP for zero-shot judging and CLIP score on non-tiny bases (the tiny base uses its "
+                  "own tiny CLIP): hub id or local folder."},
+    )
+    in_domain: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Other concepts of the erased concept's kind (IRA); derived on the tiny base."},
+    )
+    cross_domain: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Concepts of the other kind (CRA), e.g. objects when a style is erased."},
+    )
+    cross_template: str = field(
+        default="a photo of {concept}",
+        metadata={"help": "Prompt for each cross-domain concept; contains '{concept}'."},
+    )
+
+    CHECKS: ClassVar[Checks] = {
+        "metrics": (NON_EMPTY,),
+        "samples_per_prompt": (at_least(1),),
+        "seed": (at_least(0),),
+        "judge": (one_of("auto", "classifier", "clip"),),
+        "clip_model": (NOT_BLANK,),
+        "cross_template": (Check(lambda v: "{concept}" in v, "a template containing '{concept}'"),),
+    }
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything a command needs besides file paths. Add a method's section as one more field here."""
 
@@ -236,6 +282,7 @@ class Recipe:
     sample: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "How images are sampled (section)."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "The LoRA adapters trained (section)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimisation loop (section)."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "How erasures are measured (section)."})
 
     CHECKS: ClassVar[Checks] = {"base": (NOT_BLANK,)}
 

@@ -1,0 +1,147 @@
+"""Judges: image -> label per concept kind. A judge has a name and version stored beside every number."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erasecli.errors import BaseNotFoundError
+
+
+@dataclass
+class Judge:
+    name: str
+    version: str
+    kinds: tuple[str, ...]
+
+    def predict(self, images) -> dict[str, torch.Tensor]:  # kind -> (B,) label index
+        raise NotImplementedError
+
+    feature_name: str = ""
+
+    def features_module(self) -> torch.nn.Module | None:
+        """A module mapping (B, 3, H, W) images in [-1, 1] to features, for torchmetrics' FID/KID."""
+        return None
+
+
+class _Features(torch.nn.Module):
+    """Wraps a feature function as the module torchmetrics expects (it reads `num_features`)."""
+
+    def __init__(self, fn, num_features: int):
+        super().__init__()
+        self.fn, self.num_features = fn, num_features
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.fn(x)
+
+
+class TinyClassifierJudge(Judge):
+    """The shipped tiny-world classifier: a digit head and a colour head on shared 128-d features."""
+
+    def __init__(self):
+        from erasecli.models.judges import CLASSIFIER_VERSION, load_classifier
+
+        super().__init__("tiny-classifier", CLASSIFIER_VERSION, ("digit", "colour"))
+        self.model = load_classifier()
+        self.feature_name = "tiny-classifier penultimate layer (128-d), not Inception"
+
+    def features_module(self):
+        return _Features(self.model.features, self.model.config["feature_dim"])
+
+    def predict(self, images):
+        from erasecli.models.judges import classify
+
+        d, c = classify(self.model, images)
+        return {"digit": d, "colour": c}
+
+
+class ClipZeroShotJudge(Judge):
+    """CLIP zero-shot per kind: the label whose text (kind -> texts, one per label) is closest to the image."""
+
+    def __init__(self, clip, label_texts: dict):
+        super().__init__(f"clip-zero-shot:{clip.name}", clip.version, tuple(label_texts))
+        self.clip = clip
+        self.text = {k: clip.embed_text(texts) for k, texts in label_texts.items()}
+        self.feature_name = f"CLIP image embeddings of {clip.name} (CLIP-FID), not Inception"
+
+    def predict(self, images):
+        im = self.clip.embed_images(images)
+        return {k: (im @ t.T).argmax(1) for k, t in self.text.items()}
+
+    def features_module(self):
+        dim = self.clip.model.config.projection_dim
+        return _Features(self.clip.embed_pixels, dim)
+
+
+class Clip:
+    """A CLIP model for zero-shot judging and CLIP score: the shipped tiny CLIP, or a hub/local CLIP."""
+
+    def __init__(self, model, processor, name: str, version: str):
+        self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
+
+    @classmethod
+    def tiny(cls) -> "Clip":
+        """The tiny CLIP shipped beside the tiny base."""
+        from erasecli.models.judges import CLIP_VERSION
+        from erasecli.models.registry import JUDGES_DIR
+
+        clip = cls.load(str(JUDGES_DIR / "clip"))
+        clip.name, clip.version = "tiny-clip", CLIP_VERSION
+        return clip
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "Clip":
+        """A CLIPModel and CLIPProcessor from a local folder or the local HF cache (no download here)."""
+        from transformers import CLIPModel, CLIPProcessor
+
+        from erasecli.models.registry import quiet_loading
+
+        quiet_loading()
+        try:
+            model = CLIPModel.from_pretrained(name_or_path, local_files_only=True, dtype=torch.float32)
+            proc = CLIPProcessor.from_pretrained(name_or_path, local_files_only=True)
+        except OSError as err:
+            raise BaseNotFoundError(
+                f"CLIP model {name_or_path!r} for judging is not in the local Hugging Face cache",
+                hint=f"run `hf download {name_or_path}` on a machine with internet, or set eval.clip_model to a "
+                "local folder",
+            ) from err
+        return cls(model, proc, name_or_path, getattr(model.config, "_commit_hash", None) or "local")
+
+    @torch.no_grad()
+    def embed_text(self, texts) -> torch.Tensor:
+        from erasecli.models.judges import clip_text_embeds
+
+        tok = self.processor.tokenizer
+        ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        return clip_text_embeds(self.model, ids)
+
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        from erasecli.models.judges import clip_image_embeds
+
+        pix = self.processor(images=list(images), return_tensors="pt").pixel_values
+        return torch.cat([clip_image_embeds(self.model, pix[i : i + 256]) for i in range(0, len(pix), 256)])
+
+    @torch.no_grad()
+    def embed_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> unit embeddings, resized and normalised as the CLIP's processor would."""
+        from erasecli.models.judges import clip_image_embeds
+
+        ip = self.processor.image_processor
+        side = ip.crop_size["height"] if isinstance(ip.crop_size, dict) else int(ip.crop_size)
+        x = (x + 1) / 2
+        if x.shape[-1] != side or x.shape[-2] != side:
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", antialias=True)
+        mean = torch.tensor(ip.image_mean)[None, :, None, None]
+        std = torch.tensor(ip.image_std)[None, :, None, None]
+        return clip_image_embeds(self.model, (x - mean) / std)
+
+    def score(self, images, prompts) -> torch.Tensor:
+        """CLIP score per image, torchmetrics' definition: 100 * max(cos(image, prompt), 0)."""
+        im = self.embed_images(images)
+        tx = self.embed_text(prompts)
+        return 100 * (im * tx).sum(-1).clamp(min=0)

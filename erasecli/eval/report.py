@@ -1,0 +1,136 @@
+"""Reports of `erase evaluate`: a rich table, a JSON document, and a folder with images, grids and HTML."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import shutil
+from pathlib import Path
+
+NAMES = {"ua": "UA", "ira": "IRA", "cra": "CRA", "clip_score": "CLIP score", "fid": "FID", "kid": "KID"}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per metric, one column per model (plus the change when there are two)."""
+    models = report["models"]
+    header = ["metric"] + [m["name"] for m in models]
+    if len(models) == 2:
+        header.append("change")
+    rows = []
+    for key in models[0]["metrics"]:
+        vals = [m["metrics"][key] for m in models]
+        row = [NAMES.get(key, key)] + [_fmt(v) for v in vals]
+        if len(models) == 2:
+            a, b = vals
+            row.append("-" if a is None or b is None else f"{b - a:+.3f}")
+        rows.append(row)
+    return header, rows
+
+
+def rich_table(report: dict):
+    """The metrics table with a title line above and the protocol below, as one printable group."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    p = report["protocol"]
+    title = Text(f"erase evaluate: {report['concept']!r} ({report['kind']}) on {report['base']['name']}",
+                 style="bold")
+    caption = Text(f"judge {report['judge']['name']} ({report['judge']['version']}); {p['samples_per_prompt']} "
+                   f"samples x {sum(p['prompts'].values())} prompts per model, seeds from {p['seeds'][0]}; "
+                   f"FID/KID on {report['judge']['features'] or 'n/a'}; {report['wall_seconds']} s", style="dim")
+    t = Table()
+    header, rows = table_rows(report)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return Group(title, t, caption)
+
+
+def _png_b64(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def group_grid(plan, spp, models, group: str):
+    """Rows = models, columns = the group's prompts (first sample of each): before/after at a glance."""
+    from erasecli.api import image_grid
+
+    idx = plan.group(group)
+    if not idx:
+        return None
+    tiles = [imgs[i * spp] for _, imgs in models for i in idx]
+    return image_grid(tiles, cols=len(idx), min_tile=64)
+
+
+def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwrite: bool) -> None:
+    from erasecli.api import _slug
+    from erasecli.outputs import replace_dir, staging_dir
+    from erasecli.recipes import write_recipe
+
+    tmp = staging_dir(out)
+    try:
+        for name, imgs in models:
+            for i, p in enumerate(plan.prompts):
+                folder = tmp / "images" / _slug(name) / f"{i:03d}-{_slug(p.prompt)}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for s in range(spp):
+                    imgs[i * spp + s].save(folder / f"{report['protocol']['seeds'][s]:06d}.png")
+        grids = {}
+        for group in ("forget", "retain", "cross"):
+            g = group_grid(plan, spp, models, group)
+            if g is not None:
+                g.save(tmp / f"grid-{group}.png")
+                grids[group] = g
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / "report.html").write_text(render_html(report, grids, [n for n, _ in models]))
+        write_recipe(recipe, tmp / "recipe.yaml")
+        replace_dir(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def render_html(report: dict, grids: dict, model_names) -> str:
+    """A self-contained page (images inlined as data URIs) that opens in any browser."""
+    e = html.escape
+    header, rows = table_rows(report)
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    p = report["protocol"]
+    sections = []
+    for group, img in grids.items():
+        n = p["prompts"][group]
+        sections.append(
+            f"<h2>{e(group)} prompts ({n})</h2><p>rows: {e(', '.join(model_names))}; columns: the {e(group)} "
+            f"prompts, first seed</p><img alt='{e(group)} grid' src='data:image/png;base64,{_png_b64(img)}'>")
+    prompt_rows = "".join(
+        f"<tr><td>{e(x['group'])}</td><td>{e(x['prompt'])}</td>"
+        + "".join(f"<td>{e(_fmt(x['models'][m].get(report['kind'])))}</td>" for m in model_names) + "</tr>"
+        for x in report["prompts"])
+    model_heads = "".join(f"<th>{e(m)}</th>" for m in model_names)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>erase evaluate: {e(report['concept'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+img{{image-rendering:pixelated;max-width:100%}} .meta{{color:#555}}</style></head>
+<body><h1>Erasing {e(repr(report['concept']))} ({e(report['kind'])}) on {e(report['base']['name'])}</h1>
+<p class="meta">judge {e(report['judge']['name'])} {e(report['judge']['version'])}; FID/KID features:
+{e(report['judge']['features'] or 'n/a')}; {p['samples_per_prompt']} samples per prompt, seeds {p['seeds'][0]}..
+{p['seeds'][-1]}; {p['steps']} {e(p['scheduler'])} steps, guidance {p['guidance']}; erasecli
+{e(report['erasecli_version'])}; {report['wall_seconds']} s</p>
+<table><tr>{head}</tr>{body}</table>
+{''.join(sections)}
+<h2>Per prompt: share of images judged as the prompted {e(report['kind'])}</h2>
+<table><tr><th>group</th><th>prompt</th>{model_heads}</tr>{prompt_rows}</table>
+</body></html>
+"""

@@ -1,0 +1,93 @@
+"""`erase evaluate`: numbers that move the right way, a valid JSON document, a report a person can open."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from erasecli import api
+from erasecli.recipes import load_recipe
+
+SCHEMA = Path(__file__).resolve().parents[1] / "erasecli" / "eval" / "report_schema.json"
+
+
+def recipe(concept="digit 3", *extra):
+    return load_recipe(None, [f"concept.name={concept}", "eval.samples_per_prompt=2", *extra])
+
+
+def metrics_of(report, name):
+    return next(m for m in report["models"] if m["name"] == name)["metrics"]
+
+
+@pytest.fixture(scope="module")
+def digit3_report(tiny, remover_delta):
+    return api.evaluate(recipe(), deltas=[str(remover_delta)], base=tiny)
+
+
+def test_base_draws_the_digit_and_keeps_the_rest(digit3_report):
+    m = metrics_of(digit3_report, "base")
+    assert m["ua"] <= 0.25, m  # the base draws a three when asked: little is "unlearned"
+    assert m["ira"] >= 0.8 and m["cra"] >= 0.9, m
+    assert m["fid"] is None and m["kid"] is None  # the base against itself is not a measurement
+    assert m["clip_score"] > 0
+
+
+def test_a_delta_that_removes_the_digit_raises_ua(digit3_report, remover_delta):
+    base, after = metrics_of(digit3_report, "base"), metrics_of(digit3_report, remover_delta.name)
+    assert after["ua"] >= 0.7 and after["ua"] - base["ua"] >= 0.5, (base, after)
+    assert after["cra"] >= 0.8, after  # colours survive
+    assert after["fid"] is not None and after["fid"] >= 0 and after["kid"] is not None
+
+
+def test_report_matches_the_schema_and_stores_the_protocol(digit3_report):
+    import jsonschema
+
+    doc = json.loads(json.dumps(digit3_report))  # what --json prints
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    p = doc["protocol"]
+    assert p["prompts"] == {"forget": 10, "retain": 45, "cross": 0}
+    assert p["images_per_model"] == 110 and p["seeds"] == [1000, 1001]
+    assert doc["judge"]["version"] and "not Inception" in doc["judge"]["features"]
+    assert doc["models"][1]["delta"]["method"] == "test-replacement"
+
+
+def test_base_images_are_sampled_once(tiny):
+    r = recipe("red")
+    first = api.evaluate(r, base=tiny)
+    second = api.evaluate(r, base=tiny)
+    assert second["protocol"]["base_images_from_cache"] == second["protocol"]["images_per_model"]
+    assert first["models"][0]["metrics"] == second["models"][0]["metrics"]
+    assert first["kind"] == "colour" and first["models"][0]["metrics"]["ua"] <= 0.2
+
+
+def test_cli_json_pipes_and_out_dir_has_a_report(tmp_path, remover_delta):
+    out = tmp_path / "ev"
+    p = subprocess.run([sys.executable, "-m", "erasecli", "evaluate", "--concept", "digit 3", "--delta",
+                        str(remover_delta), "--samples-per-prompt", "1", "--metrics", "ua,ira,cra", "--json",
+                        "--out", str(out)], capture_output=True, text=True, env={**os.environ}, timeout=600)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert list(doc["models"][0]["metrics"]) == ["ua", "ira", "cra"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "UA" in page and "no-three" in page
+    assert (out / "grid-forget.png").exists() and (out / "report.json").exists()
+    assert len(list((out / "images").rglob("*.png"))) == 2 * 55
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--concept", "digit 3", "--metrics", "ua,bogus"], 2, "valid metrics: ua, ira, cra"),
+    (["--concept", "van gogh"], 1, "not one digit or one colour"),
+    ([], 2, "no concept"),
+    (["--concept", "digit 3", "--delta", "nope"], 1, "does not exist"),
+    (["--concept", "van gogh", "--base", "sd-1.4", "--set", "eval.in_domain=[monet]"], 1, "hf download"),
+])
+def test_bad_input_is_one_line(tmp_path, args, code, needle):
+    p = subprocess.run([sys.executable, "-m", "erasecli", "evaluate", *args, "--json"], capture_output=True,
+                       text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == code, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert p.stdout == ""
