@@ -38,6 +38,26 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Erase concepts from text-to-image diffusion models. Runs on the bundled tiny base by default."""
 
 
+# Options shared by the commands (typer reads them as defaults; one definition, one help text).
+BASE = typer.Option(None, "--base", help="tiny (default), sd-1.4, sd-1.5, sd-2.1-base, a local diffusers folder "
+                    "or a hub id.")
+DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
+RECIPE = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/).")
+SET = typer.Option([], "--set", help="Override a recipe field, e.g. --set sample.eta=0.5 (repeatable).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if it exists.")
+FORCE = typer.Option(False, "--force", help="Use deltas made for another base.")
+DEVICE = typer.Option(None, "--device", help="cuda, mps or cpu. [default: best available]")
+DTYPE = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")
+JSON = typer.Option(False, "--json", help="Print one JSON document to stdout.")
+
+
+def _load_base_with_status(console, name: str, device, dtype):
+    from erasecli.models.registry import load_base
+
+    with console.status(f"loading base {name}"):
+        return load_base(name, device=device, dtype=dtype)
+
+
 def _stderr_console():
     from rich.console import Console
 
@@ -73,22 +93,21 @@ def load_recipe_cli(path, overrides, **values):
 def sample(
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="One prompt a line; - reads stdin."),
-    base: Optional[str] = typer.Option(None, "--base", help="tiny (default), sd-1.4, sd-1.5, sd-2.1-base, a "
-                                       "local diffusers folder or a hub id."),
-    delta: List[Path] = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable)."),
+    base: Optional[str] = BASE,
+    delta: List[Path] = DELTAS,
     n: int = typer.Option(4, "-n", help="Images per prompt."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed; image i uses seed + i. [default: 0]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. [default: recipe's, 25]"),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: --set sample.eta=0.5."),
+    recipe: Optional[Path] = RECIPE,
+    set_: List[str] = SET,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for PNGs, grids, manifest.jsonl."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-    force: bool = typer.Option(False, "--force", help="Load deltas made for another base."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu. [default: best available]"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+    overwrite: bool = OVERWRITE,
+    force: bool = FORCE,
+    device: Optional[str] = DEVICE,
+    dtype: str = DTYPE,
+    as_json: bool = JSON,
 ):
     """Generate images from a base, optionally with deltas applied."""
     from erasecli import api
@@ -101,11 +120,8 @@ def sample(
     api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from erasecli.models.registry import load_base
-
     console = _stderr_console()
-    with console.status(f"loading base {r.base}"):
-        loaded = load_base(r.base, device=device, dtype=dtype)
+    loaded = _load_base_with_status(console, r.base, device, dtype)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("sample", total=len(prompts) * n)
@@ -122,20 +138,20 @@ def sample(
 @app.command()
 def evaluate(
     concept: Optional[str] = typer.Option(None, "--concept", help='The erased concept, e.g. "digit 3" or "red".'),
-    base: Optional[str] = typer.Option(None, "--base", help="tiny (default), sd-1.4, ..., a folder or a hub id."),
-    delta: List[Path] = typer.Option([], "--delta", help="A delta folder (repeatable); none evaluates the base."),
+    base: Optional[str] = BASE,
+    delta: List[Path] = DELTAS,
     metrics: List[str] = typer.Option([], "--metrics", help="Metric names, comma-separated or repeated. "
                                       "[default: ua,ira,cra,clip_score,fid,kid]"),
     samples_per_prompt: Optional[int] = typer.Option(None, "--samples-per-prompt", help="Images per prompt."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed; image i of a prompt uses seed + i."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: --set eval.samples_per_prompt=8."),
+    recipe: Optional[Path] = RECIPE,
+    set_: List[str] = SET,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for images, grids, report.json, report.html."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-    force: bool = typer.Option(False, "--force", help="Evaluate deltas made for another base."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu. [default: best available]"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+    overwrite: bool = OVERWRITE,
+    force: bool = FORCE,
+    device: Optional[str] = DEVICE,
+    dtype: str = DTYPE,
+    as_json: bool = JSON,
 ):
     """Measure an erasure: UA, IRA, CRA, CLIP score, FID/KID of the base and each delta, side by side."""
     from erasecli import api
@@ -147,11 +163,9 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from erasecli.eval.report import rich_table
-    from erasecli.models.registry import load_base
 
     console = _stderr_console()
-    with console.status(f"loading base {r.base}"):
-        loaded = load_base(r.base, device=device, dtype=dtype)
+    loaded = _load_base_with_status(console, r.base, device, dtype)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("sampling", total=None)

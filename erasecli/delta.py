@@ -148,14 +148,22 @@ def apply_deltas(base, paths, force: bool = False) -> list[DeltaInfo]:
     infos = [read_delta_info(p) for p in paths]
     for info in infos:
         check_fits(info, base, force)
+    from diffusers.utils import logging as diffusers_logging
+
     names = []
-    for i, info in enumerate(infos):
-        name = f"delta{i}"
-        try:
-            base.pipe.load_lora_weights(str(info.path), adapter_name=name)
-        except (ValueError, RuntimeError, KeyError) as err:
-            raise DeltaError(f"delta {info.path} does not fit base {base.name!r}: {err}".splitlines()[0]) from err
-        names.append(name)
+    level = diffusers_logging.get_verbosity()
+    # diffusers notes that our deltas hold no text-encoder keys, on every load: true and expected.
+    diffusers_logging.set_verbosity_error()
+    try:
+        for i, info in enumerate(infos):
+            name = f"delta{i}"
+            try:
+                base.pipe.load_lora_weights(str(info.path), adapter_name=name)
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise DeltaError(f"delta {info.path} does not fit base {base.name!r}: {err}".splitlines()[0]) from err
+            names.append(name)
+    finally:
+        diffusers_logging.set_verbosity(level)
     if names:
         base.pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
     return infos

@@ -62,15 +62,27 @@ def _png_b64(img) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def group_grid(plan, spp, models, group: str):
-    """Rows = models, columns = the group's prompts (first sample of each): before/after at a glance."""
+def group_grid(plan, spp, models, group: str, cols: int = 10, tile: int = 64):
+    """One labelled block per model (the group's prompts, first seed each, `cols` to a row), stacked so the
+    same prompt sits at the same place in every block: before and after at a glance."""
+    from PIL import Image, ImageDraw
+
     from erasecli.api import image_grid
 
     idx = plan.group(group)
     if not idx:
         return None
-    tiles = [imgs[i * spp] for _, imgs in models for i in idx]
-    return image_grid(tiles, cols=len(idx), min_tile=64)
+    blocks = [(name, image_grid([imgs[i * spp] for i in idx], cols=min(cols, len(idx)), min_tile=tile))
+              for name, imgs in models]
+    label_h = 18
+    width = max(b.width for _, b in blocks)
+    out = Image.new("RGB", (width, sum(b.height + label_h for _, b in blocks)), "white")
+    y = 0
+    for name, b in blocks:
+        ImageDraw.Draw(out).text((4, y + 3), name, fill="black")
+        out.paste(b, (0, y + label_h))
+        y += b.height + label_h
+    return out
 
 
 def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwrite: bool) -> None:
@@ -111,8 +123,8 @@ def render_html(report: dict, grids: dict, model_names) -> str:
     for group, img in grids.items():
         n = p["prompts"][group]
         sections.append(
-            f"<h2>{e(group)} prompts ({n})</h2><p>rows: {e(', '.join(model_names))}; columns: the {e(group)} "
-            f"prompts, first seed</p><img alt='{e(group)} grid' src='data:image/png;base64,{_png_b64(img)}'>")
+            f"<h2>{e(group)} prompts ({n})</h2><p>one block per model ({e(', '.join(model_names))}); each shows "
+            f"the {e(group)} prompts in table order, first seed</p><img alt='{e(group)} grid' src='data:image/png;base64,{_png_b64(img)}'>")
     prompt_rows = "".join(
         f"<tr><td>{e(x['group'])}</td><td>{e(x['prompt'])}</td>"
         + "".join(f"<td>{e(_fmt(x['models'][m].get(report['kind'])))}</td>" for m in model_names) + "</tr>"
