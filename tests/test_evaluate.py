@@ -91,3 +91,18 @@ def test_bad_input_is_one_line(tmp_path, args, code, needle):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
     assert p.stdout == ""
+
+
+def test_clip_zero_shot_judge_path_runs_for_real(tiny):
+    """The judge SD bases use (CLIP zero-shot over the recipe's lists, CLIP-FID), driven on the tiny base
+    with the tiny CLIP, so the code path is exercised on real images and a real CLIP."""
+    r = load_recipe(None, [
+        "concept.name=three", "concept.forget_templates=['a red handwritten digit {concept}']",
+        "eval.judge=clip", "eval.in_domain=[seven, zero]", "eval.cross_domain=[green, blue]",
+        "eval.cross_template=a {concept} handwritten digit", "eval.samples_per_prompt=3",
+    ])
+    rep = api.evaluate(r, base=tiny)
+    m = rep["models"][0]["metrics"]
+    assert rep["judge"]["name"] == "clip-zero-shot:tiny-clip" and "CLIP-FID" in rep["judge"]["features"]
+    assert rep["protocol"]["prompts"] == {"forget": 1, "retain": 2, "cross": 2}
+    assert m["ua"] <= 0.34 and m["ira"] >= 0.66 and m["cra"] >= 0.66, m

@@ -45,7 +45,8 @@ def test_device_and_dtype_selection_on_a_cpu_machine():
 def test_tiny_base_loads_in_a_plain_diffusers_pipeline():
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(TINY_DIR), dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(TINY_DIR))  # no dtype: what a user types first
+    assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
     # SD's own tokenizer ids (the real CLIP BPE vocabulary), with a short context

@@ -297,6 +297,10 @@ def save_pipeline(vae, te, tokenizer_dir: Path, unet, out: Path) -> None:
     )
     pipe.to(torch.float16)  # fp16 storage halves the shipped size; erasecli loads it back in fp32 on CPU
     pipe.save_pretrained(str(out), safe_serialization=True)
+    # Weights stay fp16 on disk, but a plain `from_pretrained(folder)` must load one dtype throughout: diffusers
+    # loads the UNet and VAE in fp32, while transformers 5 loads the text encoder in its config's dtype.
+    te_cfg = out / "text_encoder" / "config.json"
+    te_cfg.write_text(json.dumps({**json.loads(te_cfg.read_text()), "dtype": "float32"}, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out / "tokenizer")
     shutil.copytree(tokenizer_dir, out / "tokenizer")  # without tokenizer.json: vocab+merges suffice
 
@@ -310,13 +314,14 @@ def main(argv=None) -> None:
     ap.add_argument("--unet-steps", type=int, default=4500)
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--pilot", action="store_true", help="a few steps of every stage")
+    ap.add_argument("--checkpoint-every", type=int, default=250, help="UNet-stage steps between checkpoints")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from OUT.partial: finished stages are kept, the UNet "
                     "stage continues from its last checkpoint")
     args = ap.parse_args(argv)
     if args.pilot:
         args.vae_steps = args.classifier_steps = args.clip_steps = 20
-        args.unet_steps = 30
+        args.unet_steps = min(args.unet_steps, 30)
     from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
 
@@ -362,7 +367,8 @@ def main(argv=None) -> None:
         finish("classifier", info, t)
     if "unet" not in report:
         t = time.time()
-        te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt")
+        te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt",
+                                     ckpt_every=args.checkpoint_every)
         save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
         finish("unet", info, t)
     if "clip" not in report:
