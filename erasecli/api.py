@@ -202,7 +202,7 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
     import time
 
     from erasecli import __version__
-    from erasecli.delta import apply_deltas, read_delta_info
+    from erasecli.delta import apply_deltas
     from erasecli.eval.cache import cached_generate
     from erasecli.eval.judges import Clip, ClipZeroShotJudge, TinyClassifierJudge
     from erasecli.eval.metrics import METRICS, Context, ModelImages
@@ -244,7 +244,10 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
                             scheduler=cfg.scheduler, batch_size=cfg.batch_size, on_batch=tick)
         finally:
             base.pipe.unload_lora_weights()
-        models.append((Path(d).name or str(d), info, imgs))
+        name = Path(d).name or str(d)
+        if name in [m[0] for m in models]:  # a/delta and b/delta: keep the columns apart
+            name = f"{name}#{len(models)}"
+        models.append((name, info, imgs))
     judged = [ModelImages(name, imgs, judge.predict(imgs)) for name, _, imgs in models]
     rows = []
     shared_ir = None
