@@ -106,3 +106,15 @@ def test_clip_zero_shot_judge_path_runs_for_real(tiny):
     assert rep["judge"]["name"] == "clip-zero-shot:tiny-clip" and "CLIP-FID" in rep["judge"]["features"]
     assert rep["protocol"]["prompts"] == {"forget": 1, "retain": 2, "cross": 2}
     assert m["ua"] <= 0.34 and m["ira"] >= 0.66 and m["cra"] >= 0.66, m
+
+
+def test_several_deltas_side_by_side_sample_the_base_once(tiny, remover_delta, tmp_path):
+    import shutil
+
+    twin = tmp_path / "elsewhere" / remover_delta.name  # same folder name, another place
+    shutil.copytree(remover_delta, twin)
+    rep = api.evaluate(recipe("digit 3", "eval.metrics=[ua, cra]"), deltas=[str(remover_delta), str(twin)],
+                       base=tiny)
+    assert [m["name"] for m in rep["models"]] == ["base", "no-three", "no-three#2"]
+    assert rep["models"][1]["metrics"] == rep["models"][2]["metrics"]  # the same delta, the same numbers
+    assert set(rep["prompts"][0]["models"]) == {"base", "no-three", "no-three#2"}
