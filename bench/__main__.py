@@ -2,9 +2,10 @@
 
 import sys
 
-from bench import evaluate_speed, tiny_quality
+from bench import evaluate_speed, tiny_quality, unlearn_compare
 
-BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main}
+BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main,
+           "unlearn_compare": unlearn_compare.main}
 
 
 def main() -> None:

@@ -292,3 +292,97 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
         write_report_dir(Path(out), report, plan, spp, [(name, imgs) for name, _, imgs in models], recipe,
                          overwrite=overwrite)
     return report
+
+
+def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: Path | None = None):
+    """Everything about an unlearn request that can be wrong, before any model loads. Returns the method class."""
+    from erasecli.data import check_folder, prompt_sets
+    from erasecli.methods import get_method
+    from erasecli.models.registry import resolve_base
+    from erasecli.outputs import check_out
+
+    cls = get_method(recipe.method)
+    cls.check(recipe)
+    if out is None:
+        raise UsageError("nowhere to put the delta", hint="pass --out DIR")
+    if resume is None:
+        check_out(out, overwrite)
+    ref = resolve_base(recipe.base)
+    if not recipe.concept.name:
+        raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "digit 3"')
+    sets = prompt_sets(recipe, ref.kind)  # a concept the tiny world lacks fails here
+    for key in ("forget_dir", "anchor_dir", "retain_dir"):
+        check_folder(getattr(recipe.data, key), f"data.{key}")
+    if not sets.forget:
+        raise UsageError("no forget prompts", hint="give concept.forget_templates in the recipe")
+    return cls
+
+
+def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None = None, device: str | None = None,
+            dtype: str = "auto", base=None, data_progress: Callable[[int, int], None] | None = None,
+            progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """`erase unlearn`: train recipe.method on the base and write the delta folder.
+
+    The folder holds the diffusers LoRA (`pytorch_lora_weights.safetensors`, with metadata), `delta.json`,
+    the resolved `recipe.yaml`, `train_log.jsonl` (one row per step) and `train_plot.png`, written atomically.
+    With `resume` (a `<out>.ckpt` folder), the recipe and step come from the checkpoint.
+    """
+    import time
+
+    import torch
+
+    from erasecli.data import build_train_data
+    from erasecli.delta import save_lora_delta
+    from erasecli.methods.loop import read_checkpoint, run, write_log
+    from erasecli.models.registry import load_base
+    from erasecli.plot import plot_training
+    from erasecli.recipes import recipe_to_dict
+
+    state = None
+    if resume is not None:
+        state = read_checkpoint(Path(resume))
+        from erasecli.recipes import recipe_from_dict
+
+        recipe = recipe_from_dict(state["recipe"])
+        out = Path(out) if out is not None else Path(state["out"])
+        overwrite = True  # the run that made the checkpoint already claimed `out`
+    out = Path(out) if out is not None else None
+    check_unlearn(recipe, out=out, overwrite=overwrite, resume=resume)
+    t0 = time.time()
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype)
+    data = build_train_data(recipe, base, progress=data_progress)
+    peak0 = _peak_rss_mb()
+    try:
+        result = run(recipe, base, data, out=out, resume_state=state, progress=progress,
+                     checkpoint_dir=Path(resume) if resume is not None else None)
+        rows = result["rows"]
+        summary = {"train_seconds": round(result["train_seconds"], 2), "steps": len(rows),
+                   "trainable_params": result["params"], "data": data.info,
+                   "final": {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else {},
+                   "peak_rss_mb": max(peak0, _peak_rss_mb())}
+        if base.device.type == "cuda":
+            summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+        def extra(folder: Path):
+            write_log(rows, folder / "train_log.jsonl")
+            plot_training(rows, folder / "train_plot.png", title=f"{recipe.method}: {recipe.concept.name}")
+            (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+        train_meta = {k: summary[k] for k in ("train_seconds", "steps", "trainable_params")}
+        info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=recipe.concept.name,
+                               recipe=recipe_to_dict(recipe), metrics={"train": train_meta}, overwrite=overwrite,
+                               extra=extra)
+    finally:  # a base passed in by the caller goes back without our adapter
+        base.pipe.unet.delete_adapters("default")
+    shutil.rmtree(result["checkpoint"], ignore_errors=True)
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    return {"out": str(out), "delta": info.to_dict(), "summary": summary}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)

@@ -182,6 +182,86 @@ def evaluate(
             console.print(f"wrote images, grids, report.json and report.html to {out}")
 
 
+@app.command()
+def unlearn(
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha or "
+                                         "esd."),
+    concept: Optional[str] = typer.Option(None, "--concept", help='What to erase, e.g. "digit 3" or "van gogh".'),
+    base: Optional[str] = BASE,
+    recipe: Optional[Path] = RECIPE,
+    set_: List[str] = SET,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the delta, its log and plot."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps. [default: recipe's, 200]"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the adapter."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its <out>.ckpt "
+                                          "folder (recipe and step come from it)."),
+    overwrite: bool = OVERWRITE,
+    device: Optional[str] = DEVICE,
+    dtype: str = DTYPE,
+    as_json: bool = JSON,
+):
+    """Erase a concept: train a LoRA delta with an unlearning method (checkpoints every train.checkpoint_every
+    steps and on Ctrl-C; --resume continues)."""
+    from erasecli import api
+    from erasecli.errors import RecipeError
+
+    if resume is not None:
+        given = [name for name, v in (("--method", method), ("--concept", concept), ("--base", base),
+                                      ("--recipe", recipe), ("--steps", steps), ("--lr", lr), ("--seed", seed))
+                 if v is not None] + (["--set"] if set_ else [])
+        if given:
+            raise UsageError(f"--resume takes the recipe from the checkpoint, so {', '.join(given)} cannot change it",
+                             hint="drop those options, or start a new run with another --out")
+        r = None
+    else:
+        from erasecli.recipes import METHOD_NAMES
+
+        if method is not None and method not in METHOD_NAMES:
+            raise RecipeError(f"unknown method {method!r}", hint="valid methods: " + ", ".join(METHOD_NAMES))
+        file_method = load_recipe_cli(recipe, []).method if recipe is not None else ""
+        if method is not None and file_method and method != file_method:
+            raise RecipeError(f"recipe {recipe} is for method {file_method!r}, not {method!r}",
+                              hint=f"drop --method, or use a recipe for {method} (recipes/*-{method}.yaml)")
+        r = load_recipe_cli(recipe, set_, base=base, method=method or None,
+                            concept=_drop_none({"name": concept}),
+                            train=_drop_none({"steps": steps, "lr": lr, "seed": seed}))
+        if not r.method:
+            from dataclasses import replace
+
+            r = replace(r, method="siss")
+        api.check_unlearn(r, out=out, overwrite=overwrite)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _stderr_console()
+    name = r.base if r is not None else "from checkpoint"
+    loaded = None
+    if r is not None:
+        loaded = _load_base_with_status(console, r.base, device, dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[losses]}"), console=console, transient=True) as bar:
+        data_task = bar.add_task("sampling data", total=None, losses="")
+        train_task = bar.add_task("training", total=None, losses="", visible=False)
+        keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "lambda")
+
+        def on_step(k, total, row):
+            shown = "  ".join(f"{key} {row[key]:.4g}" for key in keys if key in row)
+            bar.update(train_task, completed=k, total=total, losses=shown, visible=True)
+
+        result = api.unlearn(r, out=out, overwrite=overwrite, resume=resume, device=device, dtype=dtype, base=loaded,
+                             data_progress=lambda done, total: bar.update(data_task, completed=done, total=total),
+                             progress=on_step)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        s = result["summary"]
+        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, {s['steps']} steps, "
+                      f"{s['train_seconds']:.1f} s training, {s['data']['sampling_seconds']:.1f} s sampling data; "
+                      f"base {name if r is None else r.base})")
+        console.print(f"next: erase evaluate --concept {json.dumps(result['delta']['concept'])} "
+                      f"--base {result['delta']['base']} --delta {result['out']}")
+
+
 def main() -> None:
     """Entry point: one line per error, exit 1 (2 for usage errors); ERASE_DEBUG=1 shows tracebacks."""
     try:  # typer >= 0.20 vendors click and raises its own copies of click's exceptions
@@ -205,13 +285,18 @@ def main() -> None:
         if debug:
             raise
         cmd = e.ctx.command_path if getattr(e, "ctx", None) else "erase"
-        print(f"error: {' '.join(e.format_message().split())} (see `{cmd} --help`)", file=sys.stderr)
+        msg = " ".join(e.format_message().split())
+        if "--method" in msg:  # `erase unlearn --method` with no value: say what the values are
+            from erasecli.recipes import METHOD_NAMES
+
+            msg += f" (valid methods: {', '.join(METHOD_NAMES)})"
+        print(f"error: {msg} (see `{cmd} --help`)", file=sys.stderr)
         sys.exit(2)
     except EraseError as e:
         if debug:
             raise
         print(f"error: {e.one_line()}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UsageError) else 1)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -53,8 +53,9 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
 
 
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
-                    metrics: dict | None = None, overwrite: bool = False) -> DeltaInfo:
-    """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically."""
+                    metrics: dict | None = None, overwrite: bool = False, extra=None) -> DeltaInfo:
+    """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically; `extra(folder)` may add
+    files (logs, plots) to the folder before it is moved into place."""
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -90,6 +91,8 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
 
         if recipe:
             write_recipe(recipe_from_dict(recipe), tmp / "recipe.yaml")
+        if extra is not None:
+            extra(tmp)
         replace_dir(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 class EraseError(Exception):
     """An error a user can fix. `hint` says how, in one short sentence."""
 
+    exit_code = 1
+
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
@@ -17,6 +19,8 @@ class EraseError(Exception):
 
 class UsageError(EraseError):
     """Arguments that cannot work together or are malformed; exit code 2."""
+
+    exit_code = 2
 
 
 class RecipeError(EraseError):

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the bundled tiny base. Today: sample the base and measure it with `erase evaluate`
-# (the "before" numbers); erasing a concept joins when `erase unlearn` lands.
+# The main job on the bundled tiny base: erase the digit 3 with the default method (siss), then print
+# `erase evaluate`'s before/after table (the base beside the delta: UA, IRA, CRA, CLIP score, FID, KID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ERASE=.venv/bin/erase
 OUT=${OUT:-out/demo}
 rm -rf "$OUT"
 mkdir -p "$OUT"
-echo "== erase sample: the tiny base draws what it is asked for =="
-$ERASE sample --recipe recipes/tiny-digits.yaml -n 8 --out "$OUT/samples" \
-  -p "a red handwritten digit three" -p "a blue handwritten digit seven" -p "a yellow digit" -p "a handwritten digit"
-ls "$OUT/samples"/grid-*.png
-echo "== erase evaluate: UA / IRA / CRA, CLIP score of the base for the concept 'digit 3' =="
-$ERASE evaluate --recipe recipes/tiny-digits.yaml --out "$OUT/evaluate"
-echo "open $OUT/evaluate/report.html for the grids"
+echo "== erase unlearn: erase 'digit 3' from the tiny base with siss (samples its training data on a first run) =="
+$ERASE unlearn --recipe recipes/tiny-digit-siss.yaml --out "$OUT/no-three"
+echo "== erase evaluate: before (base) and after (delta) =="
+$ERASE evaluate --concept "digit 3" --delta "$OUT/no-three" --out "$OUT/evaluate"
+echo "== erase sample: the same prompts with and without the delta =="
+$ERASE sample -n 8 --out "$OUT/before" -p "a red handwritten digit three" -p "a blue handwritten digit seven"
+$ERASE sample -n 8 --out "$OUT/after" --delta "$OUT/no-three" \
+  -p "a red handwritten digit three" -p "a blue handwritten digit seven"
+echo "open $OUT/evaluate/report.html for the grids; $OUT/no-three/train_plot.png for the training curves"

@@ -56,7 +56,7 @@ def test_defaults_load():
     assert r.sample.steps == 25 and r.sample.guidance == 5.0 and r.sample.scheduler == "ddim"
     assert r.lora.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
     assert r.concept.forget_templates == ("{concept}",)
-    assert r.train.lr == 1e-4
+    assert r.train.lr == 1e-3
 
 
 def test_yaml_overrides_defaults_and_keeps_the_rest(tmp_path):

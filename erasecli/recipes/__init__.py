@@ -44,6 +44,7 @@ import yaml
 from erasecli.errors import RecipeError
 
 __all__ = [
+    "METHOD_NAMES",
     "SCHEDULERS",
     "Check",
     "ConceptConfig",
@@ -206,9 +207,9 @@ class LoraConfig:
 class TrainConfig:
     """The optimisation loop shared by every method."""
 
-    steps: int = field(default=200, metadata={"help": "Optimiser steps, >= 1."})
-    lr: float = field(default=1e-4, metadata={"help": "Learning rate, > 0."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step, >= 1."})
+    steps: int = field(default=200, metadata={"help": "Optimiser steps, >= 1 (ppo-alpha episodic: of the final run)."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate of the adapter (AdamW), > 0."})
+    batch_size: int = field(default=16, metadata={"help": "Forget pairs (and as many retain examples) per optimiser step, >= 1."})
     seed: int = field(default=0, metadata={"help": "Seed for noise, timesteps and data order, >= 0."})
     checkpoint_every: int = field(default=50, metadata={"help": "Optimiser steps between resumable checkpoints, >= 1."})
 
@@ -218,6 +219,136 @@ class TrainConfig:
         "batch_size": (at_least(1),),
         "seed": (at_least(0),),
         "checkpoint_every": (at_least(1),),
+    }
+
+
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd")  # erasecli.methods.METHODS has the classes
+LORA_PRESETS = ("attn", "xattn", "noxattn")  # target_modules words that expand to module lists (ESD subsets)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The forget / anchor / retain sets every method trains on (METHODS.md, "Shared pieces")."""
+
+    images_per_prompt: int = field(
+        default=8, metadata={"help": "Images sampled from the base per forget prompt (and as many anchors), >= 1."})
+    retain_images_per_prompt: int = field(
+        default=4, metadata={"help": "Images sampled from the base per retain prompt, >= 0 (0: no retain term)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the first sampled training image, >= 0."})
+    forget_dir: str = field(
+        default="", metadata={"help": "A folder of forget images to use instead of sampling (a .txt file beside an "
+                              "image holds its prompt; else forget prompts in turn). Empty: sample."})
+    anchor_dir: str = field(default="", metadata={"help": "A folder of anchor images, as forget_dir. Empty: sample."})
+    retain_dir: str = field(default="", metadata={"help": "A folder of retain images, as forget_dir. Empty: sample."})
+    uncond_fraction: float = field(
+        default=0.1, metadata={"help": "Share of retain examples trained with the empty prompt, in [0, 1], so the "
+                               "unconditional prediction that guidance uses stays the base's [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "images_per_prompt": (at_least(1),),
+        "retain_images_per_prompt": (at_least(0),),
+        "seed": (at_least(0),),
+        "uncond_fraction": (between(0, 1),),
+    }
+
+
+@dataclass(frozen=True)
+class SissConfig:
+    """SISS, shared by siss, adaptive-siss and ppo-alpha (METHODS.md)."""
+
+    lam: float = field(
+        default=0.5, metadata={"help": "lambda: probability that the noisy input comes from the forget image, in "
+                               "(0, 1). Fixed for siss; the start value for ppo-alpha."})
+    objective: str = field(
+        default="surgery", metadata={"help": "'surgery' (reference code: g_x - s/|g_a| g_a, clipped) or "
+                                     "'weighted' (the paper's written objective)."})
+    scaling_norm: float = field(
+        default=0.02, metadata={"help": "s: norm of the forget (ascent) part of the surgery update, > 0. The reference advises about 10% of the gradient norm of naive deletion; 0.02 suits the tiny base."})
+    clip_norm: float = field(default=1.0, metadata={"help": "Clip the total update to this norm, > 0."})
+    superfactor: float = field(
+        default=0.0, metadata={"help": "s in the weighted objective n/(n-k) L_x - (1+s) k/(n-k) L_a, >= 0."})
+    retain_weight: float = field(
+        default=3.0, metadata={"help": "Weight of the retain-preservation term L_r, >= 0 [ours]."})
+    lambda_min: float = field(default=0.05, metadata={"help": "Lowest lambda adaptive-siss and ppo-alpha may pick."})
+    lambda_max: float = field(default=0.95, metadata={"help": "Highest lambda adaptive-siss and ppo-alpha may pick."})
+
+    CHECKS: ClassVar[Checks] = {
+        "lam": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "objective": (one_of("surgery", "weighted"),),
+        "scaling_norm": (above(0),),
+        "clip_norm": (above(0),),
+        "superfactor": (at_least(0),),
+        "retain_weight": (at_least(0),),
+        "lambda_min": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "lambda_max": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+    }
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """adaptive-siss: the inference network q_phi(z | f) over lambda."""
+
+    hidden: int = field(default=64, metadata={"help": "Width of q_phi's two hidden layers (tanh), >= 1."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of q_phi, > 0."})
+    beta: float = field(default=0.01, metadata={"help": "Weight of KL(q_phi(z|f) || N(0, 1)), >= 0."})
+
+    CHECKS: ClassVar[Checks] = {"hidden": (at_least(1),), "lr": (above(0),), "beta": (at_least(0),)}
+
+
+@dataclass(frozen=True)
+class PpoConfig:
+    """ppo-alpha: a PPO agent picks lambda at every SISS step."""
+
+    mode: str = field(default="online", metadata={"help": "'online' (one run, PPO every update_every steps) or "
+                                                  "'episodic' (episodes reset the adapter; a final run makes the delta)."})
+    update_every: int = field(default=16, metadata={"help": "Environment steps per PPO update (the window), >= 2."})
+    epochs: int = field(default=4, metadata={"help": "PPO epochs over each window, >= 1."})
+    clip: float = field(default=0.2, metadata={"help": "PPO ratio clip, in (0, 1)."})
+    gamma: float = field(default=0.99, metadata={"help": "Discount, in [0, 1]."})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda, in [0, 1]."})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of policy and value, > 0."})
+    entropy_coef: float = field(default=0.01, metadata={"help": "Entropy bonus weight, >= 0."})
+    smooth_beta: float = field(default=0.1, metadata={"help": "beta_s: penalty on (lambda_k - lambda_{k-1})^2, >= 0."})
+    hidden: int = field(default=64, metadata={"help": "Width of the two hidden layers (tanh), >= 1."})
+    episodes: int = field(default=3, metadata={"help": "Episodic mode: training episodes before the final run, >= 1."})
+    episode_steps: int = field(default=60, metadata={"help": "Episodic mode: SISS steps per episode, >= 2."})
+
+    CHECKS: ClassVar[Checks] = {
+        "mode": (one_of("online", "episodic"),),
+        "update_every": (at_least(2),),
+        "epochs": (at_least(1),),
+        "clip": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "gamma": (between(0, 1),),
+        "gae_lambda": (between(0, 1),),
+        "lr": (above(0),),
+        "entropy_coef": (at_least(0),),
+        "smooth_beta": (at_least(0),),
+        "hidden": (at_least(1),),
+        "episodes": (at_least(1),),
+        "episode_steps": (at_least(2),),
+    }
+
+
+@dataclass(frozen=True)
+class EsdConfig:
+    """esd: the baseline of Gandikota et al. 2023 (ESD-x: lora.target_modules [xattn]; ESD-u: [noxattn])."""
+
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the anchor to push, >= 0."})
+    anchor: str = field(default="empty", metadata={"help": "'empty' (original ESD: erase towards the unconditional "
+                                                   "prediction) or 'prompt' (towards each forget prompt's anchor)."})
+    xt_source: str = field(default="sample", metadata={"help": "'sample' (x_t by partial DDIM sampling with the "
+                                                       "model being trained, as ESD) or 'data' (forget latents noised "
+                                                       "to t, cheaper) [ours]."})
+    start_guidance: float = field(default=3.0, metadata={"help": "Guidance of the partial sampling, >= 0."})
+    retain_weight: float = field(default=0.0, metadata={"help": "Weight of a retain-preservation term, >= 0 "
+                                                        "(0 is the original ESD) [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "negative_guidance": (at_least(0),),
+        "anchor": (one_of("empty", "prompt"),),
+        "xt_source": (one_of("sample", "data"),),
+        "start_guidance": (at_least(0),),
+        "retain_weight": (at_least(0),),
     }
 
 
@@ -283,8 +414,17 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "The LoRA adapters trained (section)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimisation loop (section)."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "How erasures are measured (section)."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data sets (section)."})
+    siss: SissConfig = field(default_factory=SissConfig, metadata={"help": "SISS settings (section)."})
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig,
+                                     metadata={"help": "adaptive-siss settings (section)."})
+    ppo: PpoConfig = field(default_factory=PpoConfig, metadata={"help": "ppo-alpha settings (section)."})
+    esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
 
-    CHECKS: ClassVar[Checks] = {"base": (NOT_BLANK,)}
+    CHECKS: ClassVar[Checks] = {
+        "base": (NOT_BLANK,),
+        "method": (Check(lambda v: v in ("", *METHOD_NAMES), "one of " + ", ".join(METHOD_NAMES)),),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""All unlearning methods on the same concept and seed, one comparison table.
+
+Each method runs its shipped tiny recipe (`recipes/tiny-digit-<method>.yaml`) as `erase unlearn` in its own
+process (so peak RSS is that method's), after one process has sampled the shared data sets into the cache
+(sampling is reported apart from training). Then one `erase evaluate` judges every delta beside the base on
+the same prompts and seeds. JSON lines to stdout (one per method and figure), a Markdown table to stderr.
+
+    python -m bench.unlearn_compare [--concept "digit 3"] [--seed 0] [--methods siss,esd] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import emit
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"ua": 0.95, "ira": 0.90, "cra": 0.90, "train_seconds": 60.0}
+
+
+def erase(*args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "erasecli", *args, "--json"], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if p.returncode != 0:
+        raise SystemExit(f"erase {' '.join(args)} failed: {p.stderr.strip()}")
+    return json.loads(p.stdout)
+
+
+def main(argv=None) -> None:
+    from erasecli.recipes import METHOD_NAMES
+
+    ap = argparse.ArgumentParser(prog="python -m bench.unlearn_compare")
+    ap.add_argument("--concept", default="digit 3")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default=",".join(METHOD_NAMES))
+    ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")
+    a = ap.parse_args(argv)
+    work = Path(a.keep or tempfile.mkdtemp(prefix="erasecli-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ERASECLI_CACHE", str(work / "cache"))
+    methods = [m for m in a.methods.split(",") if m]
+    common = ["--concept", a.concept, "--seed", str(a.seed), "--overwrite"]
+    results = {}
+    for m in methods:
+        res = erase("unlearn", "--recipe", str(ROOT / "recipes" / f"tiny-digit-{m}.yaml"), *common,
+                    "--out", str(work / m))
+        results[m] = res["summary"]
+        results[m]["delta_bytes"] = (work / m / "pytorch_lora_weights.safetensors").stat().st_size
+    report = erase("evaluate", "--concept", a.concept, *sum([["--delta", str(work / m)] for m in methods], []),
+                   "--metrics", "ua,ira,cra,fid,kid,clip_score")
+    metrics = {row["name"]: row["metrics"] for row in report["models"]}
+    n_images = report["protocol"]["images_per_model"]
+    rows = []
+    for m in methods:
+        s, mm = results[m], metrics[m]
+        row = {"method": m, "ua": mm["ua"], "ira": mm["ira"], "cra": mm["cra"], "fid": mm["fid"],
+               "kid": mm["kid"]["mean"] if isinstance(mm["kid"], dict) else mm["kid"],
+               "clip_score": mm["clip_score"], "train_seconds": s["train_seconds"], "steps": s["steps"],
+               "sampling_seconds": s["data"]["sampling_seconds"], "peak_rss_mb": s["peak_rss_mb"],
+               "delta_bytes": s["delta_bytes"]}
+        rows.append(row)
+        for key in ("ua", "ira", "cra", "fid", "kid", "clip_score", "train_seconds", "peak_rss_mb", "delta_bytes"):
+            unit = {"train_seconds": "s", "peak_rss_mb": "MiB", "delta_bytes": "bytes"}.get(key, "")
+            extra = {"target": TARGETS[key]} if key in TARGETS else {}
+            emit("unlearn_compare", key, row[key], unit, method=m, concept=a.concept, seed=a.seed,
+                 recipe=f"recipes/tiny-digit-{m}.yaml", eval_images_per_model=n_images, **extra)
+    base = metrics["base"]
+    head = "| method | UA | IRA | CRA | FID | KID | CLIP score | train s | peak RSS MiB | delta KiB |"
+    lines = [head, "|" + " --- |" * 10,
+             f"| base (before) | {base['ua']:.3f} | {base['ira']:.3f} | {base['cra']:.3f} | - | - | "
+             f"{base['clip_score']:.2f} | - | - | - |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['ua']:.3f} | {r['ira']:.3f} | {r['cra']:.3f} | {r['fid']:.2f} | "
+                     f"{r['kid']:.4f} | {r['clip_score']:.2f} | {r['train_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['delta_bytes'] / 1024:.0f} |")
+    print("\n".join(lines), file=sys.stderr)
+    print(f"concept {a.concept!r}, seed {a.seed}, {n_images} evaluation images per model; deltas in {work}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Training data of every unlearning method: forget, anchor and retain prompts, their images and latents.
+
+METHODS.md, "Shared pieces". A forget prompt names the concept; its anchor prompt is what it should produce
+instead; retain prompts must keep their behaviour. Images are sampled from the *base* (or read from user
+folders), VAE-encoded once and cached on disk, so a rerun with the same base, prompts and seeds skips both.
+
+Pairing: forget image i of forget prompt j and anchor image i of the same prompt share a seed (the same
+initial noise), so a SISS pair differs mostly in the concept. Seeds are `data.seed + j * n + i`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erasecli.errors import RecipeError, UsageError
+from erasecli.models import tiny_world as W
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class PromptSets:
+    forget: tuple[str, ...]
+    anchor: tuple[str, ...]  # anchor[j] is what forget[j] should produce instead
+    retain: tuple[str, ...]
+
+
+# The tiny world: the forms the base was trained on (tiny_world.TEMPLATES_*). {c} colour, {w} word, {d} numeral.
+_TINY_DIGIT_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}", "a {c} digit {d}")
+_TINY_DIGIT_ONLY = ("a handwritten digit {w}", "the number {d}")
+_TINY_COLOUR_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}")
+_TINY_COLOUR_ONLY = ("a {c} handwritten digit", "a {c} digit")
+
+
+def tiny_prompt_sets(concept: str, kind: str = "") -> PromptSets:
+    """Erasing digit d forgets it in every colour and in its numeral forms, anchors each prompt to the same
+    prompt without the digit, and retains the other digits in every colour; a colour likewise."""
+    from erasecli.eval.plan import parse_tiny_concept
+
+    k, target = parse_tiny_concept(concept, kind)
+    forget, anchor, retain = [], [], []
+    if k == "digit":
+        fill = {"w": W.DIGIT_WORDS[target], "d": target}
+        for c in W.COLOUR_NAMES:
+            for t in _TINY_DIGIT_FORGET:
+                forget.append(t.format(c=c, **fill))
+                anchor.append(f"a {c} handwritten digit")
+        for t in _TINY_DIGIT_ONLY:
+            forget.append(t.format(**fill))
+            anchor.append("a handwritten digit")
+        retain = [W.quality_prompt(c, d) for c in W.COLOUR_NAMES for d in range(10) if d != target]
+    else:
+        c = W.COLOUR_NAMES[target]
+        for d in range(10):
+            for t in _TINY_COLOUR_FORGET:
+                forget.append(t.format(c=c, w=W.DIGIT_WORDS[d], d=d))
+                anchor.append(f"a handwritten digit {W.DIGIT_WORDS[d]}")
+        for t in _TINY_COLOUR_ONLY:
+            forget.append(t.format(c=c))
+            anchor.append("a handwritten digit")
+        retain = [W.quality_prompt(o, d) for o in W.COLOUR_NAMES if o != c for d in range(10)]
+    return PromptSets(tuple(forget), tuple(anchor), tuple(retain))
+
+
+_DANGLING = re.compile(r"(\s+(in the style of|in the manner of|by|of|like|in|with|featuring))+\s*$", re.I)
+
+
+def strip_concept(template: str) -> str:
+    """'a painting in the style of {concept}' -> 'a painting': the template with the concept removed."""
+    text = " ".join(template.replace("{concept}", " ").split())
+    text = _DANGLING.sub("", text).strip(" ,;:-")
+    return text
+
+
+def recipe_prompt_sets(recipe) -> PromptSets:
+    """Prompt sets from the recipe's concept section (bases other than tiny)."""
+    c = recipe.concept
+    if not c.name:
+        raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "van gogh"')
+    forget = tuple(t.format(concept=c.name) for t in c.forget_templates)
+    anchor = tuple(c.anchor or strip_concept(t) for t in c.forget_templates)
+    retain = list(c.retain_prompts)
+    for other in recipe.eval.in_domain:
+        retain += [t.format(concept=other) for t in c.forget_templates]
+    return PromptSets(forget, anchor, tuple(dict.fromkeys(retain)))
+
+
+def prompt_sets(recipe, base_kind: str) -> PromptSets:
+    """The tiny world derives its sets from the concept; other bases read them from the recipe."""
+    if base_kind == "bundled":
+        return tiny_prompt_sets(recipe.concept.name, recipe.concept.kind)
+    return recipe_prompt_sets(recipe)
+
+
+def check_folder(path: str, key: str) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if not p.is_dir():
+        raise RecipeError(f"{key} {path} is not a folder", hint="give a folder of images, or leave it empty to sample")
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()):
+        raise RecipeError(f"{key} {path} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+                          hint="put images there, or leave it empty to sample")
+
+
+@dataclass
+class TrainData:
+    """Everything a method's step draws from, on the training device. Prompt index 0 is the empty prompt."""
+
+    prompts: list  # unique prompts; embeds[i] encodes prompts[i]
+    embeds: object  # (P, L, D) text-encoder hidden states
+    forget: object  # (N, C, h, w) scaled latents
+    forget_c: object  # (N,) prompt index of each forget latent
+    anchor: object  # (N, C, h, w), row i paired with forget row i
+    anchor_c: object  # (N,) prompt index of the anchor prompt of forget row i
+    retain: object  # (M, C, h, w); M may be 0
+    retain_c: object  # (M,)
+    sets: PromptSets = None
+    info: dict = field(default_factory=dict)
+
+
+def _latent_key(fingerprint: str, device: str, dtype: str, parts) -> str:
+    raw = json.dumps([fingerprint, device, dtype, parts])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _encode(base, images):
+    """PIL images -> scaled VAE latents (posterior mean), in batches, on the base's device."""
+    import numpy as np
+    import torch
+
+    pipe = base.pipe
+    res = base.resolution
+    out = []
+    for i in range(0, len(images), 32):
+        arr = np.stack([np.asarray(im.convert("RGB").resize((res, res))) for im in images[i : i + 32]])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+        with torch.inference_mode():
+            z = pipe.vae.encode(x.to(base.device, base.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+        out.append(z.float().cpu())
+    return torch.cat(out)
+
+
+def _folder_images(path: str, prompts):
+    """Images of a user folder and their prompts: a same-named .txt beside an image, else prompts in turn."""
+    from PIL import Image
+
+    files = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    images, texts = [], []
+    for i, f in enumerate(files):
+        images.append(Image.open(f).convert("RGB"))
+        side = f.with_suffix(".txt")
+        texts.append(side.read_text().strip() if side.exists() else prompts[i % len(prompts)])
+    return images, texts, [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+
+
+def _latents(base, prompts, seeds, cfg, on_batch, label):
+    """Cached latents of base samples for (prompt, seed) pairs; returns (latents, seconds spent sampling)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from erasecli.api import generate
+    from erasecli.eval.cache import cache_root, cached_generate, image_key
+    from erasecli.models.registry import weights_fingerprint
+
+    fp = weights_fingerprint(base)
+    keys = [image_key(fp, base.device.type, str(base.dtype), p, s, cfg) for p, s in zip(prompts, seeds)]
+    key = _latent_key(fp, base.device.type, str(base.dtype), keys)
+    file = cache_root() / "latents" / f"{key}.safetensors"
+    if file.exists():
+        try:
+            z = load_file(str(file))["latents"]
+            if on_batch:
+                on_batch(len(prompts))
+            return z, 0.0, True
+        except Exception:  # a truncated cache file: rebuild it
+            pass
+    t0 = time.time()
+    images, _ = cached_generate(base, list(prompts), list(seeds), cfg, generate, on_batch=on_batch)
+    z = _encode(base, images)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    save_file({"latents": z.contiguous()}, str(tmp))
+    os.replace(tmp, file)
+    return z, time.time() - t0, False
+
+
+def build_train_data(recipe, base, progress=None) -> TrainData:
+    """Sample (or read) forget, anchor and retain images, VAE-encode them and embed every prompt."""
+    import torch
+
+    sets = prompt_sets(recipe, base.ref.kind)
+    d, cfg = recipe.data, recipe.sample
+    n, nr = d.images_per_prompt, d.retain_images_per_prompt
+    total = 2 * n * len(sets.forget) + nr * len(sets.retain)
+    done = 0
+
+    def tick(k):
+        nonlocal done
+        done += k
+        if progress:
+            progress(min(done, total), total)
+
+    seconds, hits = 0.0, 0
+    # forget j, image i and its anchor share seed data.seed + j * n + i
+    f_prompts = [p for p in sets.forget for _ in range(n)]
+    a_prompts = [p for p in sets.anchor for _ in range(n)]
+    f_seeds = [d.seed + j * n + i for j in range(len(sets.forget)) for i in range(n)]
+    r_prompts = [p for p in sets.retain for _ in range(nr)]
+    r_seeds = [d.seed + 100_000 + j * nr + i for j in range(len(sets.retain)) for i in range(nr)]
+
+    def one(folder, prompts, seeds, label, prompt_pool):
+        nonlocal seconds, hits
+        if folder:
+            images, texts, _ = _folder_images(folder, prompt_pool)
+            tick(len(prompts))
+            return _encode(base, images), texts
+        if not prompts:
+            return torch.zeros(0, *base_latent_shape(base)), []
+        z, s, hit = _latents(base, prompts, seeds, cfg, tick, label)
+        seconds += s
+        hits += int(hit)
+        return z, list(prompts)
+
+    forget, f_texts = one(d.forget_dir, f_prompts, f_seeds, "forget", list(sets.forget))
+    anchor, a_texts = one(d.anchor_dir, a_prompts, f_seeds, "anchor", list(sets.anchor))
+    retain, r_texts = one(d.retain_dir, r_prompts, r_seeds, "retain", list(sets.retain) or list(sets.anchor))
+    if len(anchor) != len(forget):  # user folders of different sizes: pair by cycling the anchors
+        idx = torch.arange(len(forget)) % len(anchor)
+        anchor, a_texts = anchor[idx], [a_texts[i] for i in idx.tolist()]
+    prompts = list(dict.fromkeys(["", *f_texts, *a_texts, *r_texts, *sets.anchor]))
+    index = {p: i for i, p in enumerate(prompts)}
+    with torch.inference_mode():
+        embeds = torch.cat([base.pipe.encode_prompt(prompts[i : i + 64], base.device, 1, False)[0]
+                            for i in range(0, len(prompts), 64)])  # (P, L, D)
+    dev = base.device
+    return TrainData(
+        prompts=prompts, embeds=embeds.float().clone(),
+        forget=forget.to(dev), forget_c=torch.tensor([index[p] for p in f_texts], device=dev),
+        anchor=anchor.to(dev), anchor_c=torch.tensor([index[p] for p in a_texts], device=dev),
+        retain=retain.to(dev), retain_c=torch.tensor([index[p] for p in r_texts], device=dev, dtype=torch.long),
+        sets=sets,
+        info={"forget_prompts": len(sets.forget), "retain_prompts": len(sets.retain), "forget_images": len(forget),
+              "anchor_images": len(anchor), "retain_images": len(retain), "sampling_seconds": round(seconds, 2),
+              "latent_sets_from_cache": hits},
+    )
+
+
+def base_latent_shape(base) -> tuple:
+    cfg = base.pipe.unet.config
+    return (cfg.in_channels, cfg.sample_size, cfg.sample_size)

@@ -1,0 +1,107 @@
+"""Unlearning methods, one file each, behind one small interface.
+
+A method is a class with `step(k) -> dict` (one optimiser step; the dict is that step's log row: losses,
+gradient norms, lambda) and `state_dict()` / `load_state_dict()` for whatever it owns beyond the shared
+adapter (its optimisers, inference or policy networks). The shared loop (`erasecli.methods.loop`) builds the
+`Context`, calls `step`, logs, checkpoints and saves the delta; a method never touches files or the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from erasecli.errors import RecipeError
+
+
+@dataclass
+class Context:
+    """What every method's step needs. All randomness comes from `gen` (CPU), whose state checkpoints save."""
+
+    recipe: object
+    base: object  # models.registry.Base
+    unet: object  # the base UNet with the trainable adapter attached
+    params: list  # the trainable parameters (the adapter), fp32
+    data: object  # data.TrainData
+    gen: object  # torch.Generator on the CPU
+    alphas_cumprod: object  # (T,) on the device, fp32
+    device: object
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def randint(self, high: int, n: int):
+        import torch
+
+        return torch.randint(high, (n,), generator=self.gen).to(self.device)
+
+    def randn(self, shape):
+        import torch
+
+        return torch.randn(shape, generator=self.gen).to(self.device)
+
+    def rand(self, n: int):
+        import torch
+
+        return torch.rand(n, generator=self.gen).to(self.device)
+
+    def eps(self, x_t, t, c):
+        """eps_theta(x_t, t, c): the UNet's noise prediction, c an index tensor into data.embeds."""
+        return self.unet(x_t, t, encoder_hidden_states=self.data.embeds[c]).sample
+
+    def retain_batch(self, n: int):
+        """n retain examples (x_r, c_r); a share `data.uncond_fraction` gets the empty prompt (index 0)."""
+        import torch
+
+        d = self.data
+        j = self.randint(len(d.retain), n)
+        c = d.retain_c[j]
+        drop = self.rand(n) < self.recipe.data.uncond_fraction
+        return d.retain[j], torch.where(drop, torch.zeros_like(c), c)
+
+
+class Unlearner:
+    """The interface. Subclasses set `name` and implement `step`; the defaults suit methods that own only an
+    optimiser over `ctx.params`."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: Context):
+        import torch
+
+        self.ctx = ctx
+        self.opt = torch.optim.AdamW(ctx.params, lr=ctx.recipe.train.lr, weight_decay=0.0)
+
+    @classmethod
+    def total_steps(cls, recipe) -> int:
+        return recipe.train.steps
+
+    @classmethod
+    def check(cls, recipe) -> None:
+        """Method-specific recipe checks that span fields (single-field ranges are the recipe's CHECKS)."""
+
+    def step(self, k: int) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+
+
+# The registry: an explicit dict, imported after Unlearner exists (each method module imports it from here).
+from erasecli.methods.adaptive_siss import AdaptiveSiss  # noqa: E402
+from erasecli.methods.esd import Esd  # noqa: E402
+from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
+from erasecli.methods.siss import Siss  # noqa: E402
+
+METHODS: dict[str, type[Unlearner]] = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd)}
+
+
+def get_method(name: str) -> type[Unlearner]:
+    if name not in METHODS:
+        raise RecipeError(f"unknown method {name!r}" if name else "no method given",
+                          hint="valid methods: " + ", ".join(METHODS))
+    return METHODS[name]

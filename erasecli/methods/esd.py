@@ -1,0 +1,93 @@
+"""esd: Erasing Concepts from Diffusion Models (Gandikota et al. 2023), the field's standard baseline.
+
+METHODS.md, "esd". Code names and symbols:
+
+    theta*        the frozen base: the same UNet with the adapter disabled (no second copy in memory)
+    x_t           from partial DDIM sampling with the forget prompt c by the model being trained
+                  (esd.xt_source: sample), or a forget latent noised to t (esd.xt_source: data) [ours]
+    e_c, e_0      eps_theta*(x_t, c, t), eps_theta*(x_t, "", t)
+    e_anchor      eps_theta*(x_t, c_anchor, t): e_0 for the original ESD (esd.anchor: empty), the forget
+                  prompt's anchor prompt for the "erase from" variant (esd.anchor: prompt)
+    eta           esd.negative_guidance
+    target        e_anchor - eta (e_c - e_0)
+    loss          ||eps_theta(x_t, c, t) - target||^2 (+ retain_weight L_r [ours, 0 by default])
+
+The parameter subset is the adapter's: `lora.target_modules: [xattn]` is ESD-x, `[noxattn]` ESD-u (as LoRA,
+so the delta loads in diffusers like every other method's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from erasecli.methods import Unlearner
+from erasecli.methods.siss import grad_norm, mse
+
+
+class Esd(Unlearner):
+    name = "esd"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        from diffusers import DDIMScheduler
+
+        self.sched = DDIMScheduler.from_config(ctx.base.pipe.scheduler.config)
+        self.sched.set_timesteps(ctx.recipe.sample.steps, device=ctx.device)
+
+    @torch.no_grad()
+    def _partial_sample(self, c, n_stop: int):
+        """Run n_stop DDIM steps (eta 0) from pure noise with guidance esd.start_guidance; returns (x_t, t)."""
+        ctx, g = self.ctx, self.ctx.recipe.esd.start_guidance
+        x = ctx.randn((len(c), *ctx.data.forget.shape[1:])) * self.sched.init_noise_sigma
+        empty = torch.zeros_like(c)
+        for t in self.sched.timesteps[:n_stop]:
+            tt = t.expand(len(c))
+            e_c, e_0 = ctx.eps(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([c, empty])).chunk(2)
+            x = self.sched.step(e_0 + g * (e_c - e_0), t, x).prev_sample
+        return x, self.sched.timesteps[n_stop].expand(len(c))
+
+    def step(self, k: int) -> dict:
+        ctx, cfg = self.ctx, self.ctx.recipe.esd
+        d, B = ctx.data, ctx.recipe.train.batch_size
+        i = ctx.randint(len(d.forget), B)
+        c, c_anchor = d.forget_c[i], d.anchor_c[i]
+        if cfg.xt_source == "sample":
+            n_stop = int(ctx.randint(len(self.sched.timesteps), 1).item())
+            x_t, t = self._partial_sample(c, n_stop)
+        else:
+            t = ctx.randint(ctx.num_timesteps, B)
+            ab = ctx.alphas_cumprod[t].view(-1, 1, 1, 1)
+            x_t = ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape)
+        empty = torch.zeros_like(c)
+        ctx.unet.disable_adapters()  # theta*: the frozen base
+        try:
+            with torch.no_grad():
+                if cfg.anchor == "prompt":
+                    e_c, e_0, e_anchor = ctx.eps(torch.cat([x_t] * 3), torch.cat([t] * 3),
+                                                 torch.cat([c, empty, c_anchor])).chunk(3)
+                else:
+                    e_c, e_0 = ctx.eps(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([c, empty])).chunk(2)
+                    e_anchor = e_0
+        finally:
+            ctx.unet.enable_adapters()
+        target = e_anchor - cfg.negative_guidance * (e_c - e_0)  # (B, C, h, w)
+        use_retain = cfg.retain_weight > 0 and len(d.retain) > 0
+        if use_retain:
+            x_r, c_r = ctx.retain_batch(B)
+            t_r = ctx.randint(ctx.num_timesteps, B)
+            ab_r = ctx.alphas_cumprod[t_r].view(-1, 1, 1, 1)
+            eps_r = ctx.randn(x_r.shape)
+            e, e_r = ctx.eps(torch.cat([x_t, ab_r.sqrt() * x_r + (1 - ab_r).sqrt() * eps_r]),
+                             torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
+            L_r = mse(e_r, eps_r).mean()
+        else:
+            e = ctx.eps(x_t, t, c)
+            L_r = torch.zeros((), device=e.device)
+        L_esd = mse(e, target).mean()
+        loss = L_esd + cfg.retain_weight * L_r
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = grad_norm([p.grad for p in ctx.params if p.grad is not None])
+        self.opt.step()
+        return {"loss": loss.item(), "L_esd": L_esd.item(), "L_r": L_r.item(), "grad_norm": norm.item(),
+                "t": float(t.float().mean().item())}

@@ -1,0 +1,211 @@
+"""The unlearning loop every method shares: adapter, data, steps, logs, checkpoints, resume, the delta.
+
+Checkpoints live in `<out>.ckpt/` (`state.pt`, written to a temp file and renamed, plus the resolved
+`recipe.yaml`): every `train.checkpoint_every` steps and when the run is interrupted (Ctrl-C finishes the
+current step, saves, and exits; a second Ctrl-C stops at once). `--resume <out>.ckpt` restores the adapter,
+the method's optimisers and networks, the random generator and the log, and continues to the same delta as
+an uninterrupted run. A NaN or inf in a step's losses stops the run and keeps the last good checkpoint.
+The checkpoint folder is removed once the delta is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from erasecli.errors import EraseError
+
+STATE_FILE = "state.pt"
+
+
+class TrainingDiverged(EraseError):
+    """A step produced a NaN or inf."""
+
+
+class Interrupted(EraseError):
+    """The user stopped the run; a checkpoint was saved. Exit code 130, as for Ctrl-C."""
+
+    exit_code = 130
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def expand_targets(targets) -> list[str]:
+    """LoRA target modules; the words attn / xattn / noxattn expand to ESD's parameter subsets [ours as LoRA]:
+    xattn = cross-attention (attn2) projections (ESD-x); noxattn = self-attention (attn1) and feed-forward
+    (ESD-u without the convolutions); attn = both attentions' projections (the default set)."""
+    proj = ("to_q", "to_k", "to_v", "to_out.0")
+    presets = {
+        "xattn": [f"attn2.{p}" for p in proj],
+        "noxattn": [f"attn1.{p}" for p in proj] + ["ff.net.0.proj", "ff.net.2"],
+        "attn": list(proj),
+    }
+    out: list[str] = []
+    for t in targets:
+        out += presets.get(t, [t])
+    return list(dict.fromkeys(out))
+
+
+@contextmanager
+def _deferred_sigint():
+    """The first Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
+    flag = {"hit": False}
+    if not hasattr(signal, "SIGINT") or os.getpid() == 0:
+        yield flag
+        return
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if flag["hit"]:
+                raise KeyboardInterrupt
+            flag["hit"] = True
+
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no deferral
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _adapter_state(unet) -> dict:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def _load_adapter_state(unet, state: dict) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    res = set_peft_model_state_dict(unet, state)
+    missing = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
+    if missing:
+        raise EraseError(f"checkpoint adapter does not fit: unexpected keys {missing[:3]}")
+
+
+def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_seconds: float, out: Path) -> None:
+    from erasecli import __version__
+    from erasecli.recipes import recipe_to_dict, write_recipe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "version": __version__,
+        "step": step,
+        "out": str(out),
+        "recipe": recipe_to_dict(ctx.recipe),
+        "adapter": _adapter_state(ctx.unet),
+        "method": method.state_dict(),
+        "gen": ctx.gen.get_state(),
+        "rows": rows,
+        "train_seconds": train_seconds,
+    }
+    tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / STATE_FILE)
+    write_recipe(ctx.recipe, folder / "recipe.yaml")
+
+
+def read_checkpoint(folder: Path) -> dict:
+    f = Path(folder) / STATE_FILE
+    if not f.exists():
+        raise EraseError(f"no checkpoint in {folder} (expected {STATE_FILE})",
+                         hint="pass the <out>.ckpt folder an interrupted `erase unlearn` printed")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise EraseError(f"checkpoint {f} cannot be read: {err}".splitlines()[0]) from err
+
+
+def setup_adapter(recipe, base) -> list:
+    """Freeze the base, attach a fresh LoRA (seeded, so its init is the same on resume), return its params."""
+    from erasecli.delta import add_lora
+
+    pipe = base.pipe
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+    torch.manual_seed(recipe.train.seed)  # peft's lora_A init draws from the global generator
+    add_lora(pipe.unet, recipe.lora.rank, recipe.lora.alpha, expand_targets(recipe.lora.target_modules))
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    for p in params:  # trainable weights in fp32, whatever the base's dtype (house rule 9)
+        p.data = p.data.float()
+    return params
+
+
+def _finite(row: dict) -> bool:
+    import math
+
+    return all(math.isfinite(v) for k, v in row.items() if isinstance(v, float) and not k.startswith("grad_norm_"))
+
+
+def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, progress=None,
+        checkpoint_dir: Path | None = None) -> dict:
+    """Train `recipe.method` on `data`; returns {"rows", "train_seconds", "method", "params"} with the adapter
+    left on base.pipe.unet. Raises TrainingDiverged / Interrupted after saving what can be resumed."""
+    from erasecli.methods import Context, get_method
+
+    cls = get_method(recipe.method)
+    params = setup_adapter(recipe, base)
+    gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
+    ab = base.pipe.scheduler.alphas_cumprod.to(base.device, torch.float32)
+    ctx = Context(recipe=recipe, base=base, unet=base.pipe.unet, params=params, data=data, gen=gen,
+                  alphas_cumprod=ab, device=base.device)
+    method = cls(ctx)
+    total = cls.total_steps(recipe)
+    rows: list[dict] = []
+    start, train_seconds = 0, 0.0
+    if resume_state is not None:
+        _load_adapter_state(base.pipe.unet, resume_state["adapter"])
+        method.load_state_dict(resume_state["method"])
+        gen.set_state(resume_state["gen"])
+        rows = list(resume_state["rows"])
+        start, train_seconds = resume_state["step"], resume_state["train_seconds"]
+    ckpt = checkpoint_dir or checkpoint_dir_for(out)
+    every = recipe.train.checkpoint_every
+    last_saved = start if resume_state is not None else None
+    base.pipe.unet.train()
+    with _deferred_sigint() as sigint:
+        for k in range(start, total):
+            t0 = time.perf_counter()
+            row = method.step(k)
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            row = {"step": k + 1, **row, "lr": method.opt.param_groups[0]["lr"], "seconds": round(dt, 4)}
+            if not _finite(row):
+                where = f"; the last good checkpoint is {ckpt} (step {last_saved})" if last_saved else ""
+                raise TrainingDiverged(
+                    f"step {k + 1} of {recipe.method} produced a non-finite loss "
+                    f"({', '.join(f'{a}={b}' for a, b in row.items() if isinstance(b, float))}){where}",
+                    hint="lower train.lr or siss.scaling_norm, then rerun or --resume the checkpoint")
+            rows.append(row)
+            if progress:
+                progress(k + 1, total, row)
+            if (k + 1) % every == 0 and k + 1 < total:
+                save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
+                                out=out)
+                last_saved = k + 1
+            if sigint["hit"] and k + 1 < total:
+                save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
+                                out=out)
+                raise Interrupted(f"interrupted after step {k + 1} of {total}; checkpoint saved to {ckpt}",
+                                  hint=f"continue with `erase unlearn --resume {ckpt}`")
+    base.pipe.unet.eval()
+    return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,
+            "params": sum(p.numel() for p in params)}
+
+
+def write_log(rows: list, path: Path) -> None:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

@@ -1,0 +1,183 @@
+"""siss: importance-sampled data unlearning (Alberti et al. 2025), adapted to concept erasure.
+
+METHODS.md, "siss", in its order. Code names and symbols:
+
+    gamma, sigma   sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)                       (B, 1, 1, 1)
+    x, a           keep sample (an anchor image for the prompt) and forget sample  (B, C, h, w)
+    c              the forget prompt (index into data.embeds)                       (B,)
+    lam            lambda: probability that m is noised from a
+    m              the noisy input: gamma a + sigma eps with prob. lam, else gamma x + sigma eps
+    e              eps_theta(m, t, c)
+    eps_x, eps_a   the noise that takes x (resp. a) to m
+    d_x, d_a       ||m - gamma x||^2 / (2 sigma^2), likewise for a; summed over all dims  (B,)
+    w_x, w_a       importance weights of the mixture q_lam, computed in log space       (B,)
+    L_x, L_a       mean_b w ||e - eps||^2; ||.||^2 is the *mean* over dims (an MSE), a constant factor
+    L_r            retain preservation ||eps_theta(x_r_t, t, c_r) - eps||^2 [ours]
+    g_x, g_a       gradients of the keep loss (L_x + retain_weight L_r) and of L_a
+    s              siss.scaling_norm: the surgery update is g_x - (s / ||g_a||) g_a, clipped to siss.clip_norm
+
+`L_SISS = L_x + retain_weight L_r - (s / ||g_a||) L_a` with the coefficient held fixed is the scalar whose
+gradient is the surgery update; adaptive-siss and ppo-alpha read it as the loss of a step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from erasecli.methods import Unlearner
+
+
+def siss_log_weights(d_x: torch.Tensor, d_a: torch.Tensor, lam) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w_x, log w_a for q_lam(m) = (1 - lam) q(m|x) + lam q(m|a), where q(m|.) = N(gamma ., sigma^2):
+
+        w_x = q(m|x) / q_lam(m) = 1 / ((1 - lam) + lam exp(d_x - d_a))
+        w_a = q(m|a) / q_lam(m) = 1 / ((1 - lam) exp(d_a - d_x) + lam)
+
+    in log space (`logaddexp`): the exponents d_x - d_a reach thousands at small t and overflow fp32.
+    `lam` is a float or a tensor (differentiable, for adaptive-siss)."""
+    lam = torch.as_tensor(lam, dtype=d_x.dtype, device=d_x.device)
+    log_w_x = -torch.logaddexp(torch.log1p(-lam), torch.log(lam) + d_x - d_a)  # (B,)
+    log_w_a = -torch.logaddexp(torch.log1p(-lam) + d_a - d_x, torch.log(lam))  # (B,)
+    return log_w_x, log_w_a
+
+
+def sq_dist(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """||u - v||^2 summed over all but the batch dim.  (B,)"""
+    return (u - v).pow(2).flatten(1).sum(1)
+
+
+def mse(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """||u - v||^2 as a mean over all but the batch dim.  (B,)"""
+    return (u - v).pow(2).flatten(1).mean(1)
+
+
+class SissBatch:
+    """One SISS mini-batch: the mixture sample, its targets, and a retain batch, all drawn from ctx.gen."""
+
+    def __init__(self, ctx, lam: float):
+        d, B = ctx.data, ctx.recipe.train.batch_size
+        i = ctx.randint(len(d.forget), B)
+        self.a, self.x, self.c = d.forget[i], d.anchor[i], d.forget_c[i]  # (B, C, h, w), (B,)
+        self.t = ctx.randint(ctx.num_timesteps, B)  # (B,)
+        ab = ctx.alphas_cumprod[self.t].view(-1, 1, 1, 1)
+        self.gamma, self.sigma = ab.sqrt(), (1 - ab).sqrt()  # (B, 1, 1, 1)
+        eps = ctx.randn(self.a.shape)
+        from_a = (ctx.rand(B) < lam).view(-1, 1, 1, 1)  # the Bernoulli draw: not differentiable in lam
+        self.m = self.gamma * torch.where(from_a, self.a, self.x) + self.sigma * eps  # (B, C, h, w)
+        self.eps_x = (self.m - self.gamma * self.x) / self.sigma
+        self.eps_a = (self.m - self.gamma * self.a) / self.sigma
+        s2 = 2 * self.sigma.flatten() ** 2
+        self.d_x = sq_dist(self.m, self.gamma * self.x) / s2  # (B,)
+        self.d_a = sq_dist(self.m, self.gamma * self.a) / s2  # (B,)
+        self.has_retain = len(d.retain) > 0 and ctx.recipe.siss.retain_weight > 0
+        if self.has_retain:
+            x_r, self.c_r = ctx.retain_batch(B)
+            self.t_r = ctx.randint(ctx.num_timesteps, B)
+            ab_r = ctx.alphas_cumprod[self.t_r].view(-1, 1, 1, 1)
+            self.eps_r = ctx.randn(x_r.shape)
+            self.m_r = ab_r.sqrt() * x_r + (1 - ab_r).sqrt() * self.eps_r
+
+    def errors(self, ctx):
+        """One UNet pass over the mixture and retain inputs: per-example squared errors (B,) each."""
+        if self.has_retain:
+            e = ctx.eps(torch.cat([self.m, self.m_r]), torch.cat([self.t, self.t_r]), torch.cat([self.c, self.c_r]))
+            e, e_r = e.chunk(2)  # (B, C, h, w) each
+            err_r = mse(e_r, self.eps_r)
+        else:
+            e = ctx.eps(self.m, self.t, self.c)
+            err_r = torch.zeros((), device=e.device)
+        return mse(e, self.eps_x), mse(e, self.eps_a), err_r
+
+    def losses(self, err_x, err_a, err_r, lam):
+        """L_x, L_a, L_r for mixing weight lam (float or differentiable tensor)."""
+        log_w_x, log_w_a = siss_log_weights(self.d_x, self.d_a, lam)
+        return (log_w_x.exp() * err_x).mean(), (log_w_a.exp() * err_a).mean(), err_r.mean()
+
+
+def grad_norm(grads) -> torch.Tensor:
+    return torch.sqrt(sum(g.pow(2).sum() for g in grads))
+
+
+class Siss(Unlearner):
+    """Static SISS: lambda fixed at siss.lam."""
+
+    name = "siss"
+
+    @classmethod
+    def check(cls, recipe) -> None:
+        from erasecli.errors import RecipeError
+
+        s = recipe.siss
+        if s.lambda_min >= s.lambda_max:
+            raise RecipeError(f"siss.lambda_min ({s.lambda_min}) must be below siss.lambda_max ({s.lambda_max})",
+                              hint="e.g. --set siss.lambda_min=0.05 --set siss.lambda_max=0.95")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        d = ctx.data
+        n_keep, n_forget = len(d.anchor), len(d.forget)
+        self.n, self.k = n_keep + n_forget, n_forget  # the weighted objective's n and k
+
+    def pick_lambda(self, k: int):
+        """lambda for step k; subclasses infer or choose it."""
+        return self.ctx.recipe.siss.lam
+
+    def siss_update(self, batch, lam, extra_loss=None) -> dict:
+        """One SISS optimiser step on `batch` with mixing weight `lam`; returns the log row.
+
+        `extra_loss(err_x, err_a, err_r, coef) -> Tensor` adds a term whose gradient reaches only networks
+        other than the adapter (adaptive-siss's q_phi); `coef` is the surgery coefficient s / ||g_a||."""
+        ctx, cfg = self.ctx, self.ctx.recipe.siss
+        lam_value = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+        err_x, err_a, err_r = batch.errors(ctx)
+        L_x, L_a, L_r = batch.losses(err_x, err_a, err_r, lam_value)
+        L_keep = L_x + cfg.retain_weight * L_r
+        self.opt.zero_grad(set_to_none=True)
+        if cfg.objective == "surgery":
+            g_a = torch.autograd.grad(L_a, ctx.params, retain_graph=True)
+            g_x = torch.autograd.grad(L_keep, ctx.params)
+            n_a, n_x = grad_norm(g_a), grad_norm(g_x)
+            coef = (cfg.scaling_norm / (n_a + 1e-12)).detach()
+            g = [gx - coef * ga for gx, ga in zip(g_x, g_a)]  # g_x - (s / ||g_a||) g_a
+        elif cfg.objective == "weighted":
+            coef = torch.tensor(0.0)  # unused in this form
+            g = torch.autograd.grad(self.siss_scalar(L_x, L_a, L_r, coef), ctx.params)
+            n_a = n_x = torch.tensor(float("nan"))  # not separated in this form
+        else:
+            raise ValueError(f"unknown siss.objective {cfg.objective!r}")
+        L_siss = self.siss_scalar(L_x, L_a, L_r, coef)
+        self.last_coef = coef
+        total = grad_norm(g)
+        scale = torch.clamp(cfg.clip_norm / (total + 1e-12), max=1.0)  # clip the total update
+        for p, gp in zip(ctx.params, g):
+            p.grad = gp * scale
+        row = {"loss": L_siss.item(), "L_x": L_x.item(), "L_a": L_a.item(), "L_r": L_r.item(),
+               "grad_norm_x": n_x.item(), "grad_norm_a": n_a.item(), "grad_norm": total.item(), "lambda": lam_value}
+        if extra_loss is not None:
+            extra = extra_loss(err_x.detach(), err_a.detach(), err_r.detach(), coef.detach())
+            extra.backward()
+        self.opt.step()
+        return row
+
+    def siss_scalar(self, L_x, L_a, L_r, coef):
+        """L_SISS: the scalar whose gradient is the step's update (surgery: with coef = s / ||g_a|| fixed)."""
+        cfg = self.ctx.recipe.siss
+        if cfg.objective == "weighted":
+            n, k = self.n, self.k
+            return n / (n - k) * L_x - (1 + cfg.superfactor) * k / (n - k) * L_a + cfg.retain_weight * L_r
+        return L_x + cfg.retain_weight * L_r - coef * L_a
+
+    def step(self, k: int) -> dict:
+        lam = self.pick_lambda(k)
+        return self.siss_update(SissBatch(self.ctx, float(lam)), lam)
+
+
+def log_scaled(*values) -> list[float]:
+    """Context features: log of losses and gradient norms (they span decades) [ours]; NaN -> 0."""
+    out = []
+    for v in values:
+        v = float(v)
+        out.append(0.0 if not math.isfinite(v) else math.log(max(v, 1e-8)))
+    return out
