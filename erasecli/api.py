@@ -315,7 +315,89 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
         check_folder(getattr(recipe.data, key), f"data.{key}")
     if not sets.forget:
         raise UsageError("no forget prompts", hint="give concept.forget_templates in the recipe")
+    check_reward(recipe, ref)
+    if recipe.critic.path:
+        read_critic_meta(recipe, ref)
     return cls
+
+
+def check_reward(recipe, ref) -> None:
+    from erasecli.errors import RecipeError
+
+    if recipe.critic.reward == "classifier" and ref.kind != "bundled":
+        raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
+                          hint="use --reward clip on this base")
+
+
+def read_critic_meta(recipe, ref) -> dict:
+    """A --critic folder's metadata, checked against the run (base, concept, reward, input) before loading."""
+    from safetensors import safe_open
+
+    from erasecli.critic.model import CONFIG_FILE, WEIGHTS_FILE, _decode_meta
+    from erasecli.critic.train import check_critic
+    from erasecli.errors import EraseError
+
+    folder = Path(recipe.critic.path)
+    for f in (folder / WEIGHTS_FILE, folder / CONFIG_FILE):
+        if not f.is_file():
+            raise EraseError(f"critic folder {folder} has no {f.name}",
+                             hint="pass the folder `erase train-critic --out` wrote")
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
+        meta = _decode_meta(fh.metadata() or {})
+    check_critic(meta, recipe, ref.name, folder)
+    return meta
+
+
+def check_train_critic(recipe, *, out: Path | None, overwrite: bool = False) -> None:
+    from erasecli.data import prompt_sets
+    from erasecli.models.registry import resolve_base
+    from erasecli.outputs import check_out
+
+    if out is None:
+        raise UsageError("nowhere to put the critic", hint="pass --out DIR")
+    check_out(out, overwrite)
+    if not recipe.concept.name:
+        raise UsageError("no concept", hint='pass --concept, e.g. --concept "digit 3"')
+    ref = resolve_base(recipe.base)
+    prompt_sets(recipe, ref.kind)
+    check_reward(recipe, ref)
+
+
+def train_critic(recipe, *, out: Path, overwrite: bool = False, device: str | None = None, dtype: str = "auto",
+                 base=None, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """`erase train-critic`: sample base trajectories, fit V_phi(x_t, t, c) to their terminal rewards, save it.
+
+    The folder holds `critic.safetensors` (metadata: base, concept, reward, input, report), `config.json`,
+    `critic_report.json` (explained variance and RMSE per timestep on held-out trajectories),
+    `critic_plot.png` and the resolved `recipe.yaml`, written atomically."""
+    import time
+
+    from erasecli.critic.model import save_critic
+    from erasecli.critic.train import critic_metadata, plot_critic
+    from erasecli.critic.train import train_critic as fit
+    from erasecli.data import prompt_sets
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import write_recipe
+
+    out = Path(out) if out is not None else None
+    check_train_critic(recipe, out=out, overwrite=overwrite)
+    t0 = time.time()
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype)
+    critic, report = fit(recipe, base, prompt_sets(recipe, base.ref.kind), progress=progress)
+
+    def extra(folder: Path):
+        (folder / "critic_report.json").write_text(json.dumps(report, indent=2))
+        plot_critic(report, folder / "critic_plot.png")
+        write_recipe(recipe, folder / "recipe.yaml")
+
+    if out.exists() and not overwrite:
+        from erasecli.outputs import check_out
+
+        check_out(out, overwrite)
+    save_critic(critic, out, critic_metadata(recipe, base, report), extra=extra)
+    report["wall_seconds"] = round(time.time() - t0, 2)
+    return {"out": str(out), "report": report}
 
 
 def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None = None, device: str | None = None,
@@ -351,7 +433,9 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
     t0 = time.time()
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    data = build_train_data(recipe, base, progress=data_progress)
+    from erasecli.methods import get_method
+
+    data = build_train_data(recipe, base, progress=data_progress, images=get_method(recipe.method).needs_images)
     peak0 = _peak_rss_mb()
     try:
         result = run(recipe, base, data, out=out, resume_state=state, progress=progress,
@@ -360,7 +444,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         summary = {"train_seconds": round(result["train_seconds"], 2), "steps": len(rows),
                    "trainable_params": result["params"], "data": data.info,
                    "final": {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else {},
-                   "peak_rss_mb": max(peak0, _peak_rss_mb())}
+                   "peak_rss_mb": max(peak0, _peak_rss_mb()), **result["extra"]}
         if base.device.type == "cuda":
             summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 

@@ -184,8 +184,8 @@ def evaluate(
 
 @app.command()
 def unlearn(
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha or "
-                                         "esd."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
+                                         "esd or critic-rl."),
     concept: Optional[str] = typer.Option(None, "--concept", help='What to erase, e.g. "digit 3" or "van gogh".'),
     base: Optional[str] = BASE,
     recipe: Optional[Path] = RECIPE,
@@ -196,6 +196,8 @@ def unlearn(
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its <out>.ckpt "
                                           "folder (recipe and step come from it)."),
+    critic: Optional[Path] = typer.Option(None, "--critic", help="critic-rl: a critic from `erase train-critic` "
+                                          "(without it, critic-rl trains one first)."),
     overwrite: bool = OVERWRITE,
     device: Optional[str] = DEVICE,
     dtype: str = DTYPE,
@@ -208,7 +210,8 @@ def unlearn(
 
     if resume is not None:
         given = [name for name, v in (("--method", method), ("--concept", concept), ("--base", base),
-                                      ("--recipe", recipe), ("--steps", steps), ("--lr", lr), ("--seed", seed))
+                                      ("--recipe", recipe), ("--steps", steps), ("--lr", lr), ("--seed", seed),
+                                      ("--critic", critic))
                  if v is not None] + (["--set"] if set_ else [])
         if given:
             raise UsageError(f"--resume takes the recipe from the checkpoint, so {', '.join(given)} cannot change it",
@@ -225,7 +228,10 @@ def unlearn(
                               hint=f"drop --method, or use a recipe for {method} (recipes/*-{method}.yaml)")
         r = load_recipe_cli(recipe, set_, base=base, method=method or None,
                             concept=_drop_none({"name": concept}),
-                            train=_drop_none({"steps": steps, "lr": lr, "seed": seed}))
+                            train=_drop_none({"steps": steps, "lr": lr, "seed": seed}),
+                            critic=_drop_none({"path": str(critic) if critic is not None else None}))
+        if critic is not None and (r.method or "siss") != "critic-rl":
+            raise UsageError("--critic is for --method critic-rl", hint="add --method critic-rl, or drop --critic")
         if not r.method:
             from dataclasses import replace
 
@@ -242,7 +248,7 @@ def unlearn(
                   TextColumn("{task.fields[losses]}"), console=console, transient=True) as bar:
         data_task = bar.add_task("sampling data", total=None, losses="")
         train_task = bar.add_task("training", total=None, losses="", visible=False)
-        keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "lambda")
+        keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "lambda", "reward_forget", "reward_retain")
 
         def on_step(k, total, row):
             shown = "  ".join(f"{key} {row[key]:.4g}" for key in keys if key in row)
@@ -260,6 +266,60 @@ def unlearn(
                       f"base {name if r is None else r.base})")
         console.print(f"next: erase evaluate --concept {json.dumps(result['delta']['concept'])} "
                       f"--base {result['delta']['base']} --delta {result['out']}")
+
+
+@app.command("train-critic")
+def train_critic(
+    concept: Optional[str] = typer.Option(None, "--concept", help='The concept critic-rl will erase, e.g. "digit 3".'),
+    base: Optional[str] = BASE,
+    reward: Optional[str] = typer.Option(None, "--reward", help="clip (default) or classifier (tiny base only)."),
+    recipe: Optional[Path] = RECIPE,
+    set_: List[str] = SET,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the critic, its report and plot."),
+    overwrite: bool = OVERWRITE,
+    device: Optional[str] = DEVICE,
+    dtype: str = DTYPE,
+    as_json: bool = JSON,
+):
+    """Train the timestep-aware critic V(x_t, t, c) that critic-rl uses: regress the terminal reward of base
+    trajectories on every noisy step; report its explained variance per timestep."""
+    from erasecli import api
+    from erasecli.errors import RecipeError
+    from erasecli.recipes import REWARD_NAMES
+
+    if reward is not None and reward not in REWARD_NAMES:
+        raise RecipeError(f"unknown reward {reward!r}", hint="valid rewards: " + ", ".join(REWARD_NAMES))
+    r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+                        critic=_drop_none({"reward": reward}))
+    api.check_train_critic(r, out=out, overwrite=overwrite)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _stderr_console()
+    loaded = _load_base_with_status(console, r.base, device, dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("sampling trajectories", total=None)
+        result = api.train_critic(r, out=out, overwrite=overwrite, base=loaded, progress=lambda what, done, total:
+                                  bar.update(task, description=what, completed=done, total=total))
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    rep = result["report"]
+    table = Table(title=f"critic for {r.concept.name!r} ({rep['reward']} reward, {rep['input']} input), "
+                        f"{rep['held_out']} held-out trajectories")
+    for col in ("t", "explained variance", "within forget/retain", "RMSE"):
+        table.add_column(col, justify="right")
+    for row in rep["per_timestep"]:
+        table.add_row(str(row["t"]), f"{row['explained_variance']:.3f}", f"{row['within_group_ev']:.3f}",
+                      f"{row['rmse']:.4f}")
+    from rich.console import Console
+
+    Console().print(table)
+    console.print(f"wrote critic to {result['out']} ({rep['sampling_seconds']:.1f} s sampling, "
+                  f"{rep['fit_seconds']:.1f} s fitting); use it with erase unlearn --method critic-rl "
+                  f"--critic {result['out']}")
 
 
 def main() -> None:

@@ -191,11 +191,19 @@ def _latents(base, prompts, seeds, cfg, on_batch, label):
     return z, time.time() - t0, False
 
 
-def build_train_data(recipe, base, progress=None) -> TrainData:
-    """Sample (or read) forget, anchor and retain images, VAE-encode them and embed every prompt."""
+def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainData:
+    """Sample (or read) forget, anchor and retain images, VAE-encode them and embed every prompt.
+    With images=False only the prompt sets (methods that sample their own rollouts)."""
     import torch
 
     sets = prompt_sets(recipe, base.ref.kind)
+    if not images:
+        empty = torch.zeros(0, *base_latent_shape(base), device=base.device)
+        none = torch.zeros(0, dtype=torch.long, device=base.device)
+        return TrainData(prompts=[""], embeds=None, forget=empty, forget_c=none, anchor=empty, anchor_c=none,
+                         retain=empty, retain_c=none, sets=sets,
+                         info={"forget_prompts": len(sets.forget), "retain_prompts": len(sets.retain),
+                               "sampling_seconds": 0.0})
     d, cfg = recipe.data, recipe.sample
     n, nr = d.images_per_prompt, d.retain_images_per_prompt
     total = 2 * n * len(sets.forget) + nr * len(sets.retain)

@@ -163,7 +163,7 @@ METHOD_SETS = {  # each method's tiny recipe, shortened for the test
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", list(METHOD_SETS))  # critic-rl: tests/test_critic_rl.py
 def test_each_method_erases_the_digit_in_a_plain_diffusers_pipeline(method, tiny, plain_pipe, tmp_path):
     r = recipe(method, "train.steps=120", *METHOD_SETS[method])
     out = tmp_path / method

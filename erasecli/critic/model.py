@@ -163,7 +163,7 @@ def _decode_meta(header: dict[str, str]) -> dict:
     return out
 
 
-def save_critic(critic: Critic, folder, metadata: dict | None = None) -> Path:
+def save_critic(critic: Critic, folder, metadata: dict | None = None, extra=None) -> Path:
     """Write `critic.safetensors` (weights; `metadata` in the header) and `config.json` to `folder`,
     atomically: built in a temp folder beside it, then swapped in (an existing folder is replaced)."""
     from safetensors.torch import save_file
@@ -175,6 +175,8 @@ def save_critic(critic: Critic, folder, metadata: dict | None = None) -> Path:
     try:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata=header)
         (tmp / CONFIG_FILE).write_text(json.dumps(critic.cfg.to_dict(), indent=2))
+        if extra is not None:  # reports and plots that belong in the same folder, swapped in with it
+            extra(tmp)
         replace_dir(tmp, folder, overwrite=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op once the rename succeeded

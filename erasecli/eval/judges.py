@@ -132,7 +132,8 @@ class Clip:
         from erasecli.models.judges import clip_image_embeds
 
         ip = self.processor.image_processor
-        side = ip.crop_size["height"] if isinstance(ip.crop_size, dict) else int(ip.crop_size)
+        cs = ip.crop_size  # a dict, transformers 5's SizeDict (both index by "height"), or an int
+        side = int(cs) if isinstance(cs, (int, float)) else int(cs["height"])
         x = (x + 1) / 2
         if x.shape[-1] != side or x.shape[-2] != side:
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", antialias=True)

@@ -66,6 +66,7 @@ class Unlearner:
     optimiser over `ctx.params`."""
 
     name: ClassVar[str] = ""
+    needs_images: ClassVar[bool] = True  # False: the method samples its own (critic-rl); no data sets are built
 
     def __init__(self, ctx: Context):
         import torch
@@ -84,6 +85,10 @@ class Unlearner:
     def step(self, k: int) -> dict:
         raise NotImplementedError
 
+    def extra_summary(self) -> dict:
+        """Anything the run summary should carry besides the loop's figures (e.g. a critic's report)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict()}
 
@@ -93,11 +98,12 @@ class Unlearner:
 
 # The registry: an explicit dict, imported after Unlearner exists (each method module imports it from here).
 from erasecli.methods.adaptive_siss import AdaptiveSiss  # noqa: E402
+from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
 
-METHODS: dict[str, type[Unlearner]] = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd)}
+METHODS: dict[str, type[Unlearner]] = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl)}
 
 
 def get_method(name: str) -> type[Unlearner]:

@@ -146,7 +146,8 @@ def setup_adapter(recipe, base) -> list:
 def _finite(row: dict) -> bool:
     import math
 
-    return all(math.isfinite(v) for k, v in row.items() if isinstance(v, float) and not k.startswith("grad_norm_"))
+    # the losses decide; diagnostics such as a separated gradient norm may be NaN by design
+    return all(math.isfinite(v) for k, v in row.items() if isinstance(v, float) and (k == "loss" or k.startswith("L_")))
 
 
 def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, progress=None,
@@ -202,6 +203,7 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
                                   hint=f"continue with `erase unlearn --resume {ckpt}`")
     base.pipe.unet.eval()
     return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,
+            "extra": method.extra_summary(),
             "params": sum(p.numel() for p in params)}
 
 

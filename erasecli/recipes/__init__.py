@@ -45,6 +45,7 @@ from erasecli.errors import RecipeError
 
 __all__ = [
     "METHOD_NAMES",
+    "REWARD_NAMES",
     "SCHEDULERS",
     "Check",
     "ConceptConfig",
@@ -222,7 +223,8 @@ class TrainConfig:
     }
 
 
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd")  # erasecli.methods.METHODS has the classes
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl")
+REWARD_NAMES = ("clip", "classifier")  # erasecli.rewards.REWARDS has the factories  # erasecli.methods.METHODS has the classes
 LORA_PRESETS = ("attn", "xattn", "noxattn")  # target_modules words that expand to module lists (ESD subsets)
 
 
@@ -353,6 +355,63 @@ class EsdConfig:
 
 
 @dataclass(frozen=True)
+class CriticRlConfig:
+    """critic-rl and `erase train-critic`: rollouts, rewards, the critic V_phi(x_t, t, c), PPO (METHODS.md)."""
+
+    path: str = field(default="", metadata={"help": "A critic folder from `erase train-critic` to reuse (--critic). "
+                                            "Empty: critic-rl trains one first."})
+    reward: str = field(default="clip", metadata={"help": "Reward: 'clip' (CLIP similarity; the tiny CLIP on the "
+                                                  "tiny base) or 'classifier' (tiny base only; the evaluation judge)."})
+    clip_model: str = field(default="openai/clip-vit-large-patch14",
+                            metadata={"help": "CLIP for the clip reward on non-tiny bases: hub id or folder."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain prompts' utility reward, >= 0 [ours]."})
+    steps: int = field(default=10, metadata={"help": "DDIM steps of a rollout (the MDP's horizon), >= 2."})
+    eta: float = field(default=1.0, metadata={"help": "DDIM eta of rollouts, in (0, 1]: > 0 so steps have log-probs."})
+    prompts_per_step: int = field(default=4, metadata={"help": "Prompts per training step, half forget, half "
+                                                       "retain (rounded up to forget), >= 1."})
+    samples_per_prompt: int = field(default=4, metadata={"help": "Rollouts per prompt (advantages are normalised "
+                                                         "per prompt), >= 2."})
+    per_step: bool = field(default=True, metadata={"help": "true: per-step advantages from the critic by GAE; false: "
+                                                   "terminal reward only (DDPO, batch-normalised R) [ablation]."})
+    input: str = field(default="noisy", metadata={"help": "The critic sees 'noisy' latents x_t or the predicted "
+                                                  "'clean' latent x0_hat [ablation]."})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda over denoising steps, in [0, 1]; 1.0 is "
+                                                      "the Monte-Carlo baseline R - V(x_t)."})
+    clip_range: float = field(default=1e-3, metadata={"help": "PPO ratio clip, > 0 (DDPO uses 1e-4 with log-probs "
+                                                      "averaged over dims, as here)."})
+    inner_epochs: int = field(default=2, metadata={"help": "PPO epochs over each batch of trajectories, >= 1."})
+    kl_weight: float = field(default=0.0, metadata={"help": "Weight of the per-step KL to the base kernel, >= 0."})
+    width: int = field(default=64, metadata={"help": "Critic conv width, >= 8."})
+    blocks: int = field(default=3, metadata={"help": "Critic FiLM residual blocks, >= 1."})
+    lr: float = field(default=1e-3, metadata={"help": "Critic Adam learning rate, > 0."})
+    train_trajectories: int = field(default=128, metadata={"help": "train-critic: base trajectories sampled, >= 4."})
+    train_epochs: int = field(default=30, metadata={"help": "train-critic: epochs over those trajectories, >= 1."})
+    updates_per_step: int = field(default=2, metadata={"help": "critic-rl: critic updates on each step's fresh "
+                                                       "trajectories, >= 0."})
+
+    CHECKS: ClassVar[Checks] = {
+        "reward": (one_of(*REWARD_NAMES),),
+        "clip_model": (NOT_BLANK,),
+        "retain_weight": (at_least(0),),
+        "steps": (at_least(2), at_most(1000)),
+        "eta": (Check(lambda v: 0 < v <= 1, "in (0, 1]"),),
+        "prompts_per_step": (at_least(1),),
+        "samples_per_prompt": (at_least(2),),
+        "input": (one_of("noisy", "clean"),),
+        "gae_lambda": (between(0, 1),),
+        "clip_range": (above(0),),
+        "inner_epochs": (at_least(1),),
+        "kl_weight": (at_least(0),),
+        "width": (at_least(8),),
+        "blocks": (at_least(1),),
+        "lr": (above(0),),
+        "train_trajectories": (at_least(4),),
+        "train_epochs": (at_least(1),),
+        "updates_per_step": (at_least(0),),
+    }
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How `erase evaluate` measures an erasure (UnlearnCanvas definitions; see METHODS.md)."""
 
@@ -420,6 +479,8 @@ class Recipe:
                                      metadata={"help": "adaptive-siss settings (section)."})
     ppo: PpoConfig = field(default_factory=PpoConfig, metadata={"help": "ppo-alpha settings (section)."})
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
+    critic: CriticRlConfig = field(default_factory=CriticRlConfig,
+                                 metadata={"help": "critic-rl and train-critic settings (section)."})
 
     CHECKS: ClassVar[Checks] = {
         "base": (NOT_BLANK,),

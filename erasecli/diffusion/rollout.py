@@ -1,0 +1,90 @@
+"""Trajectories of the denoising MDP: latents x_T..x_0, per-step log-probs, decoded images.
+
+The policy is the reverse kernel p_theta(x_{t-1} | x_t, c) of DDIM with eta > 0 (`ddim.ddim_step_with_logprob`);
+classifier-free guidance is applied to eps both when sampling here and when log-probs are recomputed for PPO
+(`guided_eps`). Shapes: B trajectories, K steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erasecli.diffusion.ddim import ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod
+
+
+@dataclass
+class Trajectories:
+    c: torch.Tensor  # (B,) prompt index into the caller's embeddings
+    latents: torch.Tensor  # (B, K+1, C, h, w): x_T, ..., x_0
+    x0_hats: torch.Tensor  # (B, K, C, h, w): the predicted clean latent at each step
+    log_probs: torch.Tensor  # (B, K): log p(x_{k+1} | x_k) under the sampling policy (mean over dims)
+    timesteps: torch.Tensor  # (K,)
+    prev_timesteps: torch.Tensor  # (K,); < 0 is the last step
+
+
+def guided_eps(unet, x, t, emb_c, emb_u, guidance: float):
+    """e = e_u + g (e_c - e_u) in one batched UNet pass (g <= 1: the conditional prediction alone)."""
+    if guidance <= 1.0:
+        return unet(x, t, encoder_hidden_states=emb_c).sample
+    tt = t.expand(len(x)) if t.ndim == 0 else t
+    e_c, e_u = unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([emb_c, emb_u])
+                    ).sample.chunk(2)  # (B, C, h, w) each
+    return e_u + guidance * (e_c - e_u)
+
+
+class Sampler:
+    """DDIM with eta > 0 over a fixed K-step schedule, from the base pipeline's scheduler config."""
+
+    def __init__(self, base, steps: int, eta: float, guidance: float):
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(base.pipe.scheduler.config)
+        self.timesteps, self.prevs = ddim_timesteps(sched, steps, device=base.device)
+        self.final_ab = final_alpha_cumprod(sched)
+        self.ab = sched.alphas_cumprod.to(base.device, torch.float32)
+        self.eta, self.guidance = eta, guidance
+        self.init_sigma = float(sched.init_noise_sigma)
+        self.device = base.device
+
+    def step(self, unet, x, k: int, emb_c, emb_u, prev_sample=None, generator=None):
+        t = self.timesteps[k]
+        eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
+        return ddim_step_with_logprob(eps, int(t), int(self.prevs[k]), x, self.ab, self.final_ab, self.eta,
+                                      prev_sample=prev_sample, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, unet, c, embeds, shape, generator) -> Trajectories:
+        """B = len(c) trajectories; embeds (P, L, D) with the empty prompt at index 0."""
+        emb_c, emb_u = embeds[c], embeds[torch.zeros_like(c)]
+        x = torch.randn((len(c), *shape), generator=generator).to(self.device) * self.init_sigma
+        xs, x0s, lps = [x], [], []
+        for k in range(len(self.timesteps)):
+            out = self.step(unet, x, k, emb_c, emb_u, generator=generator)
+            x = out.prev_sample
+            xs.append(x)
+            x0s.append(out.pred_original_sample)
+            lps.append(out.log_prob)
+        return Trajectories(c=c, latents=torch.stack(xs, 1), x0_hats=torch.stack(x0s, 1),
+                            log_probs=torch.stack(lps, 1), timesteps=self.timesteps, prev_timesteps=self.prevs)
+
+
+@torch.no_grad()
+def decode(base, latents):
+    """Scaled latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]."""
+    vae = base.pipe.vae
+    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return x.float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def pooled_text(base, prompts) -> torch.Tensor:
+    """The text encoder's pooled (end-of-text) embedding per prompt: the critic's c.  (P, D)"""
+    pipe = base.pipe
+    out = []
+    for i in range(0, len(prompts), 64):
+        ids = pipe.tokenizer(list(prompts[i : i + 64]), padding="max_length", truncation=True,
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        out.append(pipe.text_encoder(ids.to(base.device)).pooler_output.float())
+    return torch.cat(out)

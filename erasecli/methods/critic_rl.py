@@ -1,0 +1,166 @@
+"""critic-rl: critic-guided reinforcement unlearning (seeds 000/001, arXiv 2601.03213), our reconstruction.
+
+METHODS.md, "critic-rl", in its order. Denoising is the MDP: state (x_t, t, c), action x_{t-1}, policy the
+DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at the end, R = r(x_0, c).
+
+    traj          B rollouts x_T..x_0 with the current policy, log p_old per step        (B, K+1, C, h, w), (B, K)
+    R             terminal reward (rewards registry): -concept score on forget prompts, utility on retain (B,)
+    V             the critic V_phi(s_k) on x_t (critic.input: noisy) or x0_hat (clean)  (B, K)
+    delta_k       V(s_{k+1}) - V(s_k), with V(s_K) := R (gamma = 1)                      (B, K)
+    A_k           GAE over denoising steps: delta_k + lambda_gae A_{k+1}; lambda_gae = 1 is R - V(s_k)
+                  critic.per_step: false replaces A_k by R (DDPO's terminal-reward advantage)
+                  both are normalised per prompt (DDPO's per-prompt statistics)
+    ratio         exp(log p_theta(x_{k+1} | x_k) - log p_old), guidance applied when recomputing
+    loss          mean max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)), eps = critic.clip_range, summed over
+                  steps / K; optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims)
+    epochs        critic.inner_epochs passes over the stored trajectories (off-policy reuse via the ratio);
+                  the critic then fits R on the fresh trajectories (critic.updates_per_step passes)
+
+Log-probs are means over latent dims (DDPO's convention; see diffusion/ddim.py), which is why eps is small.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from erasecli import rl
+from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, new_critic, train_critic, values
+from erasecli.methods import Unlearner
+from erasecli.methods.siss import grad_norm
+
+
+def gae_over_steps(V, R, lam: float):
+    """Per-step advantages over a denoising chain: delta_k = V_{k+1} - V_k with V_K := R, gamma = 1.  (B, K)"""
+    V_next = torch.cat([V[:, 1:], R[:, None]], 1)  # (B, K)
+    delta = V_next - V
+    A = torch.zeros_like(V)
+    running = torch.zeros_like(R)
+    for k in reversed(range(V.shape[1])):
+        running = delta[:, k] + lam * running
+        A[:, k] = running
+    return A
+
+
+def normalise_per_prompt(A, prompts):
+    """(A - mean) / std within each prompt's rows (all their steps); a prompt seen once uses the batch."""
+    out = torch.empty_like(A)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    for rows in groups.values():
+        block = A[rows] if len(rows) > 1 else A
+        out[rows] = (A[rows] - block.mean()) / (block.std(unbiased=False) + 1e-8)
+    return out
+
+
+class CriticRl(Unlearner):
+    name = "critic-rl"
+    needs_images = False
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        from erasecli.critic.model import load_critic
+
+        r, base = ctx.recipe, ctx.base
+        self.env = RolloutEnv(r, base, ctx.data.sets)
+        self.report = {}
+        if r.critic.path:
+            try:
+                self.critic, meta = load_critic(r.critic.path, device=base.device)
+            except FileNotFoundError as err:
+                from erasecli.errors import EraseError
+
+                raise EraseError(str(err), hint="pass the folder `erase train-critic --out` wrote") from None
+            check_critic(meta, r, base.name, r.critic.path)
+            self.report = {"critic": str(r.critic.path), "trained_here": False}
+        else:
+            t0 = time.time()
+            ctx.unet.disable_adapters()  # the critic learns the base's trajectories
+            try:
+                self.critic, rep = train_critic(r, base, ctx.data.sets)
+            finally:
+                ctx.unet.enable_adapters()
+            self.report = {"trained_here": True, "critic_seconds": round(time.time() - t0, 2),
+                           "critic_report": rep}
+        self.critic.train()
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=r.critic.lr)
+
+    def extra_summary(self) -> dict:
+        return self.report
+
+    def _prompts(self):
+        cfg, sets, gen = self.ctx.recipe.critic, self.ctx.data.sets, self.ctx.gen
+        n_f = math.ceil(cfg.prompts_per_step / 2) if sets.retain else cfg.prompts_per_step
+        pick = [sets.forget[int(i)] for i in torch.randint(len(sets.forget), (n_f,), generator=gen)]
+        if sets.retain and cfg.prompts_per_step > n_f:
+            pick += [sets.retain[int(i)] for i in torch.randint(len(sets.retain), (cfg.prompts_per_step - n_f,),
+                                                                 generator=gen)]
+        return [p for p in pick for _ in range(cfg.samples_per_prompt)]
+
+    def step(self, k: int) -> dict:
+        ctx, cfg = self.ctx, self.ctx.recipe.critic
+        env, unet = self.env, ctx.unet
+        prompts = self._prompts()
+        unet.eval()
+        traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
+        unet.train()
+        B, K = traj.log_probs.shape
+        if cfg.per_step:
+            with torch.no_grad():
+                V = values(self.critic, traj, env.pooled[traj.c], cfg.input)  # (B, K)
+            A = gae_over_steps(V, R, cfg.gae_lambda)
+        else:
+            A = R[:, None].expand(B, K)
+        A = normalise_per_prompt(A, prompts)
+        emb_c, emb_u = env.embeds[traj.c], env.embeds[torch.zeros_like(traj.c)]
+        clipped, approx_kl, policy_loss, kl_total = [], [], 0.0, 0.0
+        for _ in range(cfg.inner_epochs):
+            self.opt.zero_grad(set_to_none=True)
+            for j in torch.randperm(K, generator=ctx.gen).tolist():
+                x, x_next = traj.latents[:, j], traj.latents[:, j + 1]
+                out = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next)
+                old = traj.log_probs[:, j]
+                loss = rl.ppo_clip_loss(out.log_prob, old, A[:, j], cfg.clip_range) / K
+                if cfg.kl_weight > 0:
+                    unet.disable_adapters()
+                    try:
+                        with torch.no_grad():
+                            mu_base = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next).mean
+                    finally:
+                        unet.enable_adapters()
+                    kl = ((out.mean - mu_base).pow(2).flatten(1).mean(1) / (2 * out.std.flatten() ** 2)).mean()
+                    loss = loss + cfg.kl_weight * kl / K
+                    kl_total += kl.item() / K
+                loss.backward()
+                policy_loss += loss.item()
+                with torch.no_grad():
+                    ratio = (out.log_prob - old).exp()
+                    clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+                    approx_kl.append((old - out.log_prob).mean().item())
+            params = [p for p in ctx.params if p.grad is not None]
+            norm = grad_norm([p.grad for p in params])
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.opt.step()
+        critic_loss = fit_critic(self.critic, self.critic_opt, env, traj, R, cfg.updates_per_step, 256, ctx.gen) \
+            if cfg.updates_per_step else float("nan")
+        forget = torch.tensor([p in set(ctx.data.sets.forget) for p in prompts], device=R.device)
+        return {"loss": policy_loss / cfg.inner_epochs, "reward": R.mean().item(),
+                "reward_forget": R[forget].mean().item(),
+                "reward_retain": R[~forget].mean().item() if (~forget).any() else float("nan"),
+                "critic_loss": critic_loss, "clipfrac": sum(clipped) / len(clipped),
+                "approx_kl": sum(approx_kl) / len(approx_kl), "kl_base": kl_total / cfg.inner_epochs,
+                "grad_norm": norm.item()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.critic.load_state_dict(state["critic"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+
+
+__all__ = ["CriticRl", "gae_over_steps", "normalise_per_prompt", "new_critic"]

@@ -1,0 +1,98 @@
+"""Rewards for critic-guided RL: REWARDS = {name: factory}; a reward is (images, prompts) -> Tensor[B].
+
+Both rewards "penalise the concept on forget prompts, keep utility on retain prompts" (METHODS.md,
+critic-rl; the retain term is ours and weighted by critic.retain_weight):
+
+    forget prompt:  r = -score(image, concept)
+    retain prompt:  r = retain_weight * utility(image, prompt)
+
+- `clip`: score = cosine similarity between the image and the concept text, utility = cosine similarity
+  to the prompt itself. The tiny base uses its tiny CLIP (not the evaluation judge); other bases a
+  transformers CLIP id (critic.clip_model).
+- `classifier`: score = the tiny classifier's probability of the concept, utility = its probability of the
+  prompt's own digit and colour. Tiny base only. It is the same network `erase evaluate` judges with, so UA
+  measured after training on it is optimistic: prefer `clip` for numbers you report.
+
+Images are decoded pixels, (B, 3, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from erasecli.errors import RecipeError
+
+Reward = Callable[[torch.Tensor, list], torch.Tensor]
+
+
+def _concept_text(recipe, sets) -> str:
+    """The text a CLIP reward compares images with: on the tiny base the concept in its training captions."""
+    from erasecli.models import tiny_world as W
+
+    if recipe.base == "tiny":
+        from erasecli.eval.plan import parse_tiny_concept
+
+        kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
+        return f"a handwritten digit {W.DIGIT_WORDS[i]}" if kind == "digit" else f"a {W.COLOUR_NAMES[i]} digit"
+    return recipe.concept.forget_templates[0].format(concept=recipe.concept.name)
+
+
+def clip_reward(recipe, base, sets) -> Reward:
+    from erasecli.eval.judges import Clip
+
+    clip = Clip.tiny() if base.ref.kind == "bundled" else Clip.load(recipe.critic.clip_model)
+    forget = set(sets.forget)
+    concept = clip.embed_text([_concept_text(recipe, sets)])[0]  # (D,)
+    w = recipe.critic.retain_weight
+
+    @torch.no_grad()
+    def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
+        img = clip.embed_pixels(images.float().cpu())  # (B, D), unit norm
+        own = clip.embed_text(list(prompts))  # (B, D)
+        is_forget = torch.tensor([p in forget for p in prompts])
+        return torch.where(is_forget, -(img @ concept), w * (img * own).sum(-1))
+
+    return reward
+
+
+def classifier_reward(recipe, base, sets) -> Reward:
+    from erasecli.eval.plan import parse_tiny_concept
+    from erasecli.models.judges import load_classifier
+
+    if base.ref.kind != "bundled":
+        raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
+                          hint="use --reward clip on this base")
+    clf = load_classifier().eval()
+    kind, target = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
+    forget = set(sets.forget)
+    w = recipe.critic.retain_weight
+
+    def labels(prompt: str) -> tuple[int, int]:
+        return parse_tiny_concept(prompt, "digit")[1], parse_tiny_concept(prompt, "colour")[1]
+
+    @torch.no_grad()
+    def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
+        digit_logits, colour_logits = clf(images.float().cpu())
+        pd, pc = digit_logits.softmax(-1), colour_logits.softmax(-1)  # (B, 10), (B, 5)
+        out = []
+        for i, p in enumerate(prompts):
+            if p in forget:
+                out.append(-(pd[i, target] if kind == "digit" else pc[i, target]))
+            else:
+                d, c = labels(p)
+                out.append(w * pd[i, d] * pc[i, c])
+        return torch.stack(out)
+
+    return reward
+
+
+REWARDS: dict[str, Callable] = {"clip": clip_reward, "classifier": classifier_reward}
+REWARD_NAMES = tuple(REWARDS)  # the same names as erasecli.recipes.REWARD_NAMES (a test checks)
+
+
+def make_reward(name: str, recipe, base, sets) -> Reward:
+    if name not in REWARDS:
+        raise RecipeError(f"unknown reward {name!r}", hint="valid rewards: " + ", ".join(REWARDS))
+    return REWARDS[name](recipe, base, sets)

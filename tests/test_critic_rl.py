@@ -1,0 +1,164 @@
+"""critic-rl and train-critic: advantages by hand, rewards, the CLI end to end, resume, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from erasecli.methods.critic_rl import gae_over_steps, normalise_per_prompt
+from erasecli.recipes import REWARD_NAMES, load_recipe
+from erasecli.rewards import REWARDS
+from test_sample_cli import erase, one_line_error
+
+# A critic and an RL run small enough for the test suite (seconds each).
+SHORT = ["critic.steps=4", "critic.train_trajectories=16", "critic.train_epochs=3", "critic.width=16",
+         "critic.blocks=2", "critic.prompts_per_step=2", "critic.samples_per_prompt=2"]
+
+
+def test_gae_over_denoising_steps_by_hand():
+    # V = [0.1, 0.3], R = 1.0  ->  V_next = [0.3, 1.0], delta = [0.2, 0.7]
+    V, R = torch.tensor([[0.1, 0.3]]), torch.tensor([1.0])
+    # lambda 0.5: A_1 = 0.7, A_0 = 0.2 + 0.5 * 0.7 = 0.55
+    assert torch.allclose(gae_over_steps(V, R, 0.5), torch.tensor([[0.55, 0.7]]))
+    # lambda 1: the Monte-Carlo baseline R - V_k = [0.9, 0.7]
+    assert torch.allclose(gae_over_steps(V, R, 1.0), torch.tensor([[0.9, 0.7]]))
+    # lambda 0: the one-step TD residuals
+    assert torch.allclose(gae_over_steps(V, R, 0.0), torch.tensor([[0.2, 0.7]]))
+
+
+def test_advantages_are_normalised_within_each_prompt():
+    A = torch.tensor([[1.0, 3.0], [5.0, 7.0], [10.0, 10.0], [20.0, 20.0]])
+    out = normalise_per_prompt(A, ["a", "a", "b", "b"])
+    # prompt a: values 1, 3, 5, 7 -> mean 4, std sqrt(5) = 2.236068
+    assert torch.allclose(out[:2], (A[:2] - 4) / 5 ** 0.5, atol=1e-6)
+    # prompt b: 10, 10, 20, 20 -> mean 15, std 5
+    assert torch.allclose(out[2:], torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), atol=1e-6)
+
+
+def test_reward_registry_names_match_the_recipe():
+    assert tuple(REWARDS) == REWARD_NAMES
+
+
+@pytest.mark.parametrize("name", REWARD_NAMES)
+def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
+    from erasecli.data import tiny_prompt_sets
+    from erasecli.models import tiny_world as W
+
+    r = load_recipe(None, ["concept.name=digit 3", f"critic.reward={name}"])
+    sets = tiny_prompt_sets("digit 3")
+    reward = REWARDS[name](r, tiny, sets)
+    d = W.load_split("heldout")
+    three, seven = d.images[d.labels == 3][:4], d.images[d.labels == 7][:4]
+    red = torch.zeros(4, dtype=torch.long)
+    img3 = W.render(torch.from_numpy(three), red)
+    img7 = W.render(torch.from_numpy(seven), red)
+    forget = reward(img3, ["a red handwritten digit three"] * 4)
+    other = reward(img7, ["a red handwritten digit three"] * 4)  # a forget prompt that drew something else
+    retain_good = reward(img7, ["a red handwritten digit seven"] * 4)
+    retain_bad = reward(img3, ["a red handwritten digit seven"] * 4)
+    assert (forget < 0).all() and forget.mean() < other.mean()  # drawing the concept is penalised
+    assert retain_good.mean() > retain_bad.mean() and (retain_good > 0).all()
+
+
+@pytest.mark.slow
+def test_train_critic_then_unlearn_with_it_raises_ua(tmp_path):
+    sets = sum([["--set", s] for s in SHORT], [])
+    critic = tmp_path / "critic"
+    p = erase("train-critic", "--concept", "digit 3", "--reward", "classifier", "--out", str(critic), *sets,
+              "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)["report"]
+    assert len(rep["per_timestep"]) == 4 and rep["trajectories"] == 16
+    assert {"critic.safetensors", "config.json", "critic_report.json", "critic_plot.png", "recipe.yaml"} <= \
+        {f.name for f in critic.iterdir()}
+    out = tmp_path / "no-three"
+    p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(critic), "--out", str(out),
+              "--steps", "60", "--lr", "1e-2", "--set", "critic.reward=classifier", "--set", "critic.clip_range=0.02",
+              "--set", "critic.samples_per_prompt=4", *sets, "--json")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)["summary"]
+    assert summary["trained_here"] is False and summary["steps"] == 60
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all({"reward_forget", "reward_retain", "critic_loss", "clipfrac"} <= set(r) for r in rows)
+    p = erase("evaluate", "--concept", "digit 3", "--delta", str(out), "--metrics", "ua",
+              "--samples-per-prompt", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    ua = {m["name"]: m["metrics"]["ua"] for m in json.loads(p.stdout)["models"]}
+    print(ua)
+    assert ua["base"] <= 0.1 and ua["no-three"] >= ua["base"] + 0.2, ua
+
+
+@pytest.mark.slow
+def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
+    import os
+    import signal
+
+    from erasecli import api
+    from erasecli.methods.loop import checkpoint_dir_for
+    from test_unlearn import _delta_tensors
+
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=4", "train.checkpoint_every=3",
+                           *SHORT])
+    api.unlearn(r, out=tmp_path / "straight", base=tiny)
+
+    def interrupt(k, total, row):
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(Exception):
+        api.unlearn(r, out=out, base=tiny, progress=interrupt)
+    api.unlearn(None, out=None, resume=checkpoint_dir_for(out), base=tiny)
+    a, b = _delta_tensors(tmp_path / "straight"), _delta_tensors(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fake_critic(folder: Path, concept: str):
+    from erasecli.critic.model import Critic, CriticConfig, save_critic
+
+    save_critic(Critic(CriticConfig(text_dim=64, width=8, blocks=1, t_dim=16)), folder,
+                {"kind": "erasecli-critic", "base": "tiny", "concept": concept, "reward": "clip", "input": "noisy"})
+
+
+@pytest.mark.parametrize("case", ["other-concept", "missing-file", "bad-reward", "reward-flag"])
+def test_bad_critic_input_is_one_line_and_writes_nothing(case, tmp_path):
+    out = tmp_path / "out"
+    if case == "other-concept":
+        _fake_critic(tmp_path / "c", "digit 5")
+        p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(tmp_path / "c"),
+                  "--out", str(out))
+        needle = "was trained for concept 'digit 5', not 'digit 3'"
+    elif case == "missing-file":
+        _fake_critic(tmp_path / "c", "digit 3")
+        (tmp_path / "c" / "critic.safetensors").unlink()
+        p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(tmp_path / "c"),
+                  "--out", str(out))
+        needle = "has no critic.safetensors"
+    elif case == "bad-reward":
+        p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--set", "critic.reward=aesthetic",
+                  "--out", str(out))
+        needle = "critic.reward must be one of 'clip', 'classifier', got 'aesthetic'"
+    else:
+        p = erase("train-critic", "--concept", "digit 3", "--reward", "aesthetic", "--out", str(out))
+        needle = "unknown reward 'aesthetic' (valid rewards: clip, classifier)"
+    assert needle in one_line_error(p, 1)
+    assert not out.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sets", [["critic.kl_weight=0.5"], ["critic.per_step=false"], ["critic.input=clean"]],
+                         ids=["kl", "terminal-reward", "clean-input"])
+def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
+    import math
+
+    from erasecli import api
+
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=2", *SHORT, *sets])
+    api.unlearn(r, out=tmp_path / "d", base=tiny)
+    rows = [json.loads(line) for line in (tmp_path / "d" / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
+    if "critic.kl_weight=0.5" in sets:  # once the adapter has moved, the kernel differs from the base's
+        assert rows[1]["kl_base"] > 0
+    else:
+        assert all(row["kl_base"] == 0 for row in rows)
