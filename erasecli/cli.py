@@ -322,6 +322,36 @@ def train_critic(
                   f"--critic {result['out']}")
 
 
+@app.command()
+def export(
+    delta: Optional[Path] = typer.Option(None, "--delta", help="A delta folder from `erase unlearn`."),
+    fmt: str = typer.Option("kohya", "--format", help="kohya (a LoRA file for ComfyUI / webui) or merged (a full "
+                            "diffusers pipeline folder with the delta fused into the UNet)."),
+    base: Optional[str] = typer.Option(None, "--base", help="merged: the base to fuse into [default: the delta's]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the export."),
+    overwrite: bool = OVERWRITE,
+    force: bool = FORCE,
+    dtype: str = typer.Option("fp32", "--dtype", help="merged: dtype of the saved weights (fp32, fp16, bf16)."),
+    as_json: bool = JSON,
+):
+    """Export a delta for the tools people generate with: a kohya-layout LoRA, or a merged pipeline."""
+    from erasecli.export import check_export, export_kohya, export_merged
+
+    if delta is None:
+        raise UsageError("no delta to export", hint="pass --delta DIR")
+    check_export(str(delta), fmt, out, overwrite)
+    console = _stderr_console()
+    with console.status(f"exporting {delta} as {fmt}"):
+        if fmt == "kohya":
+            result = export_kohya(str(delta), out, overwrite=overwrite)
+        else:
+            result = export_merged(str(delta), out, base_name=base, dtype=dtype, force=force, overwrite=overwrite)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(f"wrote {fmt} export of {delta} to {result['out']}")
+
+
 def main() -> None:
     """Entry point: one line per error, exit 1 (2 for usage errors); ERASE_DEBUG=1 shows tracebacks."""
     try:  # typer >= 0.20 vendors click and raises its own copies of click's exceptions
