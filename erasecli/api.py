@@ -426,7 +426,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         from erasecli.recipes import recipe_from_dict
 
         recipe = recipe_from_dict(state["recipe"])
-        out = Path(out) if out is not None else Path(state["out"])
+        out = out if out is not None else state["out"]
         overwrite = True  # the run that made the checkpoint already claimed `out`
     out = Path(out) if out is not None else None
     check_unlearn(recipe, out=out, overwrite=overwrite, resume=resume)

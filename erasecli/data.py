@@ -157,11 +157,11 @@ def _folder_images(path: str, prompts):
         images.append(Image.open(f).convert("RGB"))
         side = f.with_suffix(".txt")
         texts.append(side.read_text().strip() if side.exists() else prompts[i % len(prompts)])
-    return images, texts, [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return images, texts
 
 
-def _latents(base, prompts, seeds, cfg, on_batch, label):
-    """Cached latents of base samples for (prompt, seed) pairs; returns (latents, seconds spent sampling)."""
+def _latents(base, prompts, seeds, cfg, on_batch):
+    """Cached latents of base samples for (prompt, seed) pairs; returns (latents, seconds sampling, cache hit)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -223,22 +223,22 @@ def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainD
     r_prompts = [p for p in sets.retain for _ in range(nr)]
     r_seeds = [d.seed + 100_000 + j * nr + i for j in range(len(sets.retain)) for i in range(nr)]
 
-    def one(folder, prompts, seeds, label, prompt_pool):
+    def one(folder, prompts, seeds, prompt_pool):
         nonlocal seconds, hits
         if folder:
-            images, texts, _ = _folder_images(folder, prompt_pool)
+            images, texts = _folder_images(folder, prompt_pool)
             tick(len(prompts))
             return _encode(base, images), texts
         if not prompts:
             return torch.zeros(0, *base_latent_shape(base)), []
-        z, s, hit = _latents(base, prompts, seeds, cfg, tick, label)
+        z, s, hit = _latents(base, prompts, seeds, cfg, tick)
         seconds += s
         hits += int(hit)
         return z, list(prompts)
 
-    forget, f_texts = one(d.forget_dir, f_prompts, f_seeds, "forget", list(sets.forget))
-    anchor, a_texts = one(d.anchor_dir, a_prompts, f_seeds, "anchor", list(sets.anchor))
-    retain, r_texts = one(d.retain_dir, r_prompts, r_seeds, "retain", list(sets.retain) or list(sets.anchor))
+    forget, f_texts = one(d.forget_dir, f_prompts, f_seeds, list(sets.forget))
+    anchor, a_texts = one(d.anchor_dir, a_prompts, f_seeds, list(sets.anchor))
+    retain, r_texts = one(d.retain_dir, r_prompts, r_seeds, list(sets.retain) or list(sets.anchor))
     if len(anchor) != len(forget):  # user folders of different sizes: pair by cycling the anchors
         idx = torch.arange(len(forget)) % len(anchor)
         anchor, a_texts = anchor[idx], [a_texts[i] for i in idx.tolist()]

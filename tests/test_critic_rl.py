@@ -109,7 +109,10 @@ def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
     out = tmp_path / "interrupted"
     with pytest.raises(Exception):
         api.unlearn(r, out=out, base=tiny, progress=interrupt)
-    api.unlearn(None, out=None, resume=checkpoint_dir_for(out), base=tiny)
+    steps_run = []
+    api.unlearn(None, out=None, resume=checkpoint_dir_for(out), base=tiny,
+                progress=lambda k, total, row: steps_run.append(k))
+    assert steps_run == [3, 4]  # continued after the checkpoint at step 2
     a, b = _delta_tensors(tmp_path / "straight"), _delta_tensors(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -213,7 +213,9 @@ def test_interrupted_run_resumes_to_the_same_delta(method, tiny, tmp_path):
     assert type(err.value).__name__ == "Interrupted" and str(ckpt) in str(err.value)
     assert (ckpt / "state.pt").exists() and not out.exists()
     assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 5
-    result = api.unlearn(None, out=None, resume=ckpt, base=tiny)
+    steps_run = []
+    result = api.unlearn(None, out=None, resume=ckpt, base=tiny, progress=lambda k, total, row: steps_run.append(k))
+    assert steps_run == [6, 7, 8]  # it continued from the checkpoint rather than starting over
     assert result["out"] == str(out) and not ckpt.exists()
     a, b = _delta_tensors(tmp_path / "straight"), _delta_tensors(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from erasecli.data import base_latent_shape
 from erasecli.errors import EraseError
 
 CRITIC_KIND = "erasecli-critic"
@@ -60,8 +61,7 @@ class RolloutEnv:
         self.pooled = pooled_text(base, self.prompts)  # (P, D)
         self.sampler = Sampler(base, cfg.steps, cfg.eta, recipe.sample.guidance)
         self.reward = make_reward(cfg.reward, recipe, base, sets)
-        ucfg = base.pipe.unet.config
-        self.shape = (ucfg.in_channels, ucfg.sample_size, ucfg.sample_size)
+        self.shape = base_latent_shape(base)
 
     def rollout(self, unet, prompts, gen):
         """Trajectories for `prompts` with `unet`, and their rewards (B,)."""
@@ -108,13 +108,14 @@ def new_critic(recipe, base):
     return Critic(cfg).to(base.device)
 
 
-def train_critic(recipe, base, sets, progress=None) -> tuple:
-    """Sample base trajectories, fit the critic, measure it. Returns (critic, report dict)."""
+def train_critic(recipe, base, sets, progress=None, env: RolloutEnv | None = None) -> tuple:
+    """Sample base trajectories, fit the critic, measure it. Returns (critic, report dict). `env` reuses a
+    caller's rollout environment (reward model and prompt embeddings) instead of building another."""
     cfg = recipe.critic
     t0 = time.time()
     gen = torch.Generator("cpu").manual_seed(recipe.train.seed + 3)
     torch.manual_seed(recipe.train.seed + 3)  # the critic's init
-    env = RolloutEnv(recipe, base, sets)
+    env = env or RolloutEnv(recipe, base, sets)
     critic = new_critic(recipe, base)
     n, bs = cfg.train_trajectories, 32
     trajs, Rs, prompts = [], [], []

@@ -27,7 +27,7 @@ import time
 import torch
 
 from erasecli import rl
-from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, new_critic, train_critic, values
+from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
 from erasecli.methods.siss import grad_norm
 
@@ -80,7 +80,7 @@ class CriticRl(Unlearner):
             t0 = time.time()
             ctx.unet.disable_adapters()  # the critic learns the base's trajectories
             try:
-                self.critic, rep = train_critic(r, base, ctx.data.sets)
+                self.critic, rep = train_critic(r, base, ctx.data.sets, env=self.env)
             finally:
                 ctx.unet.enable_adapters()
             self.report = {"trained_here": True, "critic_seconds": round(time.time() - t0, 2),
@@ -163,4 +163,4 @@ class CriticRl(Unlearner):
         self.critic_opt.load_state_dict(state["critic_opt"])
 
 
-__all__ = ["CriticRl", "gae_over_steps", "normalise_per_prompt", "new_critic"]
+__all__ = ["CriticRl", "gae_over_steps", "normalise_per_prompt"]

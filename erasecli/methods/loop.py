@@ -59,9 +59,6 @@ def expand_targets(targets) -> list[str]:
 def _deferred_sigint():
     """The first Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
     flag = {"hit": False}
-    if not hasattr(signal, "SIGINT") or os.getpid() == 0:
-        yield flag
-        return
     try:
         previous = signal.getsignal(signal.SIGINT)
 
@@ -90,9 +87,9 @@ def _load_adapter_state(unet, state: dict) -> None:
     from peft.utils import set_peft_model_state_dict
 
     res = set_peft_model_state_dict(unet, state)
-    missing = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
-    if missing:
-        raise EraseError(f"checkpoint adapter does not fit: unexpected keys {missing[:3]}")
+    unexpected = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
+    if unexpected:
+        raise EraseError(f"checkpoint adapter does not fit: unexpected keys {unexpected[:3]}")
 
 
 def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_seconds: float, out: Path) -> None:
