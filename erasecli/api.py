@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -37,13 +38,24 @@ def make_scheduler(pipe, name: str):
 
 
 def generate(base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float, eta: float = 0.0,
-             scheduler: str = "ddim", batch_size: int = 16, on_batch: Callable[[int], None] | None = None):
+             scheduler: str = "ddim", batch_size: int = 16, on_batch: Callable[[int], None] | None = None,
+             _local: bool = False):
     """Images for (prompt, seed) pairs, batched. Each image has its own CPU generator seeded with its seed,
-    so an image depends on its prompt and seed only, not on the batch it falls in or the device."""
+    so an image depends on its prompt and seed only, not on the batch it falls in or the device.
+    Under several processes (erasecli.dist) each makes every size-th image and all get the whole list."""
     import torch
+
+    from erasecli.dist import world
 
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
+    w = world()
+    if w.size > 1 and not _local:
+        mine = w.rows(len(prompts))
+        local = generate(base, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=steps,
+                         guidance=guidance, eta=eta, scheduler=scheduler, batch_size=batch_size,
+                         on_batch=(lambda k: on_batch(k * w.size)) if on_batch else None, _local=True)
+        return w.gather(local, len(prompts))
     pipe = base.pipe
     pipe.scheduler = make_scheduler(pipe, scheduler)
     images = []
@@ -131,7 +143,9 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
         for i in range(n):
             seed = cfg.seed + i
             records.append(SampleRecord(p, seed, f"{folder}/{seed:06d}.png", images[pi * n + i]))
-    if out is None:
+    from erasecli.dist import world
+
+    if out is None or not world().is_main:
         return records
     tmp = staging_dir(out)
     try:
@@ -286,7 +300,9 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
         "recipe": recipe_to_dict(recipe),
         "wall_seconds": round(time.time() - t0, 2),
     }
-    if out is not None:
+    from erasecli.dist import world
+
+    if out is not None and world().is_main:
         from erasecli.eval.report import write_report_dir
 
         write_report_dir(Path(out), report, plan, spp, [(name, imgs) for name, _, imgs in models], recipe,
@@ -303,6 +319,11 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
 
     cls = get_method(recipe.method)
     cls.check(recipe)
+    from erasecli.dist import launched
+
+    if launched() and not cls.data_parallel:
+        raise UsageError(f"{recipe.method} runs in one process; several processes train siss, adaptive-siss, "
+                         "ppo-alpha and esd", hint="launch this method without accelerate launch / torchrun")
     if out is None:
         raise UsageError("nowhere to put the delta", hint="pass --out DIR")
     if resume is None:
@@ -355,6 +376,10 @@ def check_train_critic(recipe, *, out: Path | None, overwrite: bool = False) -> 
 
     if out is None:
         raise UsageError("nowhere to put the critic", hint="pass --out DIR")
+    from erasecli.dist import launched
+
+    if launched():
+        raise UsageError("train-critic runs in one process", hint="run it without accelerate launch / torchrun")
     check_out(out, overwrite)
     if not recipe.concept.name:
         raise UsageError("no concept", hint='pass --concept, e.g. --concept "digit 3"')
@@ -384,7 +409,10 @@ def train_critic(recipe, *, out: Path, overwrite: bool = False, device: str | No
     t0 = time.time()
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    critic, report = fit(recipe, base, prompt_sets(recipe, base.ref.kind), progress=progress)
+    from erasecli.methods.loop import autocast_for
+
+    with autocast_for(base):  # a half-precision base runs under autocast (the critic stays fp32)
+        critic, report = fit(recipe, base, prompt_sets(recipe, base.ref.kind), progress=progress)
 
     def extra(folder: Path):
         (folder / "critic_report.json").write_text(json.dumps(report, indent=2))
@@ -435,7 +463,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         base = load_base(recipe.base, device=device, dtype=dtype)
     from erasecli.methods import get_method
 
-    data = build_train_data(recipe, base, progress=data_progress, images=get_method(recipe.method).needs_images)
+    data = build_train_data(recipe, base, progress=data_progress, images=get_method(recipe.method).uses_images(recipe))
     peak0 = _peak_rss_mb()
     try:
         result = run(recipe, base, data, out=out, resume_state=state, progress=progress,
@@ -454,6 +482,10 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
             (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
         train_meta = {k: summary[k] for k in ("train_seconds", "steps", "trainable_params")}
+        from erasecli.dist import world
+
+        if not world().is_main:  # every process holds the same adapter; one writes it
+            return {"out": str(out), "delta": None, "summary": summary}
         info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=recipe.concept.name,
                                recipe=recipe_to_dict(recipe), metrics={"train": train_meta}, overwrite=overwrite,
                                extra=extra)
@@ -462,6 +494,92 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}
+
+
+def read_concepts_file(path: Path) -> list[str]:
+    """A batch job's concepts: one per line; blank lines and `#` comments are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"concepts file {path} does not exist", hint="pass a text file with one concept per line")
+    concepts = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    concepts = [c for c in concepts if c]
+    if not concepts:
+        raise UsageError(f"concepts file {path} lists no concepts", hint="write one concept per line")
+    folders: dict[str, str] = {}
+    for c in concepts:
+        slug = _slug(c, 60)
+        if slug in folders:
+            raise UsageError(f"concepts {folders[slug]!r} and {c!r} in {path} would share the folder {slug}",
+                             hint="list each concept once")
+        folders[slug] = c
+    return concepts
+
+
+def batch_folder(out: Path, concept: str) -> Path:
+    """Where `erase unlearn --concepts-file` puts one concept's delta."""
+    return Path(out) / _slug(concept, 60)
+
+
+def _done(folder: Path, concept: str) -> bool:
+    from erasecli.delta import LORA_FILE
+
+    try:
+        info = json.loads((folder / "delta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / LORA_FILE).is_file() and info.get("concept") == concept
+
+
+def unlearn_batch(recipe, concepts: Sequence[str], *, out: Path, overwrite: bool = False, base=None,
+                  device: str | None = None, dtype: str = "auto",
+                  on_event: Callable[[str, str, dict], None] | None = None, **unlearn_kw) -> list[dict]:
+    """`erase unlearn --concepts-file`: erase each concept into `out/<slug>/` with one recipe and one loaded base.
+
+    A concept whose folder already holds its delta is skipped (unless `overwrite`); one with a `<slug>.ckpt`
+    checkpoint (a run that was stopped) resumes from it; one that fails is recorded and the batch goes on.
+    Ctrl-C stops the batch after checkpointing the running concept. Returns one result per concept:
+    {"concept", "out", "status": done|skipped|resumed|failed, "error"?, "summary"?}; also written to
+    `out/batch.json`."""
+    from dataclasses import replace
+
+    from erasecli.errors import EraseError
+    from erasecli.methods.loop import Interrupted, checkpoint_dir_for
+    from erasecli.models.registry import load_base
+
+    out = Path(out)
+    results: list[dict] = []
+    say = on_event or (lambda concept, status, info: None)
+    for concept in concepts:
+        folder = batch_folder(out, concept)
+        res: dict = {"concept": concept, "out": str(folder)}
+        ckpt = checkpoint_dir_for(folder)
+        try:
+            if _done(folder, concept) and not overwrite:
+                res["status"] = "skipped"
+                say(concept, "skipped", res)
+                results.append(res)
+                continue
+            resume = ckpt if (ckpt / "state.pt").is_file() and not overwrite else None
+            r = replace(recipe, concept=replace(recipe.concept, name=concept))
+            if resume is None:
+                check_unlearn(r, out=folder, overwrite=True)  # a bad concept fails before the base loads
+            say(concept, "resuming" if resume else "starting", res)
+            if base is None:
+                base = load_base(recipe.base, device=device, dtype=dtype)
+            done = unlearn(None if resume else r, out=folder, overwrite=True, resume=resume, base=base, **unlearn_kw)
+            res.update(status="resumed" if resume else "done", summary=done["summary"])
+        except Interrupted:
+            raise
+        except Exception as err:  # noqa: BLE001 - one concept's failure must not stop the others
+            msg = err.one_line() if isinstance(err, EraseError) else f"{type(err).__name__}: {err}"
+            res.update(status="failed", error=" ".join(msg.split())[:500])
+        say(concept, res["status"], res)
+        results.append(res)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".batch.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "batch.json")
+    return results
 
 
 def _peak_rss_mb() -> float:

@@ -61,7 +61,9 @@ def _load_base_with_status(console, name: str, device, dtype):
 def _stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    from erasecli.dist import launched, rank_env
+
+    return Console(stderr=True, quiet=launched() and rank_env() != 0)  # one process reports
 
 
 def _read_prompts(prompts: list[str], prompts_file: Optional[str]) -> list[str]:
@@ -187,10 +189,14 @@ def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
                                          "esd or critic-rl."),
     concept: Optional[str] = typer.Option(None, "--concept", help='What to erase, e.g. "digit 3" or "van gogh".'),
+    concepts_file: Optional[Path] = typer.Option(None, "--concepts-file", help="Batch job: erase each concept "
+                                                 "in this file (one per line) into OUT/<concept>/; done ones are "
+                                                 "skipped, stopped ones resume, failures are listed at the end."),
     base: Optional[str] = BASE,
     recipe: Optional[Path] = RECIPE,
     set_: List[str] = SET,
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the delta, its log and plot."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the delta, its log and plot (with "
+                                       "--concepts-file: the parent of one folder per concept)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps. [default: recipe's, 200]"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the adapter."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
@@ -208,6 +214,9 @@ def unlearn(
     from erasecli import api
     from erasecli.errors import RecipeError
 
+    if concepts_file is not None and (concept is not None or resume is not None):
+        raise UsageError("--concepts-file runs a batch, so it takes neither --concept nor --resume",
+                         hint="list the concepts in the file; stopped concepts resume on their own when rerun")
     if resume is not None:
         given = [name for name, v in (("--method", method), ("--concept", concept), ("--base", base),
                                       ("--recipe", recipe), ("--steps", steps), ("--lr", lr), ("--seed", seed),
@@ -236,6 +245,8 @@ def unlearn(
             from dataclasses import replace
 
             r = replace(r, method="siss")
+        if concepts_file is not None:
+            return _unlearn_batch(api, r, concepts_file, out, overwrite, device, dtype, as_json)
         api.check_unlearn(r, out=out, overwrite=overwrite)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -257,6 +268,8 @@ def unlearn(
         result = api.unlearn(r, out=out, overwrite=overwrite, resume=resume, device=device, dtype=dtype, base=loaded,
                              data_progress=lambda done, total: bar.update(data_task, completed=done, total=total),
                              progress=on_step)
+    if result["delta"] is None:  # not the main process of several: the main one reports
+        return
     if as_json:
         print(json.dumps(result))
     else:
@@ -266,6 +279,50 @@ def unlearn(
                       f"base {name if r is None else r.base})")
         console.print(f"next: erase evaluate --concept {json.dumps(result['delta']['concept'])} "
                       f"--base {result['delta']['base']} --delta {result['out']}")
+
+
+def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dtype, as_json: bool) -> None:
+    """`erase unlearn --concepts-file`: one line per concept on stderr, failures listed at the end (exit 1)."""
+    from erasecli.methods import get_method
+    from erasecli.models.registry import resolve_base
+
+    concepts = api.read_concepts_file(concepts_file)
+    if out is None:
+        raise UsageError("nowhere to put the deltas", hint="pass --out DIR (one folder per concept goes inside)")
+    get_method(r.method).check(r)
+    resolve_base(r.base)
+    console = _stderr_console()
+    n = len(concepts)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("training", total=None, visible=False)
+        seen: list[str] = []
+
+        def on_event(concept, status, info):
+            if status in ("starting", "resuming"):
+                seen.append(concept)
+                bar.update(task, description=f"[{len(seen)}/{n}] {concept}", completed=0, visible=True)
+                return
+            if concept not in seen:
+                seen.append(concept)
+            detail = {"failed": f"FAILED: {info.get('error', '')}", "skipped": "skipped (already done)"}.get(
+                status, f"{status} in {info.get('summary', {}).get('train_seconds', 0):.1f} s")
+            console.print(f"[{len(seen)}/{n}] {concept}: {detail}", markup=False, highlight=False, soft_wrap=True)
+
+        results = api.unlearn_batch(r, concepts, out=out, overwrite=overwrite, device=device, dtype=dtype,
+                                    on_event=on_event,
+                                    progress=lambda k, total, row: bar.update(task, completed=k, total=total))
+    failed = [x for x in results if x["status"] == "failed"]
+    if as_json:
+        print(json.dumps({"out": str(out), "results": results, "failed": len(failed)}))
+    if failed:
+        listing = "; ".join(f"{x['concept']!r}: {x['error']}" for x in failed)
+        raise EraseError(f"{len(failed)} of {n} concepts failed: {listing}",
+                         hint=f"fix them and rerun the same command; the {n - len(failed)} done are skipped")
+    if not as_json:
+        console.print(f"all {n} concepts done in {out} (summary: {Path(out) / 'batch.json'})")
 
 
 @app.command("train-critic")
@@ -360,6 +417,10 @@ def main() -> None:
         from click import exceptions as cx
 
     debug = os.environ.get("ERASE_DEBUG", "") not in ("", "0")
+    from erasecli.dist import launched, rank_env
+
+    if launched() and rank_env() != 0:  # under accelerate launch the main process prints the results
+        sys.stdout = open(os.devnull, "w")
     # transformers announces at import that torchvision is absent (we do not use it): keep stderr for errors.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:

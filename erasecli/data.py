@@ -162,7 +162,6 @@ def _folder_images(path: str, prompts):
 
 def _latents(base, prompts, seeds, cfg, on_batch):
     """Cached latents of base samples for (prompt, seed) pairs; returns (latents, seconds sampling, cache hit)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from erasecli.api import generate
@@ -184,6 +183,10 @@ def _latents(base, prompts, seeds, cfg, on_batch):
     t0 = time.time()
     images, _ = cached_generate(base, list(prompts), list(seeds), cfg, generate, on_batch=on_batch)
     z = _encode(base, images)
+    from erasecli.dist import world
+
+    if not world().is_main:  # one writer under several processes
+        return z, time.time() - t0, False
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     save_file({"latents": z.contiguous()}, str(tmp))

@@ -40,12 +40,14 @@ def test_reward_registry_names_match_the_recipe():
     assert tuple(REWARDS) == REWARD_NAMES
 
 
-@pytest.mark.parametrize("name", REWARD_NAMES)
+@pytest.mark.parametrize("name", [*REWARD_NAMES, "clip-zero-shot"])
 def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
     from erasecli.data import tiny_prompt_sets
     from erasecli.models import tiny_world as W
 
-    r = load_recipe(None, ["concept.name=digit 3", f"critic.reward={name}"])
+    zero_shot = name == "clip-zero-shot"
+    name = "clip" if zero_shot else name
+    r = load_recipe(None, ["concept.name=digit 3", f"critic.reward={name}", f"critic.zero_shot={zero_shot}"])
     sets = tiny_prompt_sets("digit 3")
     reward = REWARDS[name](r, tiny, sets)
     d = W.load_split("heldout")
@@ -59,6 +61,8 @@ def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
     retain_bad = reward(img3, ["a red handwritten digit seven"] * 4)
     assert (forget < 0).all() and forget.mean() < other.mean()  # drawing the concept is penalised
     assert retain_good.mean() > retain_bad.mean() and (retain_good > 0).all()
+    if zero_shot:  # a probability of "three" among the ten digits: near 1 for threes, near 0 for sevens
+        assert forget.max() < -0.5 and other.min() > -0.5 and (forget >= -1).all()
 
 
 @pytest.mark.slow
@@ -149,9 +153,13 @@ def test_bad_critic_input_is_one_line_and_writes_nothing(case, tmp_path):
     assert not out.exists() and not (tmp_path / "out.ckpt").exists()
 
 
+RETAIN_LOSS = ["critic.retain_loss=1.0", "data.images_per_prompt=4", "data.retain_images_per_prompt=2"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sets", [["critic.kl_weight=0.5"], ["critic.per_step=false"], ["critic.input=clean"]],
-                         ids=["kl", "terminal-reward", "clean-input"])
+@pytest.mark.parametrize("sets", [["critic.kl_weight=0.5"], ["critic.kl_weight=0.5", "critic.kl_prompts=retain"],
+                                  ["critic.per_step=false"], ["critic.input=clean"], RETAIN_LOSS],
+                         ids=["kl", "kl-retain", "terminal-reward", "clean-input", "retain-loss"])
 def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
     import math
 
@@ -165,3 +173,4 @@ def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
         assert rows[1]["kl_base"] > 0
     else:
         assert all(row["kl_base"] == 0 for row in rows)
+    assert all((row["L_r"] > 0) == ("critic.retain_loss=1.0" in sets) for row in rows)

@@ -68,7 +68,7 @@ def test_siss_losses_weight_each_example():
     # Two examples, lambda 0.5. Example 1: d_x = 1, d_a = 0 (weights above); example 2: d_x = d_a (w = 1, 1).
     # L_x = mean(0.537883 * 2.0, 1 * 4.0) = (1.075766 + 4.0) / 2 = 2.537883
     # L_a = mean(1.462117 * 1.0, 1 * 3.0) = (1.462117 + 3.0) / 2 = 2.231059
-    batch = SimpleNamespace(d_x=torch.tensor([1.0, 5.0]), d_a=torch.tensor([0.0, 5.0]))
+    batch = SimpleNamespace(d_x=torch.tensor([1.0, 5.0]), d_a=torch.tensor([0.0, 5.0]), B=2)
     L_x, L_a, L_r = SissBatch.losses(batch, torch.tensor([2.0, 4.0]), torch.tensor([1.0, 3.0]),
                                      torch.tensor([0.5, 1.5]), 0.5)
     assert L_x.item() == pytest.approx(2.537883, abs=1e-5)
@@ -78,7 +78,7 @@ def test_siss_losses_weight_each_example():
 
 def test_lambda_gradient_reaches_adaptive_network_through_the_weights():
     lam = torch.tensor(0.4, requires_grad=True)
-    batch = SimpleNamespace(d_x=torch.tensor([1.0, 0.0]), d_a=torch.tensor([0.0, 3.0]))
+    batch = SimpleNamespace(d_x=torch.tensor([1.0, 0.0]), d_a=torch.tensor([0.0, 3.0]), B=2)
     L_x, L_a, _ = SissBatch.losses(batch, torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]), torch.zeros(2), lam)
     (L_x - L_a).backward()
     assert lam.grad is not None and lam.grad.abs().item() > 0
@@ -286,6 +286,37 @@ def test_resume_refuses_options_that_would_change_the_recipe(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["siss", "esd"])
+def test_half_precision_base_trains_under_autocast(method, tmp_path):
+    # CUDA loads bases in fp16 by default; the fp32 adapter then needs autocast, whatever mixed_precision says.
+    from erasecli.models.registry import load_base
+
+    half = load_base("tiny", device="cpu", dtype="bf16")
+    res = api.unlearn(recipe(method, "train.steps=2"), out=tmp_path / "d", base=half)
+    assert res["summary"]["steps"] == 2 and math.isfinite(res["summary"]["final"]["loss"])
+    assert _delta_tensors(tmp_path / "d")  # a delta with tensors was written
+
+
+@pytest.mark.slow
+def test_cost_knobs_change_cost_not_the_result(tiny, tmp_path):
+    # Gradient checkpointing and re-encoding prompts every step compute the same thing; bf16 autocast
+    # approximates it. Each must leave the base as it found it (no checkpointing left switched on).
+    steps = ["train.steps=4"]
+    api.unlearn(recipe("siss", *steps), out=tmp_path / "plain", base=tiny)
+    ref = _delta_tensors(tmp_path / "plain")
+    for name, sets, tol in [("ckpt", ["train.gradient_checkpointing=true"], 1e-4),
+                            ("encode", ["train.cache_text_embeds=false"], 1e-4),
+                            ("bf16", ["train.mixed_precision=bf16"], 0.05)]:
+        api.unlearn(recipe("siss", *steps, *sets), out=tmp_path / name, base=tiny)
+        got = _delta_tensors(tmp_path / name)
+        diff = sum((got[k] - ref[k]).pow(2).sum() for k in ref).sqrt() / sum(ref[k].pow(2).sum() for k in ref).sqrt()
+        assert diff < tol, (name, diff)
+        assert not tiny.pipe.unet.is_gradient_checkpointing
+    summary = json.loads((tmp_path / "bf16" / "train_summary.json").read_text())
+    assert summary["final"]["loss"] > 0  # a finite, real loss under autocast
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sets", [
     ["method=siss", "siss.objective=weighted", "siss.superfactor=0.5"],
     ["method=esd", "esd.xt_source=sample", "esd.anchor=empty", "lora.target_modules=[noxattn]"],
@@ -326,3 +357,52 @@ def test_user_image_folders_replace_sampling(tiny, tmp_path):
     assert data.prompts[int(data.forget_c[0])] == "a forget caption"
     assert data.prompts[int(data.forget_c[1])] == data.sets.forget[1]  # no caption file: forget prompts in turn
     assert data.info["sampling_seconds"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch jobs: --concepts-file.
+
+
+@pytest.mark.slow
+def test_concepts_file_erases_each_skips_done_and_reports_failures_at_the_end(tmp_path):
+    listing = tmp_path / "concepts.txt"
+    listing.write_text("# digits to erase\ndigit 3\ndigit 12\n\ndigit 5  # five\n")
+    out = tmp_path / "batch"
+    args = ["unlearn", "--concepts-file", str(listing), "--out", str(out), "--steps", "2",
+            *sum([["--set", s] for s in SMALL], [])]
+    p = erase(*args)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()  # one line per concept as it finishes, then the error
+    assert lines[0].startswith("[1/3] digit 3: done") and lines[1].startswith("[2/3] digit 12: FAILED")
+    assert lines[2].startswith("[3/3] digit 5: done")
+    err = lines[-1]
+    assert err.startswith("error: ") and "1 of 3 concepts failed: 'digit 12'" in err and "not one digit" in err
+    for concept in ("digit 3", "digit 5"):  # the failure in between did not stop the batch
+        assert json.loads((out / concept.replace(" ", "-") / "delta.json").read_text())["concept"] == concept
+    assert not (out / "digit-12").exists()
+    p = erase(*args, "--json")  # a rerun skips what is done and still fails on what is wrong
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    assert [r["status"] for r in doc["results"]] == ["skipped", "failed", "skipped"] and doc["failed"] == 1
+    assert json.loads((out / "batch.json").read_text()) == doc["results"]
+
+
+@pytest.mark.slow
+def test_batch_resumes_a_stopped_concept(tiny, tmp_path):
+    r = recipe("siss", "train.steps=4", "train.checkpoint_every=1")
+    out = tmp_path / "batch"
+
+    def stop_at_2(k, total, row):
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Exception) as err:
+        api.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny, progress=stop_at_2)
+    assert type(err.value).__name__ == "Interrupted"  # Ctrl-C stops the whole batch, after a checkpoint
+    assert (out / "digit-7.ckpt" / "state.pt").exists() and not (out / "digit-8").exists()
+    steps = []
+    res = api.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny,
+                            progress=lambda k, total, row: steps.append(k))
+    assert [x["status"] for x in res] == ["resumed", "done"]
+    assert steps == [3, 4, 1, 2, 3, 4] and not (out / "digit-7.ckpt").exists()
+    assert json.loads((out / "digit-7" / "delta.json").read_text())["concept"] == "digit 7"

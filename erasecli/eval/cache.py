@@ -46,9 +46,15 @@ def cached_generate(base, prompts, seeds, cfg, generate, on_batch=None):
         new = generate(base, [prompts[i] for i in missing], [seeds[i] for i in missing], steps=cfg.steps,
                        guidance=cfg.guidance, eta=cfg.eta, scheduler=cfg.scheduler, batch_size=cfg.batch_size,
                        on_batch=on_batch)
-        folder.mkdir(parents=True, exist_ok=True)
+        from erasecli.dist import world
+
+        write = world().is_main  # one writer under several processes
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
         for i, im in zip(missing, new):
             images[i] = im
+            if not write:
+                continue
             tmp = folder / f".{keys[i]}.{os.getpid()}.png"
             im.save(tmp)
             os.replace(tmp, folder / f"{keys[i]}.png")

@@ -110,6 +110,10 @@ class Clip:
             ) from err
         return cls(model, proc, name_or_path, getattr(model.config, "_commit_hash", None) or "local")
 
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def embed_text(self, texts) -> torch.Tensor:
         from erasecli.models.judges import clip_text_embeds
@@ -117,14 +121,15 @@ class Clip:
         tok = self.processor.tokenizer
         ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
-        return clip_text_embeds(self.model, ids)
+        return clip_text_embeds(self.model, ids.to(self.device))
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         from erasecli.models.judges import clip_image_embeds
 
         pix = self.processor(images=list(images), return_tensors="pt").pixel_values
-        return torch.cat([clip_image_embeds(self.model, pix[i : i + 256]) for i in range(0, len(pix), 256)])
+        return torch.cat([clip_image_embeds(self.model, pix[i : i + 256].to(self.device))
+                          for i in range(0, len(pix), 256)])
 
     @torch.no_grad()
     def embed_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,11 +139,11 @@ class Clip:
         ip = self.processor.image_processor
         cs = ip.crop_size  # a dict, transformers 5's SizeDict (both index by "height"), or an int
         side = int(cs) if isinstance(cs, (int, float)) else int(cs["height"])
-        x = (x + 1) / 2
+        x = (x.to(self.device) + 1) / 2
         if x.shape[-1] != side or x.shape[-2] != side:
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", antialias=True)
-        mean = torch.tensor(ip.image_mean)[None, :, None, None]
-        std = torch.tensor(ip.image_std)[None, :, None, None]
+        mean = torch.tensor(ip.image_mean, device=x.device)[None, :, None, None]
+        std = torch.tensor(ip.image_std, device=x.device)[None, :, None, None]
         return clip_image_embeds(self.model, (x - mean) / std)
 
     def score(self, images, prompts) -> torch.Tensor:

@@ -26,6 +26,8 @@ class Context:
     gen: object  # torch.Generator on the CPU
     alphas_cumprod: object  # (T,) on the device, fp32
     device: object
+    encode: object = None  # prompt indices -> text embeddings, when train.cache_text_embeds is false
+    world: object = None  # erasecli.dist.World: this process's share of each batch; None: one process
 
     @property
     def num_timesteps(self) -> int:
@@ -48,7 +50,8 @@ class Context:
 
     def eps(self, x_t, t, c):
         """eps_theta(x_t, t, c): the UNet's noise prediction, c an index tensor into data.embeds."""
-        return self.unet(x_t, t, encoder_hidden_states=self.data.embeds[c]).sample
+        emb = self.data.embeds[c] if self.encode is None else self.encode(c)
+        return self.unet(x_t, t, encoder_hidden_states=emb).sample
 
     def retain_batch(self, n: int):
         """n retain examples (x_r, c_r); a share `data.uncond_fraction` gets the empty prompt (index 0)."""
@@ -66,6 +69,7 @@ class Unlearner:
     optimiser over `ctx.params`."""
 
     name: ClassVar[str] = ""
+    data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
     needs_images: ClassVar[bool] = True  # False: the method samples its own (critic-rl); no data sets are built
 
     def __init__(self, ctx: Context):
@@ -73,6 +77,11 @@ class Unlearner:
 
         self.ctx = ctx
         self.opt = torch.optim.AdamW(ctx.params, lr=ctx.recipe.train.lr, weight_decay=0.0)
+
+    @classmethod
+    def uses_images(cls, recipe) -> bool:
+        """Whether the run needs the sampled forget / anchor / retain latents (data.*)."""
+        return cls.needs_images
 
     @classmethod
     def total_steps(cls, recipe) -> int:

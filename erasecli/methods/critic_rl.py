@@ -12,7 +12,10 @@ DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at
                   both are normalised per prompt (DDPO's per-prompt statistics)
     ratio         exp(log p_theta(x_{k+1} | x_k) - log p_old), guidance applied when recomputing
     loss          mean max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)), eps = critic.clip_range, summed over
-                  steps / K; optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims)
+                  steps / K; optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims),
+                  on every rollout or, with critic.kl_prompts: retain, on retain prompts' rollouts only [ours];
+                  optional + retain_loss ||eps_theta(x_r_t, t, c_r) - eps||^2 on base retain latents, the
+                  siss-family's retain term [ours]
     epochs        critic.inner_epochs passes over the stored trajectories (off-policy reuse via the ratio);
                   the critic then fits R on the fresh trajectories (critic.updates_per_step passes)
 
@@ -59,6 +62,7 @@ def normalise_per_prompt(A, prompts):
 class CriticRl(Unlearner):
     name = "critic-rl"
     needs_images = False
+    data_parallel = False  # rollouts and per-prompt advantages are not split over processes yet
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -88,6 +92,10 @@ class CriticRl(Unlearner):
         self.critic.train()
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=r.critic.lr)
 
+    @classmethod
+    def uses_images(cls, recipe) -> bool:
+        return recipe.critic.retain_loss > 0  # retain latents for the denoising term
+
     def extra_summary(self) -> dict:
         return self.report
 
@@ -116,7 +124,11 @@ class CriticRl(Unlearner):
             A = R[:, None].expand(B, K)
         A = normalise_per_prompt(A, prompts)
         emb_c, emb_u = env.embeds[traj.c], env.embeds[torch.zeros_like(traj.c)]
-        clipped, approx_kl, policy_loss, kl_total = [], [], 0.0, 0.0
+        clipped, approx_kl, policy_loss, kl_total, retain_total = [], [], 0.0, 0.0, 0.0
+        forget = torch.tensor([p in set(ctx.data.sets.forget) for p in prompts], device=R.device)
+        kl_rows = None
+        if cfg.kl_weight > 0:  # rows whose kernel is pulled towards the base's
+            kl_rows = torch.arange(B, device=R.device) if cfg.kl_prompts == "all" else (~forget).nonzero()[:, 0]
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             for j in torch.randperm(K, generator=ctx.gen).tolist():
@@ -124,14 +136,16 @@ class CriticRl(Unlearner):
                 out = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next)
                 old = traj.log_probs[:, j]
                 loss = rl.ppo_clip_loss(out.log_prob, old, A[:, j], cfg.clip_range) / K
-                if cfg.kl_weight > 0:
+                if kl_rows is not None and len(kl_rows):
                     unet.disable_adapters()
                     try:
                         with torch.no_grad():
-                            mu_base = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next).mean
+                            mu_base = env.sampler.step(unet, x[kl_rows], j, emb_c[kl_rows], emb_u[kl_rows],
+                                                       prev_sample=x_next[kl_rows]).mean
                     finally:
                         unet.enable_adapters()
-                    kl = ((out.mean - mu_base).pow(2).flatten(1).mean(1) / (2 * out.std.flatten() ** 2)).mean()
+                    kl = ((out.mean[kl_rows] - mu_base).pow(2).flatten(1).mean(1)
+                          / (2 * out.std.flatten()[kl_rows] ** 2)).mean()
                     loss = loss + cfg.kl_weight * kl / K
                     kl_total += kl.item() / K
                 loss.backward()
@@ -140,18 +154,27 @@ class CriticRl(Unlearner):
                     ratio = (out.log_prob - old).exp()
                     clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
                     approx_kl.append((old - out.log_prob).mean().item())
+            if cfg.retain_loss > 0 and len(ctx.data.retain):
+                n = ctx.recipe.train.batch_size
+                x_r, c_r = ctx.retain_batch(n)
+                t_r = ctx.randint(ctx.num_timesteps, n)
+                ab = ctx.alphas_cumprod[t_r].view(-1, 1, 1, 1)
+                noise = ctx.randn(x_r.shape)
+                L_r = (ctx.eps(ab.sqrt() * x_r + (1 - ab).sqrt() * noise, t_r, c_r) - noise).pow(2).mean()
+                (cfg.retain_loss * L_r).backward()
+                retain_total += L_r.item()
             params = [p for p in ctx.params if p.grad is not None]
             norm = grad_norm([p.grad for p in params])
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             self.opt.step()
         critic_loss = fit_critic(self.critic, self.critic_opt, env, traj, R, cfg.updates_per_step, 256, ctx.gen) \
             if cfg.updates_per_step else float("nan")
-        forget = torch.tensor([p in set(ctx.data.sets.forget) for p in prompts], device=R.device)
         return {"loss": policy_loss / cfg.inner_epochs, "reward": R.mean().item(),
                 "reward_forget": R[forget].mean().item(),
                 "reward_retain": R[~forget].mean().item() if (~forget).any() else float("nan"),
                 "critic_loss": critic_loss, "clipfrac": sum(clipped) / len(clipped),
                 "approx_kl": sum(approx_kl) / len(approx_kl), "kl_base": kl_total / cfg.inner_epochs,
+                "L_r": retain_total / cfg.inner_epochs,
                 "grad_norm": norm.item()}
 
     def state_dict(self) -> dict:

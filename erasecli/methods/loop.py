@@ -96,13 +96,15 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
     from erasecli import __version__
     from erasecli.recipes import recipe_to_dict, write_recipe
 
+    if ctx.world is not None and not ctx.world.is_main:  # every process holds the same state; one writes it
+        return
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         "version": __version__,
         "step": step,
         "out": str(out),
         "recipe": recipe_to_dict(ctx.recipe),
-        "adapter": _adapter_state(ctx.unet),
+        "adapter": _adapter_state(ctx.base.pipe.unet),
         "method": method.state_dict(),
         "gen": ctx.gen.get_state(),
         "rows": rows,
@@ -147,6 +149,58 @@ def _finite(row: dict) -> bool:
     return all(math.isfinite(v) for k, v in row.items() if isinstance(v, float) and (k == "loss" or k.startswith("L_")))
 
 
+def _text_encoder(base, prompts: list):
+    """train.cache_text_embeds false: prompt indices -> fresh text-encoder states, every call."""
+
+    def encode(c):
+        with torch.no_grad():
+            return base.pipe.encode_prompt([prompts[int(i)] for i in c], base.device, 1, False)[0]
+
+    return encode
+
+
+def half_dtype(base):
+    """The base's weight dtype if it is fp16 / bf16 (--dtype, or fp16 by default on CUDA), else None."""
+    dt = getattr(base, "dtype", None)
+    return dt if dt in (torch.float16, torch.bfloat16) else None
+
+
+def autocast_for(base, dtype=None):
+    """Autocast to `dtype` (or to the base's half dtype) on the base's device; a no-op for fp32."""
+    import contextlib
+
+    dtype = dtype or half_dtype(base)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=base.device.type, dtype=dtype)
+
+
+def compute_knobs(recipe, base, ctx) -> tuple:
+    """Apply the recipe's cost knobs to the context; returns (autocast context factory, undo)."""
+    import contextlib
+
+    cfg = recipe.train
+    unet = base.pipe.unet
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if not cfg.cache_text_embeds:
+        ctx.encode = _text_encoder(base, ctx.data.prompts)
+    if cfg.compile:
+        ctx.unet = torch.compile(unet)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    if dtype is None:
+        dtype = half_dtype(base)  # half weights with the fp32 adapter run only under autocast
+
+    def autocast():
+        return autocast_for(base, dtype) if dtype is not None else contextlib.nullcontext()
+
+    def undo():
+        if cfg.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+
+    return autocast, undo
+
+
 def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, progress=None,
         checkpoint_dir: Path | None = None) -> dict:
     """Train `recipe.method` on `data`; returns {"rows", "train_seconds", "method", "params"} with the adapter
@@ -157,9 +211,22 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
     params = setup_adapter(recipe, base)
     gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
     ab = base.pipe.scheduler.alphas_cumprod.to(base.device, torch.float32)
+    from erasecli.dist import world
+
     ctx = Context(recipe=recipe, base=base, unet=base.pipe.unet, params=params, data=data, gen=gen,
-                  alphas_cumprod=ab, device=base.device)
-    method = cls(ctx)
+                  alphas_cumprod=ab, device=base.device, world=world())
+    autocast, undo = compute_knobs(recipe, base, ctx)
+    try:
+        return _run(recipe, base, ctx, cls, autocast, out=out, resume_state=resume_state, progress=progress,
+                    checkpoint_dir=checkpoint_dir)
+    finally:
+        undo()
+
+
+def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, checkpoint_dir) -> dict:
+    gen, params = ctx.gen, ctx.params
+    with autocast():  # a method may sample (critic-rl trains its critic here)
+        method = cls(ctx)
     total = cls.total_steps(recipe)
     rows: list[dict] = []
     start, train_seconds = 0, 0.0
@@ -176,7 +243,8 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
     with _deferred_sigint() as sigint:
         for k in range(start, total):
             t0 = time.perf_counter()
-            row = method.step(k)
+            with autocast():
+                row = method.step(k)
             dt = time.perf_counter() - t0
             train_seconds += dt
             row = {"step": k + 1, **row, "lr": method.opt.param_groups[0]["lr"], "seconds": round(dt, 4)}
@@ -193,7 +261,10 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
                 last_saved = k + 1
-            if sigint["hit"] and k + 1 < total:
+            stop = sigint["hit"]
+            if ctx.world is not None and ctx.world.size > 1:  # all processes stop after the same step
+                stop = bool(ctx.world.total(torch.tensor(float(stop))) > 0)
+            if stop and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
                 raise Interrupted(f"interrupted after step {k + 1} of {total}; checkpoint saved to {ckpt}",

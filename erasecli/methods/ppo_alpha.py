@@ -51,7 +51,7 @@ class PpoAlpha(Siss):
         self.pi.to(ctx.device)
         self.v.to(ctx.device)
         self.opt_pv = torch.optim.Adam([*self.pi.parameters(), *self.v.parameters()], lr=cfg.lr)
-        self.init_adapter = _adapter_state(ctx.unet)
+        self.init_adapter = _adapter_state(ctx.base.pipe.unet)
         self.lam_prev = ctx.recipe.siss.lam
         self.feat = [0.0, 0.0, 0.0, 0.0]
         self.buffer: list[tuple] = []  # (s, z, logp, v, r, done)
@@ -68,7 +68,7 @@ class PpoAlpha(Siss):
 
     def _reset_run(self) -> None:
         """A new episode (or the final run): the initial adapter, a fresh optimiser, the start lambda."""
-        _load_adapter_state(self.ctx.unet, self.init_adapter)
+        _load_adapter_state(self.ctx.base.pipe.unet, self.init_adapter)
         self.opt = torch.optim.AdamW(self.ctx.params, lr=self.ctx.recipe.train.lr, weight_decay=0.0)
         self.lam_prev = self.ctx.recipe.siss.lam
         self.feat = [0.0, 0.0, 0.0, 0.0]
@@ -94,6 +94,8 @@ class PpoAlpha(Siss):
         row = self.siss_update(batch, lam)
         with torch.no_grad():  # reward: the same batch's loss after the update, minus the smoothness penalty
             L_after = self.siss_scalar(*batch.losses(*batch.errors(ctx), lam), self.last_coef)
+            if ctx.world is not None:  # the whole batch's loss: the same reward on every process
+                L_after = ctx.world.total(L_after)
         r = -float(L_after) - cfg.smooth_beta * (lam - self.lam_prev) ** 2
         done = i + 1 == length
         self.lam_prev = lam

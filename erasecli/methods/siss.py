@@ -78,6 +78,13 @@ class SissBatch:
             ab_r = ctx.alphas_cumprod[self.t_r].view(-1, 1, 1, 1)
             self.eps_r = ctx.randn(x_r.shape)
             self.m_r = ab_r.sqrt() * x_r + (1 - ab_r).sqrt() * self.eps_r
+        self.B = B  # the whole batch: losses are sums over this process's rows / B (erasecli.dist)
+        w = ctx.world
+        if w is not None and w.size > 1:  # every process drew the same numbers; each keeps its rows
+            for name in ("a", "x", "c", "t", "gamma", "sigma", "m", "eps_x", "eps_a", "d_x", "d_a",
+                         "c_r", "t_r", "eps_r", "m_r"):
+                if hasattr(self, name):
+                    setattr(self, name, w.local(getattr(self, name)))
 
     def errors(self, ctx):
         """One UNet pass over the mixture and retain inputs: per-example squared errors (B,) each."""
@@ -93,7 +100,9 @@ class SissBatch:
     def losses(self, err_x, err_a, err_r, lam):
         """L_x, L_a, L_r for mixing weight lam (float or differentiable tensor)."""
         log_w_x, log_w_a = siss_log_weights(self.d_x, self.d_a, lam)
-        return (log_w_x.exp() * err_x).mean(), (log_w_a.exp() * err_a).mean(), err_r.mean()
+        B = self.B
+        r = err_r.sum() / B if err_r.dim() else err_r
+        return (log_w_x.exp() * err_x).sum() / B, (log_w_a.exp() * err_a).sum() / B, r
 
 
 def grad_norm(grads) -> torch.Tensor:
@@ -135,18 +144,25 @@ class Siss(Unlearner):
         L_x, L_a, L_r = batch.losses(err_x, err_a, err_r, lam_value)
         L_keep = L_x + cfg.retain_weight * L_r
         self.opt.zero_grad(set_to_none=True)
+        w = ctx.world
         if cfg.objective == "surgery":
             g_a = torch.autograd.grad(L_a, ctx.params, retain_graph=True)
             g_x = torch.autograd.grad(L_keep, ctx.params)
+            if w is not None:
+                w.sum_([*g_a, *g_x])  # each process's share of the batch mean -> the whole batch's
             n_a, n_x = grad_norm(g_a), grad_norm(g_x)
             coef = (cfg.scaling_norm / (n_a + 1e-12)).detach()
             g = [gx - coef * ga for gx, ga in zip(g_x, g_a)]  # g_x - (s / ||g_a||) g_a
         elif cfg.objective == "weighted":
             coef = torch.tensor(0.0)  # unused in this form
             g = torch.autograd.grad(self.siss_scalar(L_x, L_a, L_r, coef), ctx.params)
+            if w is not None:
+                w.sum_(list(g))
             n_a = n_x = torch.tensor(float("nan"))  # not separated in this form
         else:
             raise ValueError(f"unknown siss.objective {cfg.objective!r}")
+        if w is not None:  # the whole batch's losses, the same on every process
+            L_x, L_a, L_r = w.total(L_x, L_a, L_r)
         L_siss = self.siss_scalar(L_x, L_a, L_r, coef)
         self.last_coef = coef
         total = grad_norm(g)

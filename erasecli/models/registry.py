@@ -76,6 +76,10 @@ def pick_device(requested: str | None = None):
     import torch
 
     if requested in (None, "", "auto"):
+        from erasecli.dist import launched, world
+
+        if launched() and world().device is not None:  # under accelerate launch: this process's device
+            return torch.device(world().device)
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

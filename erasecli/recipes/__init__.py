@@ -213,8 +213,20 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "Forget pairs (and as many retain examples) per optimiser step, >= 1."})
     seed: int = field(default=0, metadata={"help": "Seed for noise, timesteps and data order, >= 0."})
     checkpoint_every: int = field(default=50, metadata={"help": "Optimiser steps between resumable checkpoints, >= 1."})
+    # cost knobs: they change speed and memory, not the method (bench/sd_size.py measures each one)
+    mixed_precision: str = field(default="no", metadata={"help": "Autocast each step to 'bf16' or 'fp16' ('no': "
+                                                         "fp32, or the weights' dtype for a half-precision base). "
+                                                         "The adapter stays fp32; fp16 has no loss scaling, so "
+                                                         "prefer bf16 where the device has it."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute UNet activations in the "
+                                                                  "backward pass: less memory, ~30% more time."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (slow first steps; pays off on "
+                                                   "long GPU runs)."})
+    cache_text_embeds: bool = field(default=True, metadata={"help": "Encode the prompts once (true) or with the "
+                                                            "text encoder at every step (false; siss-family, esd)."})
 
     CHECKS: ClassVar[Checks] = {
+        "mixed_precision": (one_of("no", "bf16", "fp16"),),
         "steps": (at_least(1),),
         "lr": (above(0),),
         "batch_size": (at_least(1),),
@@ -365,6 +377,11 @@ class CriticRlConfig:
     clip_model: str = field(default="openai/clip-vit-large-patch14",
                             metadata={"help": "CLIP for the clip reward on non-tiny bases: hub id or folder."})
     retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain prompts' utility reward, >= 0 [ours]."})
+    zero_shot: bool = field(default=False, metadata={"help": "clip reward: score the concept as CLIP's zero-shot "
+                                                     "probability against critic.contrast (the other digits or "
+                                                     "colours on the tiny base) instead of the raw cosine [ours]."})
+    contrast: tuple[str, ...] = field(default=(), metadata={"help": "Other concepts the zero-shot score competes "
+                                                            "with, e.g. [monet, picasso] (tiny base: automatic)."})
     steps: int = field(default=10, metadata={"help": "DDIM steps of a rollout (the MDP's horizon), >= 2."})
     eta: float = field(default=1.0, metadata={"help": "DDIM eta of rollouts, in (0, 1]: > 0 so steps have log-probs."})
     prompts_per_step: int = field(default=4, metadata={"help": "Prompts per training step, half forget, half "
@@ -381,6 +398,11 @@ class CriticRlConfig:
                                                       "averaged over dims, as here)."})
     inner_epochs: int = field(default=2, metadata={"help": "PPO epochs over each batch of trajectories, >= 1."})
     kl_weight: float = field(default=0.0, metadata={"help": "Weight of the per-step KL to the base kernel, >= 0."})
+    retain_loss: float = field(default=0.0, metadata={"help": "Weight of a denoising loss on the base's retain "
+                                                      "images added to each PPO update (0: off; > 0 samples "
+                                                      "data.* like siss) [ours]."})
+    kl_prompts: str = field(default="all", metadata={"help": "Rollouts the KL applies to: 'all', or 'retain' (only "
+                                                     "retain prompts' chains stay near the base's) [ours]."})
     width: int = field(default=64, metadata={"help": "Critic conv width, >= 8."})
     blocks: int = field(default=3, metadata={"help": "Critic FiLM residual blocks, >= 1."})
     lr: float = field(default=1e-3, metadata={"help": "Critic Adam learning rate, > 0."})
@@ -402,6 +424,8 @@ class CriticRlConfig:
         "clip_range": (above(0),),
         "inner_epochs": (at_least(1),),
         "kl_weight": (at_least(0),),
+        "kl_prompts": (one_of("all", "retain"),),
+        "retain_loss": (at_least(0),),
         "width": (at_least(8),),
         "blocks": (at_least(1),),
         "lr": (above(0),),

@@ -6,7 +6,8 @@ critic-rl; the retain term is ours and weighted by critic.retain_weight):
     forget prompt:  r = -score(image, concept)
     retain prompt:  r = retain_weight * utility(image, prompt)
 
-- `clip`: score = cosine similarity between the image and the concept text, utility = cosine similarity
+- `clip`: score = cosine similarity between the image and the concept text (or, with critic.zero_shot,
+  CLIP's zero-shot probability of the concept against critic.contrast), utility = cosine similarity
   to the prompt itself. The tiny base uses its tiny CLIP (not the evaluation judge); other bases a
   transformers CLIP id (critic.clip_model).
 - `classifier`: score = the tiny classifier's probability of the concept, utility = its probability of the
@@ -39,20 +40,45 @@ def _concept_text(recipe, sets) -> str:
     return recipe.concept.forget_templates[0].format(concept=recipe.concept.name)
 
 
+def _contrast_texts(recipe, base) -> list:
+    """The texts the concept competes with in the zero-shot score: the other digits (or colours) on the tiny
+    base, critic.contrast elsewhere, in the same template as the concept."""
+    from erasecli.models import tiny_world as W
+
+    if base.ref.kind == "bundled":
+        from erasecli.eval.plan import parse_tiny_concept
+
+        kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
+        if kind == "digit":
+            return [f"a handwritten digit {w}" for j, w in enumerate(W.DIGIT_WORDS) if j != i]
+        return [f"a {c} digit" for j, c in enumerate(W.COLOUR_NAMES) if j != i]
+    if not recipe.critic.contrast:
+        raise RecipeError("critic.zero_shot needs critic.contrast on this base",
+                          hint="e.g. --set 'critic.contrast=[claude monet, pablo picasso]'")
+    return [recipe.concept.forget_templates[0].format(concept=c) for c in recipe.critic.contrast]
+
+
 def clip_reward(recipe, base, sets) -> Reward:
     from erasecli.eval.judges import Clip
 
     clip = Clip.tiny() if base.ref.kind == "bundled" else Clip.load(recipe.critic.clip_model)
+    clip.model.to(base.device)  # on the GPU with the base: the reward runs every rollout
     forget = set(sets.forget)
-    concept = clip.embed_text([_concept_text(recipe, sets)])[0]  # (D,)
+    texts = [_concept_text(recipe, sets)]
+    if recipe.critic.zero_shot:
+        texts += _contrast_texts(recipe, base)
+    concepts = clip.embed_text(texts)  # (K, D); row 0 is the concept
+    scale = float(clip.model.logit_scale.detach().exp()) if hasattr(clip.model, "logit_scale") else 100.0
     w = recipe.critic.retain_weight
 
     @torch.no_grad()
     def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
-        img = clip.embed_pixels(images.float().cpu())  # (B, D), unit norm
+        img = clip.embed_pixels(images.float())  # (B, D), unit norm, on the CLIP's device
         own = clip.embed_text(list(prompts))  # (B, D)
-        is_forget = torch.tensor([p in forget for p in prompts])
-        return torch.where(is_forget, -(img @ concept), w * (img * own).sum(-1))
+        is_forget = torch.tensor([p in forget for p in prompts], device=img.device)
+        sim = img @ concepts.T  # (B, K)
+        score = (scale * sim).softmax(-1)[:, 0] if len(texts) > 1 else sim[:, 0]
+        return torch.where(is_forget, -score, w * (img * own).sum(-1))
 
     return reward
 

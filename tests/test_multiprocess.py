@@ -1,0 +1,93 @@
+"""Several processes on the CPU (accelerate launch, gloo): sampling, evaluation and data-parallel training
+give what one process gives, up to float rounding; only the main process writes and prints."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_sample_cli import erase
+
+pytestmark = pytest.mark.slow
+SMALL = ["--set", "data.images_per_prompt=4", "--set", "data.retain_images_per_prompt=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args, n=2):
+    """`accelerate launch --num_processes n -m erasecli ...` on this machine's CPUs, one thread each."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "erasecli", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def lora(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "pytorch_lora_weights.safetensors"))
+
+
+def rel_diff(a, b) -> float:
+    num = sum(float((a[k] - b[k]).pow(2).sum()) for k in a)
+    return (num / sum(float(a[k].pow(2).sum()) for k in a)) ** 0.5
+
+
+def test_two_processes_sample_the_same_images_and_one_writes(tmp_path):
+    args = ["sample", "--prompt", "a red handwritten digit three", "--prompt", "a blue digit 5", "-n", "3",
+            "--steps", "5"]
+    p = launch(*args, "--out", str(tmp_path / "two"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stderr.count("wrote 6 images") == 1  # the main process reports, once
+    assert erase(*args, "--out", str(tmp_path / "one")).returncode == 0
+    files = sorted((tmp_path / "one").glob("*/*.png"))
+    assert len(files) == 6
+    for f in files:
+        a = np.asarray(Image.open(f), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "two" / f.relative_to(tmp_path / "one")), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("method", ["siss", "esd"])
+def test_data_parallel_training_matches_one_process(method, tmp_path):
+    args = ["unlearn", "--method", method, "--concept", "digit 3", "--steps", "4", *SMALL]
+    p = launch(*args, "--out", str(tmp_path / "two"), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["summary"]["steps"] == 4  # one JSON document: only the main process printed
+    assert erase(*args, "--out", str(tmp_path / "one")).returncode == 0
+    assert rel_diff(lora(tmp_path / "one"), lora(tmp_path / "two")) < 1e-4
+    rows = [[json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    for a, b in zip(*rows):  # the logged losses are the whole batch's, not one process's share
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7)
+
+
+def test_two_processes_evaluate_like_one(tmp_path):
+    args = ["evaluate", "--concept", "digit 3", "--set", "eval.samples_per_prompt=1",
+            "--set", "eval.metrics=[ua,ira,cra,clip_score]", "--json"]
+    p = launch(*args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    two = json.loads(p.stdout)["models"][0]["metrics"]
+    one = json.loads(erase(*args).stdout)["models"][0]["metrics"]
+    assert two.keys() == one.keys()
+    for k in one:
+        assert two[k] == pytest.approx(one[k], rel=1e-4)
+
+
+def test_methods_that_cannot_split_say_so(tmp_path):
+    p = launch("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--out", str(tmp_path / "x"))
+    assert p.returncode != 0
+    assert "critic-rl runs in one process" in p.stderr
+    assert not (tmp_path / "x").exists()
