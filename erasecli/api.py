@@ -472,7 +472,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         summary = {"train_seconds": round(result["train_seconds"], 2), "steps": len(rows),
                    "trainable_params": result["params"], "data": data.info,
                    "final": {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else {},
-                   "peak_rss_mb": max(peak0, _peak_rss_mb()), **result["extra"]}
+                   "peak_rss_mb": max(peak0, _peak_rss_mb()), "processes": result["processes"], **result["extra"]}
         if base.device.type == "cuda":
             summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 

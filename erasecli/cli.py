@@ -298,18 +298,15 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("training", total=None, visible=False)
-        seen: list[str] = []
 
         def on_event(concept, status, info):
+            where = f"[{concepts.index(concept) + 1}/{n}] {concept}"  # concepts are unique (read_concepts_file)
             if status in ("starting", "resuming"):
-                seen.append(concept)
-                bar.update(task, description=f"[{len(seen)}/{n}] {concept}", completed=0, visible=True)
+                bar.update(task, description=where, completed=0, visible=True)
                 return
-            if concept not in seen:
-                seen.append(concept)
             detail = {"failed": f"FAILED: {info.get('error', '')}", "skipped": "skipped (already done)"}.get(
                 status, f"{status} in {info.get('summary', {}).get('train_seconds', 0):.1f} s")
-            console.print(f"[{len(seen)}/{n}] {concept}: {detail}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"{where}: {detail}", markup=False, highlight=False, soft_wrap=True)
 
         results = api.unlearn_batch(r, concepts, out=out, overwrite=overwrite, device=device, dtype=dtype,
                                     on_event=on_event,

@@ -81,12 +81,6 @@ class World:
         out = tuple(v[i] for i in range(len(scalars)))
         return out if len(out) > 1 else out[0]
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
 
 def launched() -> bool:
     """True under accelerate launch / torchrun with more than one process."""

@@ -66,10 +66,12 @@ def test_data_parallel_training_matches_one_process(method, tmp_path):
     args = ["unlearn", "--method", method, "--concept", "digit 3", "--steps", "4", *SMALL]
     p = launch(*args, "--out", str(tmp_path / "two"), "--json")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert json.loads(p.stdout)["summary"]["steps"] == 4  # one JSON document: only the main process printed
+    summary = json.loads(p.stdout)["summary"]  # one JSON document: only the main process printed
+    assert summary["steps"] == 4 and summary["processes"] == 2  # the batch really was split over two
     assert erase(*args, "--out", str(tmp_path / "one")).returncode == 0
     assert rel_diff(lora(tmp_path / "one"), lora(tmp_path / "two")) < 1e-4
-    rows = [[json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    rows = [[json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
     for a, b in zip(*rows):  # the logged losses are the whole batch's, not one process's share
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7)
 

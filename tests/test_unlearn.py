@@ -298,19 +298,29 @@ def test_half_precision_base_trains_under_autocast(method, tmp_path):
 
 
 @pytest.mark.slow
-def test_cost_knobs_change_cost_not_the_result(tiny, tmp_path):
+def test_cost_knobs_change_cost_not_the_result(tiny, tmp_path, monkeypatch):
     # Gradient checkpointing and re-encoding prompts every step compute the same thing; bf16 autocast
-    # approximates it. Each must leave the base as it found it (no checkpointing left switched on).
+    # approximates it. Each must take effect during the run and leave the base as it found it.
     steps = ["train.steps=4"]
+    encodes = []
+    real_encode = tiny.pipe.encode_prompt
+    monkeypatch.setattr(tiny.pipe, "encode_prompt", lambda *a, **k: encodes.append(1) or real_encode(*a, **k))
     api.unlearn(recipe("siss", *steps), out=tmp_path / "plain", base=tiny)
     ref = _delta_tensors(tmp_path / "plain")
     for name, sets, tol in [("ckpt", ["train.gradient_checkpointing=true"], 1e-4),
                             ("encode", ["train.cache_text_embeds=false"], 1e-4),
                             ("bf16", ["train.mixed_precision=bf16"], 0.05)]:
-        api.unlearn(recipe("siss", *steps, *sets), out=tmp_path / name, base=tiny)
+        seen = []
+        encodes.clear()
+        api.unlearn(recipe("siss", *steps, *sets), out=tmp_path / name, base=tiny,
+                    progress=lambda k, total, row: seen.append(tiny.pipe.unet.is_gradient_checkpointing))
+        assert seen == [name == "ckpt"] * 4  # on during the run only when asked for
+        assert (len(encodes) >= 4) == (name == "encode")  # prompts re-encoded at every step, or once up front
         got = _delta_tensors(tmp_path / name)
         diff = sum((got[k] - ref[k]).pow(2).sum() for k in ref).sqrt() / sum(ref[k].pow(2).sum() for k in ref).sqrt()
         assert diff < tol, (name, diff)
+        if name == "bf16":
+            assert diff > 0  # autocast did change the arithmetic
         assert not tiny.pipe.unet.is_gradient_checkpointing
     summary = json.loads((tmp_path / "bf16" / "train_summary.json").read_text())
     assert summary["final"]["loss"] > 0  # a finite, real loss under autocast

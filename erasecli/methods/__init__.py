@@ -8,9 +8,10 @@ adapter (its optimisers, inference or policy networks). The shared loop (`erasec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+from erasecli.dist import World
 from erasecli.errors import RecipeError
 
 
@@ -27,7 +28,7 @@ class Context:
     alphas_cumprod: object  # (T,) on the device, fp32
     device: object
     encode: object = None  # prompt indices -> text embeddings, when train.cache_text_embeds is false
-    world: object = None  # erasecli.dist.World: this process's share of each batch; None: one process
+    world: World = field(default_factory=World)  # this process's share of each batch (erasecli.dist)
 
     @property
     def num_timesteps(self) -> int:
@@ -63,6 +64,14 @@ class Context:
         drop = self.rand(n) < self.recipe.data.uncond_fraction
         return d.retain[j], torch.where(drop, torch.zeros_like(c), c)
 
+    def noisy_retain(self, n: int):
+        """n retain examples noised to random t: (x_r_t, t_r, c_r, eps_r), for a retain-preservation term."""
+        x_r, c_r = self.retain_batch(n)
+        t_r = self.randint(self.num_timesteps, n)
+        ab = self.alphas_cumprod[t_r].view(-1, 1, 1, 1)
+        eps_r = self.randn(x_r.shape)
+        return ab.sqrt() * x_r + (1 - ab).sqrt() * eps_r, t_r, c_r, eps_r
+
 
 class Unlearner:
     """The interface. Subclasses set `name` and implement `step`; the defaults suit methods that own only an
@@ -70,7 +79,6 @@ class Unlearner:
 
     name: ClassVar[str] = ""
     data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
-    needs_images: ClassVar[bool] = True  # False: the method samples its own (critic-rl); no data sets are built
 
     def __init__(self, ctx: Context):
         import torch
@@ -80,8 +88,9 @@ class Unlearner:
 
     @classmethod
     def uses_images(cls, recipe) -> bool:
-        """Whether the run needs the sampled forget / anchor / retain latents (data.*)."""
-        return cls.needs_images
+        """Whether the run needs the sampled forget / anchor / retain latents (data.*); False: the method samples
+        its own (critic-rl) and no data sets are built."""
+        return True
 
     @classmethod
     def total_steps(cls, recipe) -> int:

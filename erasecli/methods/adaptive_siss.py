@@ -57,13 +57,12 @@ class AdaptiveSiss(Siss):
 
         def phi_loss(err_x, err_a, err_r, coef):
             L_x, L_a, L_r = batch.losses(err_x, err_a, err_r, lam)  # differentiable in lam only
-            share = 1 / ctx.world.size if ctx.world is not None else 1  # kl is counted once over processes
-            return self.siss_scalar(L_x, L_a, L_r, coef) + beta * kl * share
+            # each process's share of the batch; kl once over all processes
+            return self.siss_scalar(L_x, L_a, L_r, coef) + beta * kl / ctx.world.size
 
         self.opt_phi.zero_grad(set_to_none=True)
         row = self.siss_update(batch, lam, extra_loss=phi_loss)
-        if ctx.world is not None:
-            ctx.world.sum_([p.grad for p in self.q_phi.parameters()])
+        ctx.world.sum_([p.grad for p in self.q_phi.parameters()])
         self.opt_phi.step()
         self.f = log_scaled(row["L_x"], row["L_a"], row["grad_norm_x"], row["grad_norm_a"])
         row.update({"mu": mu.item(), "log_sigma": log_sigma.item(), "kl": kl.item()})

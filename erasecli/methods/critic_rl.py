@@ -61,7 +61,6 @@ def normalise_per_prompt(A, prompts):
 
 class CriticRl(Unlearner):
     name = "critic-rl"
-    needs_images = False
     data_parallel = False  # rollouts and per-prompt advantages are not split over processes yet
 
     def __init__(self, ctx):
@@ -155,12 +154,8 @@ class CriticRl(Unlearner):
                     clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
                     approx_kl.append((old - out.log_prob).mean().item())
             if cfg.retain_loss > 0 and len(ctx.data.retain):
-                n = ctx.recipe.train.batch_size
-                x_r, c_r = ctx.retain_batch(n)
-                t_r = ctx.randint(ctx.num_timesteps, n)
-                ab = ctx.alphas_cumprod[t_r].view(-1, 1, 1, 1)
-                noise = ctx.randn(x_r.shape)
-                L_r = (ctx.eps(ab.sqrt() * x_r + (1 - ab).sqrt() * noise, t_r, c_r) - noise).pow(2).mean()
+                m_r, t_r, c_r, eps_r = ctx.noisy_retain(ctx.recipe.train.batch_size)
+                L_r = (ctx.eps(m_r, t_r, c_r) - eps_r).pow(2).mean()
                 (cfg.retain_loss * L_r).backward()
                 retain_total += L_r.item()
             params = [p for p in ctx.params if p.grad is not None]

@@ -39,7 +39,7 @@ class Esd(Unlearner):
         """Run n_stop DDIM steps (eta 0) from pure noise with guidance esd.start_guidance; returns (x_t, t).
         The noise is drawn for all n_all rows of the batch; c holds this process's rows."""
         ctx, g = self.ctx, self.ctx.recipe.esd.start_guidance
-        x = self._local(ctx.randn((n_all, *ctx.data.forget.shape[1:]))) * self.sched.init_noise_sigma
+        x = ctx.world.local(ctx.randn((n_all, *ctx.data.forget.shape[1:]))) * self.sched.init_noise_sigma
         empty = torch.zeros_like(c)
         for t in self.sched.timesteps[:n_stop]:
             tt = t.expand(len(c))
@@ -47,23 +47,19 @@ class Esd(Unlearner):
             x = self.sched.step(e_0 + g * (e_c - e_0), t, x).prev_sample
         return x, self.sched.timesteps[n_stop].expand(len(c))
 
-    def _local(self, t):
-        """This process's rows (erasecli.dist); all rows in one process."""
-        return t if self.ctx.world is None else self.ctx.world.local(t)
-
     def step(self, k: int) -> dict:
         ctx, cfg = self.ctx, self.ctx.recipe.esd
         d, B = ctx.data, ctx.recipe.train.batch_size
         i = ctx.randint(len(d.forget), B)  # every process draws the whole batch, then keeps its rows
-        c, c_anchor = self._local(d.forget_c[i]), self._local(d.anchor_c[i])
+        c, c_anchor = ctx.world.local(d.forget_c[i]), ctx.world.local(d.anchor_c[i])
         if cfg.xt_source == "sample":
             n_stop = int(ctx.randint(len(self.sched.timesteps), 1).item())
             x_t, t = self._partial_sample(c, n_stop, B)
         else:
             t = ctx.randint(ctx.num_timesteps, B)
             ab = ctx.alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = self._local(ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape))
-            t = self._local(t)
+            x_t = ctx.world.local(ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape))
+            t = ctx.world.local(t)
         empty = torch.zeros_like(c)
         ctx.unet.disable_adapters()  # theta*: the frozen base
         try:
@@ -79,13 +75,8 @@ class Esd(Unlearner):
         target = e_anchor - cfg.negative_guidance * (e_c - e_0)  # (B, C, h, w)
         use_retain = cfg.retain_weight > 0 and len(d.retain) > 0
         if use_retain:
-            x_r, c_r = ctx.retain_batch(B)
-            t_r = ctx.randint(ctx.num_timesteps, B)
-            ab_r = ctx.alphas_cumprod[t_r].view(-1, 1, 1, 1)
-            eps_r = ctx.randn(x_r.shape)
-            x_r, c_r, t_r, ab_r, eps_r = (self._local(v) for v in (x_r, c_r, t_r, ab_r, eps_r))
-            e, e_r = ctx.eps(torch.cat([x_t, ab_r.sqrt() * x_r + (1 - ab_r).sqrt() * eps_r]),
-                             torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
+            m_r, t_r, c_r, eps_r = (ctx.world.local(v) for v in ctx.noisy_retain(B))
+            e, e_r = ctx.eps(torch.cat([x_t, m_r]), torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
             L_r = mse(e_r, eps_r).sum() / B
         else:
             e = ctx.eps(x_t, t, c)
@@ -94,9 +85,8 @@ class Esd(Unlearner):
         loss = L_esd + cfg.retain_weight * L_r
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if ctx.world is not None and ctx.world.size > 1:
-            ctx.world.sum_([p.grad for p in ctx.params if p.grad is not None])
-            loss, L_esd, L_r = ctx.world.total(loss, L_esd, L_r)
+        ctx.world.sum_([p.grad for p in ctx.params if p.grad is not None])
+        loss, L_esd, L_r = ctx.world.total(loss, L_esd, L_r)
         norm = grad_norm([p.grad for p in ctx.params if p.grad is not None])
         self.opt.step()
         return {"loss": loss.item(), "L_esd": L_esd.item(), "L_r": L_r.item(), "grad_norm": norm.item(),

@@ -96,7 +96,7 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
     from erasecli import __version__
     from erasecli.recipes import recipe_to_dict, write_recipe
 
-    if ctx.world is not None and not ctx.world.is_main:  # every process holds the same state; one writes it
+    if not ctx.world.is_main:  # every process holds the same state; one writes it
         return
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -261,9 +261,7 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
                 last_saved = k + 1
-            stop = sigint["hit"]
-            if ctx.world is not None and ctx.world.size > 1:  # all processes stop after the same step
-                stop = bool(ctx.world.total(torch.tensor(float(stop))) > 0)
+            stop = bool(ctx.world.total(torch.tensor(float(sigint["hit"]))) > 0)  # all processes stop together
             if stop and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
@@ -272,7 +270,7 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
     base.pipe.unet.eval()
     return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,
             "extra": method.extra_summary(),
-            "params": sum(p.numel() for p in params)}
+            "params": sum(p.numel() for p in params), "processes": ctx.world.size}
 
 
 def write_log(rows: list, path: Path) -> None:

@@ -94,8 +94,7 @@ class PpoAlpha(Siss):
         row = self.siss_update(batch, lam)
         with torch.no_grad():  # reward: the same batch's loss after the update, minus the smoothness penalty
             L_after = self.siss_scalar(*batch.losses(*batch.errors(ctx), lam), self.last_coef)
-            if ctx.world is not None:  # the whole batch's loss: the same reward on every process
-                L_after = ctx.world.total(L_after)
+            L_after = ctx.world.total(L_after)  # the whole batch's loss: the same reward on every process
         r = -float(L_after) - cfg.smooth_beta * (lam - self.lam_prev) ** 2
         done = i + 1 == length
         self.lam_prev = lam

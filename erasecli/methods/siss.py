@@ -73,14 +73,10 @@ class SissBatch:
         self.d_a = sq_dist(self.m, self.gamma * self.a) / s2  # (B,)
         self.has_retain = len(d.retain) > 0 and ctx.recipe.siss.retain_weight > 0
         if self.has_retain:
-            x_r, self.c_r = ctx.retain_batch(B)
-            self.t_r = ctx.randint(ctx.num_timesteps, B)
-            ab_r = ctx.alphas_cumprod[self.t_r].view(-1, 1, 1, 1)
-            self.eps_r = ctx.randn(x_r.shape)
-            self.m_r = ab_r.sqrt() * x_r + (1 - ab_r).sqrt() * self.eps_r
+            self.m_r, self.t_r, self.c_r, self.eps_r = ctx.noisy_retain(B)
         self.B = B  # the whole batch: losses are sums over this process's rows / B (erasecli.dist)
         w = ctx.world
-        if w is not None and w.size > 1:  # every process drew the same numbers; each keeps its rows
+        if w.size > 1:  # every process drew the same numbers; each keeps its rows
             for name in ("a", "x", "c", "t", "gamma", "sigma", "m", "eps_x", "eps_a", "d_x", "d_a",
                          "c_r", "t_r", "eps_r", "m_r"):
                 if hasattr(self, name):
@@ -148,21 +144,18 @@ class Siss(Unlearner):
         if cfg.objective == "surgery":
             g_a = torch.autograd.grad(L_a, ctx.params, retain_graph=True)
             g_x = torch.autograd.grad(L_keep, ctx.params)
-            if w is not None:
-                w.sum_([*g_a, *g_x])  # each process's share of the batch mean -> the whole batch's
+            w.sum_([*g_a, *g_x])  # each process's share of the batch mean -> the whole batch's
             n_a, n_x = grad_norm(g_a), grad_norm(g_x)
             coef = (cfg.scaling_norm / (n_a + 1e-12)).detach()
             g = [gx - coef * ga for gx, ga in zip(g_x, g_a)]  # g_x - (s / ||g_a||) g_a
         elif cfg.objective == "weighted":
             coef = torch.tensor(0.0)  # unused in this form
             g = torch.autograd.grad(self.siss_scalar(L_x, L_a, L_r, coef), ctx.params)
-            if w is not None:
-                w.sum_(list(g))
+            w.sum_(list(g))
             n_a = n_x = torch.tensor(float("nan"))  # not separated in this form
         else:
             raise ValueError(f"unknown siss.objective {cfg.objective!r}")
-        if w is not None:  # the whole batch's losses, the same on every process
-            L_x, L_a, L_r = w.total(L_x, L_a, L_r)
+        L_x, L_a, L_r = w.total(L_x, L_a, L_r)  # the whole batch's losses, the same on every process
         L_siss = self.siss_scalar(L_x, L_a, L_r, coef)
         self.last_coef = coef
         total = grad_norm(g)
