@@ -434,7 +434,7 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
                            "critic_pretrain_estimate_seconds)")
         extra_notes.append(("reward CLIP: the shipped tiny CLIP" if plan.reward_clip == "tiny" else
                             f"reward CLIP: random {'ViT-L/14' if plan.scale == 'sd14' else 'small'} CLIP")
-                           + "; erasecli.rewards runs it on the CPU (images are moved to .cpu())")
+                           + "; erasecli.rewards runs it on the base's device")
     else:
         data = random_train_data(recipe, base, plan.latent)
         extra_notes.append("TrainData from random latents and random text embeddings (no sampling)")

@@ -63,6 +63,12 @@ def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
     assert retain_good.mean() > retain_bad.mean() and (retain_good > 0).all()
     if zero_shot:  # a probability of "three" among the ten digits: near 1 for threes, near 0 for sevens
         assert forget.max() < -0.5 and other.min() > -0.5 and (forget >= -1).all()
+        soft = REWARDS[name](load_recipe(None, ["concept.name=digit 3", "critic.zero_shot=true",
+                                                "critic.temperature=2.5"]), tiny, sets)
+        forget_t = soft(img3, ["a red handwritten digit three"] * 4)
+        other_t = soft(img7, ["a red handwritten digit three"] * 4)
+        # a higher temperature softens the probability both ways but keeps the order
+        assert forget_t.mean() > forget.mean() and other_t.mean() < other.mean() and forget_t.mean() < other_t.mean()
 
 
 @pytest.mark.slow
@@ -174,3 +180,22 @@ def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
     else:
         assert all(row["kl_base"] == 0 for row in rows)
     assert all((row["L_r"] > 0) == ("critic.retain_loss=1.0" in sets) for row in rows)
+
+
+@pytest.mark.parametrize("fraction, n_retain", [(0.5, 2), (0.25, 1), (0.0, 0)])
+def test_retain_prompts_sets_the_share_of_retain_rollouts(fraction, n_retain):
+    from types import SimpleNamespace
+
+    from erasecli.errors import RecipeError
+    from erasecli.methods.critic_rl import CriticRl
+
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "critic.prompts_per_step=4",
+                           "critic.samples_per_prompt=3", f"critic.retain_prompts={fraction}"])
+    sets = SimpleNamespace(forget=["f0", "f1", "f2"], retain=["r0", "r1", "r2", "r3"])
+    fake = SimpleNamespace(ctx=SimpleNamespace(recipe=r, data=SimpleNamespace(sets=sets),
+                                               gen=torch.Generator().manual_seed(0)))
+    prompts = CriticRl._prompts(fake)
+    assert len(prompts) == 12 and sum(p.startswith("r") for p in prompts) == 3 * n_retain
+    assert all(prompts[i] == prompts[i - i % 3] for i in range(12))  # each prompt's rollouts are adjacent
+    with pytest.raises(RecipeError, match="retain_prompts"):
+        load_recipe(None, ["method=critic-rl", "critic.retain_prompts=1.0"])

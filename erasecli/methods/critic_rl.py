@@ -100,11 +100,11 @@ class CriticRl(Unlearner):
 
     def _prompts(self):
         cfg, sets, gen = self.ctx.recipe.critic, self.ctx.data.sets, self.ctx.gen
-        n_f = math.ceil(cfg.prompts_per_step / 2) if sets.retain else cfg.prompts_per_step
+        n_r = math.floor(cfg.prompts_per_step * cfg.retain_prompts) if sets.retain else 0
+        n_f = cfg.prompts_per_step - n_r
         pick = [sets.forget[int(i)] for i in torch.randint(len(sets.forget), (n_f,), generator=gen)]
-        if sets.retain and cfg.prompts_per_step > n_f:
-            pick += [sets.retain[int(i)] for i in torch.randint(len(sets.retain), (cfg.prompts_per_step - n_f,),
-                                                                 generator=gen)]
+        if n_r:
+            pick += [sets.retain[int(i)] for i in torch.randint(len(sets.retain), (n_r,), generator=gen)]
         return [p for p in pick for _ in range(cfg.samples_per_prompt)]
 
     def step(self, k: int) -> dict:

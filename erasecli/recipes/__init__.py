@@ -380,12 +380,19 @@ class CriticRlConfig:
     zero_shot: bool = field(default=False, metadata={"help": "clip reward: score the concept as CLIP's zero-shot "
                                                      "probability against critic.contrast (the other digits or "
                                                      "colours on the tiny base) instead of the raw cosine [ours]."})
+    temperature: float = field(default=1.0, metadata={"help": "critic.zero_shot: divides CLIP's logit scale; "
+                                                      "> 1 softens the probability so the reward keeps a slope "
+                                                      "after CLIP stops seeing the concept, > 0 [ours]."})
     contrast: tuple[str, ...] = field(default=(), metadata={"help": "Other concepts the zero-shot score competes "
                                                             "with, e.g. [monet, picasso] (tiny base: automatic)."})
     steps: int = field(default=10, metadata={"help": "DDIM steps of a rollout (the MDP's horizon), >= 2."})
     eta: float = field(default=1.0, metadata={"help": "DDIM eta of rollouts, in (0, 1]: > 0 so steps have log-probs."})
-    prompts_per_step: int = field(default=4, metadata={"help": "Prompts per training step, half forget, half "
-                                                       "retain (rounded up to forget), >= 1."})
+    prompts_per_step: int = field(default=4, metadata={"help": "Prompts per training step, >= 1; "
+                                                       "critic.retain_prompts of them retain, the rest forget."})
+    retain_prompts: float = field(default=0.5, metadata={"help": "Fraction of each step's rollout prompts drawn "
+                                                         "from the retain set (rounded down), in [0, 1); 0: "
+                                                         "forget prompts only, retain kept by critic.retain_loss "
+                                                         "[ours]."})
     samples_per_prompt: int = field(default=4, metadata={"help": "Rollouts per prompt (advantages are normalised "
                                                          "per prompt), >= 2."})
     per_step: bool = field(default=True, metadata={"help": "true: per-step advantages from the critic by GAE; false: "
@@ -415,9 +422,11 @@ class CriticRlConfig:
         "reward": (one_of(*REWARD_NAMES),),
         "clip_model": (NOT_BLANK,),
         "retain_weight": (at_least(0),),
+        "temperature": (above(0),),
         "steps": (at_least(2), at_most(1000)),
         "eta": (Check(lambda v: 0 < v <= 1, "in (0, 1]"),),
         "prompts_per_step": (at_least(1),),
+        "retain_prompts": (Check(lambda v: 0 <= v < 1, "in [0, 1)"),),
         "samples_per_prompt": (at_least(2),),
         "input": (one_of("noisy", "clean"),),
         "gae_lambda": (between(0, 1),),

@@ -7,7 +7,8 @@ critic-rl; the retain term is ours and weighted by critic.retain_weight):
     retain prompt:  r = retain_weight * utility(image, prompt)
 
 - `clip`: score = cosine similarity between the image and the concept text (or, with critic.zero_shot,
-  CLIP's zero-shot probability of the concept against critic.contrast), utility = cosine similarity
+  CLIP's zero-shot probability of the concept against critic.contrast, at CLIP's logit scale divided by
+  critic.temperature), utility = cosine similarity
   to the prompt itself. The tiny base uses its tiny CLIP (not the evaluation judge); other bases a
   transformers CLIP id (critic.clip_model).
 - `classifier`: score = the tiny classifier's probability of the concept, utility = its probability of the
@@ -69,6 +70,7 @@ def clip_reward(recipe, base, sets) -> Reward:
         texts += _contrast_texts(recipe, base)
     concepts = clip.embed_text(texts)  # (K, D); row 0 is the concept
     scale = float(clip.model.logit_scale.detach().exp()) if hasattr(clip.model, "logit_scale") else 100.0
+    scale /= recipe.critic.temperature
     w = recipe.critic.retain_weight
 
     @torch.no_grad()
