@@ -124,7 +124,8 @@ class CriticRl(Unlearner):
         A = normalise_per_prompt(A, prompts)
         emb_c, emb_u = env.embeds[traj.c], env.embeds[torch.zeros_like(traj.c)]
         clipped, approx_kl, policy_loss, kl_total, retain_total = [], [], 0.0, 0.0, 0.0
-        forget = torch.tensor([p in set(ctx.data.sets.forget) for p in prompts], device=R.device)
+        forget_set = set(ctx.data.sets.forget)
+        forget = torch.tensor([p in forget_set for p in prompts], device=R.device)
         kl_rows = None
         if cfg.kl_weight > 0:  # rows whose kernel is pulled towards the base's
             kl_rows = torch.arange(B, device=R.device) if cfg.kl_prompts == "all" else (~forget).nonzero()[:, 0]
