@@ -8,7 +8,7 @@
 2. `--full`: both variants (and `critic.input: clean` with `--clean`) trained with the shipped tiny recipe
    for the same steps, hence the same number of sampled trajectories, then judged by one `erase evaluate`.
 
-    python -m bench.critic_ablation [--repeats 8] [--full] [--clean] [--concept "digit 3"]
+    python -m bench.critic_ablation [--repeats 8] [--full] [--clean] [--concept "digit 3"] [--samples-per-prompt 4]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
          timesteps=[row["t"] for row in report["per_timestep"]], concept=concept)
 
 
-def full(concept: str, seed: int, clean: bool) -> None:
+def full(concept: str, seed: int, clean: bool, samples_per_prompt: int) -> None:
     from bench.unlearn_compare import erase
 
     work = Path(tempfile.mkdtemp(prefix="erasecli-ablation-"))
@@ -101,14 +101,15 @@ def full(concept: str, seed: int, clean: bool) -> None:
                     str(work / name), *extra)
         summaries[name] = res["summary"]
     rep = erase("evaluate", "--concept", concept, *sum([["--delta", str(work / n)] for n in variants], []),
-                "--metrics", "ua,ira,cra")
+                "--metrics", "ua,ira,cra", "--samples-per-prompt", str(samples_per_prompt))
     for row in rep["models"]:
         if row["name"] == "base":
             continue
         s = summaries[row["name"]]
         for key in ("ua", "ira", "cra"):
             emit("critic_ablation", key, row["metrics"][key], "", variant=row["name"], concept=concept, seed=seed,
-                 steps=s["steps"], trajectories=s["steps"] * 16)
+                 steps=s["steps"], trajectories=s["steps"] * 16,
+                 eval_images_per_model=rep["protocol"]["images_per_model"])
         emit("critic_ablation", "train_seconds", s["train_seconds"], "s", variant=row["name"],
              critic_seconds=s.get("critic_seconds"))
     print(f"deltas in {work}", file=sys.stderr)
@@ -121,10 +122,12 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="also train both variants and evaluate them")
     ap.add_argument("--clean", action="store_true", help="with --full: also the critic-on-x0_hat variant")
+    ap.add_argument("--samples-per-prompt", type=int, default=4,
+                    help="with --full: evaluation images per prompt (see bench.unlearn_compare)")
     a = ap.parse_args(argv)
     gradient_variance(a.concept, a.repeats, a.seed)
     if a.full:
-        full(a.concept, a.seed, a.clean)
+        full(a.concept, a.seed, a.clean, a.samples_per_prompt)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ process (so peak RSS is that method's), after one process has sampled the shared
 the same prompts and seeds. JSON lines to stdout (one per method and figure), a Markdown table to stderr.
 
     python -m bench.unlearn_compare [--concept "digit 3"] [--seed 0] [--methods siss,esd] [--keep DIR]
+                                    [--samples-per-prompt 4]
+
+Every prompt's image i uses seed 1000 + i, so the forget prompts' images share their noise: with 4 per prompt
+UA rests on 4 draws of the starting noise (a noise that keeps the concept tends to keep it on several of the
+ten forget prompts at once). --samples-per-prompt 16 measures it on 16.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
     ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")
+    ap.add_argument("--samples-per-prompt", type=int, default=4, help="Evaluation images per prompt and model.")
     a = ap.parse_args(argv)
     work = Path(a.keep or tempfile.mkdtemp(prefix="erasecli-compare-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -53,7 +59,7 @@ def main(argv=None) -> None:
         results[m] = res["summary"]
         results[m]["delta_bytes"] = (work / m / "pytorch_lora_weights.safetensors").stat().st_size
     report = erase("evaluate", "--concept", a.concept, *sum([["--delta", str(work / m)] for m in methods], []),
-                   "--metrics", "ua,ira,cra,fid,kid,clip_score")
+                   "--metrics", "ua,ira,cra,fid,kid,clip_score", "--samples-per-prompt", str(a.samples_per_prompt))
     metrics = {row["name"]: row["metrics"] for row in report["models"]}
     n_images = report["protocol"]["images_per_model"]
     rows = []

@@ -199,3 +199,29 @@ def test_retain_prompts_sets_the_share_of_retain_rollouts(fraction, n_retain):
     assert all(prompts[i] == prompts[i - i % 3] for i in range(12))  # each prompt's rollouts are adjacent
     with pytest.raises(RecipeError, match="retain_prompts"):
         load_recipe(None, ["method=critic-rl", "critic.retain_prompts=1.0"])
+
+
+@pytest.mark.parametrize("fraction, trained", [(1.0, 4), (0.5, 2), (0.3, 2)])
+def test_timestep_fraction_sets_how_many_steps_ppo_trains_on(fraction, trained, tiny, tmp_path, monkeypatch):
+    from erasecli import api
+    from erasecli.diffusion.rollout import Sampler
+    from erasecli.errors import RecipeError
+
+    recomputed = []  # the step index of every log-prob recomputed for PPO (prev_sample given)
+    step = Sampler.step
+
+    def counting(self, unet, x, k, *a, prev_sample=None, **kw):
+        if prev_sample is not None:
+            recomputed.append(k)
+        return step(self, unet, x, k, *a, prev_sample=prev_sample, **kw)
+
+    monkeypatch.setattr(Sampler, "step", counting)
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=1", *SHORT,
+                           "critic.inner_epochs=2", f"critic.timestep_fraction={fraction}"])
+    api.unlearn(r, out=tmp_path / "d", base=tiny)
+    # critic.steps=4: ceil(4 * fraction) distinct steps per inner epoch, two epochs
+    assert len(recomputed) == 2 * trained
+    assert len(set(recomputed[:trained])) == trained and len(set(recomputed[trained:])) == trained
+    for bad in ("0", "1.5"):
+        with pytest.raises(RecipeError, match="timestep_fraction"):
+            load_recipe(None, ["method=critic-rl", f"critic.timestep_fraction={bad}"])

@@ -12,7 +12,8 @@ DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at
                   both are normalised per prompt (DDPO's per-prompt statistics)
     ratio         exp(log p_theta(x_{k+1} | x_k) - log p_old), guidance applied when recomputing
     loss          mean max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)), eps = critic.clip_range, summed over
-                  steps / K; optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims),
+                  steps / K (or over a random ceil(K * critic.timestep_fraction) of them per epoch, DDPO's
+                  option); optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims),
                   on every rollout or, with critic.kl_prompts: retain, on retain prompts' rollouts only [ours];
                   optional + retain_loss ||eps_theta(x_r_t, t, c_r) - eps||^2 on base retain latents, the
                   siss-family's retain term [ours]
@@ -129,13 +130,14 @@ class CriticRl(Unlearner):
         kl_rows = None
         if cfg.kl_weight > 0:  # rows whose kernel is pulled towards the base's
             kl_rows = torch.arange(B, device=R.device) if cfg.kl_prompts == "all" else (~forget).nonzero()[:, 0]
+        n_train = math.ceil(K * cfg.timestep_fraction)  # steps trained per epoch; the loss is their mean
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
-            for j in torch.randperm(K, generator=ctx.gen).tolist():
+            for j in torch.randperm(K, generator=ctx.gen)[:n_train].tolist():
                 x, x_next = traj.latents[:, j], traj.latents[:, j + 1]
                 out = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next)
                 old = traj.log_probs[:, j]
-                loss = rl.ppo_clip_loss(out.log_prob, old, A[:, j], cfg.clip_range) / K
+                loss = rl.ppo_clip_loss(out.log_prob, old, A[:, j], cfg.clip_range) / n_train
                 if kl_rows is not None and len(kl_rows):
                     unet.disable_adapters()
                     try:
@@ -146,8 +148,8 @@ class CriticRl(Unlearner):
                         unet.enable_adapters()
                     kl = ((out.mean[kl_rows] - mu_base).pow(2).flatten(1).mean(1)
                           / (2 * out.std.flatten()[kl_rows] ** 2)).mean()
-                    loss = loss + cfg.kl_weight * kl / K
-                    kl_total += kl.item() / K
+                    loss = loss + cfg.kl_weight * kl / n_train
+                    kl_total += kl.item() / n_train
                 loss.backward()
                 policy_loss += loss.item()
                 with torch.no_grad():

@@ -404,6 +404,10 @@ class CriticRlConfig:
     clip_range: float = field(default=1e-3, metadata={"help": "PPO ratio clip, > 0 (DDPO uses 1e-4 with log-probs "
                                                       "averaged over dims, as here)."})
     inner_epochs: int = field(default=2, metadata={"help": "PPO epochs over each batch of trajectories, >= 1."})
+    timestep_fraction: float = field(default=1.0, metadata={"help": "Fraction of each rollout's steps (drawn anew "
+                                                            "per inner epoch, rounded up) that PPO trains on, in "
+                                                            "(0, 1]; < 1 lets rollouts be longer at the same cost "
+                                                            "(DDPO's timestep_fraction)."})
     kl_weight: float = field(default=0.0, metadata={"help": "Weight of the per-step KL to the base kernel, >= 0."})
     retain_loss: float = field(default=0.0, metadata={"help": "Weight of a denoising loss on the base's retain "
                                                       "images added to each PPO update (0: off; > 0 samples "
@@ -432,6 +436,7 @@ class CriticRlConfig:
         "gae_lambda": (between(0, 1),),
         "clip_range": (above(0),),
         "inner_epochs": (at_least(1),),
+        "timestep_fraction": (Check(lambda v: 0 < v <= 1, "in (0, 1]"),),
         "kl_weight": (at_least(0),),
         "kl_prompts": (one_of("all", "retain"),),
         "retain_loss": (at_least(0),),
