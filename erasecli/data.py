@@ -144,7 +144,10 @@ def _encode(base, images):
         with torch.inference_mode():
             z = pipe.vae.encode(x.to(base.device, base.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
         out.append(z.float().cpu())
-    return torch.cat(out)
+    # contiguous, as the latent cache stores them: the VAE hands back channels-last tensors, and training on
+    # those took other kernels, so a run that had just sampled its data ended in a (slightly) different
+    # delta from a rerun that read the same latents from the cache
+    return torch.cat(out).contiguous()
 
 
 def _folder_images(path: str, prompts):

@@ -197,6 +197,18 @@ def _delta_tensors(folder):
 
 
 @pytest.mark.slow
+def test_same_delta_whether_the_data_was_just_sampled_or_read_from_the_cache(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASECLI_CACHE", str(tmp_path / "cache"))  # starts empty
+    r = recipe("siss", "train.steps=3")
+    cold = api.unlearn(r, out=tmp_path / "cold", base=tiny)
+    warm = api.unlearn(r, out=tmp_path / "warm", base=tiny)
+    assert cold["summary"]["data"]["latent_sets_from_cache"] == 0
+    assert warm["summary"]["data"]["latent_sets_from_cache"] == 3  # forget, anchor, retain
+    a, b = _delta_tensors(tmp_path / "cold"), _delta_tensors(tmp_path / "warm")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["siss", "adaptive-siss", "ppo-alpha"])
 def test_interrupted_run_resumes_to_the_same_delta(method, tiny, tmp_path):
     r = recipe(method, "train.steps=8", "train.checkpoint_every=3", "ppo.update_every=2")
