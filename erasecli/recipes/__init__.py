@@ -97,8 +97,10 @@ def above(n: float) -> Check:
     return Check(lambda v: v > n, f"> {n}")
 
 
-def between(lo: float, hi: float) -> Check:
-    return Check(lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
+def between(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Check:
+    """lo <= v <= hi; an open end excludes its bound ("in (0, 1]")."""
+    return Check(lambda v: (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi),
+                 f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}")
 
 
 def one_of(*names: str) -> Check:
@@ -287,14 +289,14 @@ class SissConfig:
     lambda_max: float = field(default=0.95, metadata={"help": "Highest lambda adaptive-siss and ppo-alpha may pick."})
 
     CHECKS: ClassVar[Checks] = {
-        "lam": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "lam": (between(0, 1, open_lo=True, open_hi=True),),
         "objective": (one_of("surgery", "weighted"),),
         "scaling_norm": (above(0),),
         "clip_norm": (above(0),),
         "superfactor": (at_least(0),),
         "retain_weight": (at_least(0),),
-        "lambda_min": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
-        "lambda_max": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "lambda_min": (between(0, 1, open_lo=True, open_hi=True),),
+        "lambda_max": (between(0, 1, open_lo=True, open_hi=True),),
     }
 
 
@@ -331,7 +333,7 @@ class PpoConfig:
         "mode": (one_of("online", "episodic"),),
         "update_every": (at_least(2),),
         "epochs": (at_least(1),),
-        "clip": (Check(lambda v: 0 < v < 1, "in (0, 1)"),),
+        "clip": (between(0, 1, open_lo=True, open_hi=True),),
         "gamma": (between(0, 1),),
         "gae_lambda": (between(0, 1),),
         "lr": (above(0),),
@@ -428,15 +430,15 @@ class CriticRlConfig:
         "retain_weight": (at_least(0),),
         "temperature": (above(0),),
         "steps": (at_least(2), at_most(1000)),
-        "eta": (Check(lambda v: 0 < v <= 1, "in (0, 1]"),),
+        "eta": (between(0, 1, open_lo=True),),
         "prompts_per_step": (at_least(1),),
-        "retain_prompts": (Check(lambda v: 0 <= v < 1, "in [0, 1)"),),
+        "retain_prompts": (between(0, 1, open_hi=True),),
         "samples_per_prompt": (at_least(2),),
         "input": (one_of("noisy", "clean"),),
         "gae_lambda": (between(0, 1),),
         "clip_range": (above(0),),
         "inner_epochs": (at_least(1),),
-        "timestep_fraction": (Check(lambda v: 0 < v <= 1, "in (0, 1]"),),
+        "timestep_fraction": (between(0, 1, open_lo=True),),
         "kl_weight": (at_least(0),),
         "kl_prompts": (one_of("all", "retain"),),
         "retain_loss": (at_least(0),),
