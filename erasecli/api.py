@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -473,6 +474,8 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
                    "trainable_params": result["params"], "data": data.info,
                    "final": {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else {},
                    "peak_rss_mb": max(peak0, _peak_rss_mb()), "processes": result["processes"], **result["extra"]}
+        if rows and "reward_forget" in rows[0]:  # RL methods: did the forget reward come down, and how far
+            summary["reward_forget"] = reward_trend(rows, "reward_forget")
         if base.device.type == "cuda":
             summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
@@ -494,6 +497,17 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}
+
+
+def reward_trend(rows: list[dict], key: str, n: int = 10) -> dict:
+    """Means of rows[key] over the first and the last n steps (fewer when the run is shorter): one step's reward
+    is a mean over a handful of rollouts, too noisy to tell a finished run from one still erasing."""
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if not vals:
+        return {}
+    head, tail = vals[:n], vals[-n:]
+    return {"first_steps": len(head), "first_mean": round(sum(head) / len(head), 4),
+            "last_steps": len(tail), "last_mean": round(sum(tail) / len(tail), 4)}
 
 
 def read_concepts_file(path: Path) -> list[str]:

@@ -277,6 +277,10 @@ def unlearn(
         console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, {s['steps']} steps, "
                       f"{s['train_seconds']:.1f} s training, {s['data']['sampling_seconds']:.1f} s sampling data; "
                       f"base {name if r is None else r.base})")
+        if s.get("reward_forget"):
+            rf = s["reward_forget"]
+            console.print(f"forget reward (minus the concept score): mean {rf['first_mean']:.3f} over the first "
+                          f"{rf['first_steps']} steps, {rf['last_mean']:.3f} over the last {rf['last_steps']}")
         console.print(f"next: erase evaluate --concept {json.dumps(result['delta']['concept'])} "
                       f"--base {result['delta']['base']} --delta {result['out']}")
 

@@ -91,6 +91,9 @@ def test_train_critic_then_unlearn_with_it_raises_ua(tmp_path):
     assert summary["trained_here"] is False and summary["steps"] == 60
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all({"reward_forget", "reward_retain", "critic_loss", "clipfrac"} <= set(r) for r in rows)
+    rf = [r["reward_forget"] for r in rows]  # the summary's trend is the log's first and last 10 steps
+    assert summary["reward_forget"] == {"first_steps": 10, "first_mean": round(sum(rf[:10]) / 10, 4),
+                                        "last_steps": 10, "last_mean": round(sum(rf[-10:]) / 10, 4)}
     p = erase("evaluate", "--concept", "digit 3", "--delta", str(out), "--metrics", "ua",
               "--samples-per-prompt", "2", "--json")
     assert p.returncode == 0, p.stderr
@@ -225,3 +228,13 @@ def test_timestep_fraction_sets_how_many_steps_ppo_trains_on(fraction, trained, 
     for bad in ("0", "1.5"):
         with pytest.raises(RecipeError, match="timestep_fraction"):
             load_recipe(None, ["method=critic-rl", f"critic.timestep_fraction={bad}"])
+
+
+def test_reward_trend_averages_the_first_and_last_steps_and_skips_nan():
+    from erasecli.api import reward_trend
+
+    rows = [{"reward_forget": v} for v in [-0.6, -0.6, float("nan"), -0.2, -0.1, 0.0]]
+    assert reward_trend(rows, "reward_forget", n=2) == {"first_steps": 2, "first_mean": -0.6,
+                                                        "last_steps": 2, "last_mean": -0.05}
+    assert reward_trend(rows[:2], "reward_forget", n=10)["last_steps"] == 2  # a run shorter than n
+    assert reward_trend([{"loss": 1.0}], "reward_forget") == {}
