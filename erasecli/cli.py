@@ -277,6 +277,9 @@ def unlearn(
         console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, {s['steps']} steps, "
                       f"{s['train_seconds']:.1f} s training, {s['data']['sampling_seconds']:.1f} s sampling data; "
                       f"base {name if r is None else r.base})")
+        if s.get("stopped_early"):
+            console.print(f"stopped early at step {s['stopped_early']['step']}: the forget reward's recent mean "
+                          f"{s['stopped_early']['reward_forget_mean']:.3f} reached critic.stop_reward")
         if s.get("reward_forget"):
             rf = s["reward_forget"]
             console.print(f"forget reward (minus the concept score): mean {rf['first_mean']:.3f} over the first "

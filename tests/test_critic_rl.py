@@ -238,3 +238,25 @@ def test_reward_trend_averages_the_first_and_last_steps_and_skips_nan():
                                                         "last_steps": 2, "last_mean": -0.05}
     assert reward_trend(rows[:2], "reward_forget", n=10)["last_steps"] == 2  # a run shorter than n
     assert reward_trend([{"loss": 1.0}], "reward_forget") == {}
+
+
+def test_stop_reward_ends_the_run_once_the_forget_reward_mean_reaches_it(tiny, tmp_path):
+    from erasecli import api
+    from erasecli.errors import RecipeError
+
+    def run(name, stop):
+        r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=4", *SHORT,
+                               f"critic.stop_reward={stop}", "critic.stop_window=2"])
+        out = tmp_path / name
+        summary = api.unlearn(r, out=out, base=tiny)["summary"]
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return summary, rows
+
+    summary, rows = run("stops", -2.0)  # -cos >= -1: the first full window reaches it
+    assert summary["steps"] == len(rows) == 2
+    mean = (rows[0]["reward_forget"] + rows[1]["reward_forget"]) / 2
+    assert summary["stopped_early"] == {"step": 2, "reward_forget_mean": round(mean, 4)}
+    summary, rows = run("runs-on", 1.5)  # out of reach: every step runs
+    assert summary["steps"] == len(rows) == 4 and "stopped_early" not in summary
+    with pytest.raises(RecipeError, match="stop_window"):
+        load_recipe(None, ["method=critic-rl", "critic.stop_window=0"])

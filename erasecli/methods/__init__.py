@@ -103,6 +103,10 @@ class Unlearner:
     def step(self, k: int) -> dict:
         raise NotImplementedError
 
+    def finished(self, rows: list[dict]) -> bool:
+        """After each step, with every row so far: True stops the run before train.steps (default: never)."""
+        return False
+
     def extra_summary(self) -> dict:
         """Anything the run summary should carry besides the loop's figures (e.g. a critic's report)."""
         return {}

@@ -19,6 +19,8 @@ DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at
                   siss-family's retain term [ours]
     epochs        critic.inner_epochs passes over the stored trajectories (off-policy reuse via the ratio);
                   the critic then fits R on the fresh trajectories (critic.updates_per_step passes)
+    stop          optional [ours]: the run ends before train.steps once the mean forget reward over the last
+                  critic.stop_window steps reaches critic.stop_reward
 
 Log-probs are means over latent dims (DDPO's convention; see diffusion/ddim.py), which is why eps is small.
 """
@@ -174,6 +176,17 @@ class CriticRl(Unlearner):
                 "approx_kl": sum(approx_kl) / len(approx_kl), "kl_base": kl_total / cfg.inner_epochs,
                 "L_r": retain_total / cfg.inner_epochs,
                 "grad_norm": norm.item()}
+
+    def finished(self, rows: list[dict]) -> bool:
+        """critic.stop_reward: the forget reward's mean over the last critic.stop_window steps reached it."""
+        cfg = self.ctx.recipe.critic
+        if cfg.stop_reward is None or len(rows) < cfg.stop_window or len(rows) >= self.total_steps(self.ctx.recipe):
+            return False  # off, too few steps yet, or the last step anyway
+        mean = sum(r["reward_forget"] for r in rows[-cfg.stop_window:]) / cfg.stop_window
+        if mean < cfg.stop_reward:
+            return False
+        self.report["stopped_early"] = {"step": len(rows), "reward_forget_mean": round(mean, 4)}
+        return True
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict()}

@@ -257,6 +257,8 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
             rows.append(row)
             if progress:
                 progress(k + 1, total, row)
+            if method.finished(rows):
+                break
             if (k + 1) % every == 0 and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)

@@ -423,6 +423,12 @@ class CriticRlConfig:
     train_epochs: int = field(default=30, metadata={"help": "train-critic: epochs over those trajectories, >= 1."})
     updates_per_step: int = field(default=2, metadata={"help": "critic-rl: critic updates on each step's fresh "
                                                        "trajectories, >= 0."})
+    stop_reward: float | None = field(default=None, metadata={"help": "critic-rl: stop before train.steps once the "
+                                                              "forget reward's mean over the last "
+                                                              "critic.stop_window steps reaches this (e.g. -0.05 "
+                                                              "with the zero-shot score); empty: run every step "
+                                                              "[ours]."})
+    stop_window: int = field(default=10, metadata={"help": "Steps the critic.stop_reward mean runs over, >= 1."})
 
     CHECKS: ClassVar[Checks] = {
         "reward": (one_of(*REWARD_NAMES),),
@@ -448,6 +454,7 @@ class CriticRlConfig:
         "train_trajectories": (at_least(4),),
         "train_epochs": (at_least(1),),
         "updates_per_step": (at_least(0),),
+        "stop_window": (at_least(1),),
     }
 
 
