@@ -242,6 +242,7 @@ def test_empty_file_and_empty_section_mean_defaults(tmp_path):
         ("lora.target_modules=[]", "lora.target_modules must be a non-empty list, got ()"),
         ("train.steps=0", "train.steps must be >= 1, got 0"),
         ("train.lr=0", "train.lr must be > 0, got 0.0"),
+        ("train.lr_schedule=step", "train.lr_schedule must be one of 'constant', 'linear', 'cosine', got 'step'"),
         ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
         ("train.seed=-3", "train.seed must be >= 0, got -3"),
         ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),

@@ -196,6 +196,15 @@ def _delta_tensors(folder):
     return load_file(str(Path(folder) / "pytorch_lora_weights.safetensors"))
 
 
+def test_lr_schedules_fall_from_train_lr_towards_zero():
+    from erasecli.methods.loop import lr_factor
+
+    assert [lr_factor("constant", k, 4) for k in range(4)] == [1.0] * 4
+    assert [lr_factor("linear", k, 4) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cosine = [lr_factor("cosine", k, 4) for k in range(4)]
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine == sorted(cosine, reverse=True)
+
+
 @pytest.mark.slow
 def test_same_delta_whether_the_data_was_just_sampled_or_read_from_the_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("ERASECLI_CACHE", str(tmp_path / "cache"))  # starts empty
@@ -211,7 +220,8 @@ def test_same_delta_whether_the_data_was_just_sampled_or_read_from_the_cache(tin
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["siss", "adaptive-siss", "ppo-alpha"])
 def test_interrupted_run_resumes_to_the_same_delta(method, tiny, tmp_path):
-    r = recipe(method, "train.steps=8", "train.checkpoint_every=3", "ppo.update_every=2")
+    # with a falling learning rate: the resumed steps must train at the rates the unbroken run used
+    r = recipe(method, "train.steps=8", "train.checkpoint_every=3", "ppo.update_every=2", "train.lr_schedule=cosine")
     api.unlearn(r, out=tmp_path / "straight", base=tiny)
 
     def interrupt_at_5(k, total, row):  # what Ctrl-C does: the loop finishes the step, saves, stops
@@ -233,6 +243,8 @@ def test_interrupted_run_resumes_to_the_same_delta(method, tiny, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 9))
+    lr = r.train.lr
+    assert [row["lr"] for row in rows] == pytest.approx([lr * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(8)])
 
 
 @pytest.mark.slow
@@ -353,10 +365,12 @@ def test_other_options_run_and_log_finite_losses(sets, tiny, tmp_path):
 @pytest.mark.slow
 def test_ppo_alpha_episodic_runs_episodes_then_the_final_run(tiny, tmp_path):
     r = recipe("ppo-alpha", "ppo.mode=episodic", "ppo.episodes=2", "ppo.episode_steps=3", "ppo.update_every=2",
-               "train.steps=2")
+               "train.steps=2", "train.lr=3e-3", "train.lr_schedule=linear")
     api.unlearn(r, out=tmp_path / "d", base=tiny)
     rows = [json.loads(line) for line in (tmp_path / "d" / "train_log.jsonl").read_text().splitlines()]
     assert [row["episode"] for row in rows] == [0, 0, 0, 1, 1, 1, -1, -1]  # -1: the delta-making run
+    # each episode and the final run start their own schedule, with a fresh optimiser, at train.lr
+    assert [row["lr"] for row in rows] == pytest.approx([3e-3, 2e-3, 1e-3] * 2 + [3e-3, 1.5e-3])
     # PPO updates every 2 steps and at each episode's end (no bootstrap across it); the final run learns nothing
     assert [("ppo_policy_loss" in row) for row in rows] == [False, True, True, False, True, True, False, False]
 

@@ -103,6 +103,10 @@ class Unlearner:
     def step(self, k: int) -> dict:
         raise NotImplementedError
 
+    def run_position(self, k: int) -> tuple[int, int]:
+        """(step within its run, that run's length) for train.lr_schedule; ppo-alpha's episodes are runs."""
+        return k, self.total_steps(self.ctx.recipe)
+
     def finished(self, rows: list[dict]) -> bool:
         """After each step, with every row so far: True stops the run before train.steps (default: never)."""
         return False

@@ -11,6 +11,7 @@ The checkpoint folder is removed once the delta is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -223,6 +224,21 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
         undo()
 
 
+def lr_factor(schedule: str, k: int, total: int) -> float:
+    """train.lr_schedule: the share of train.lr that step k (0-based) of `total` trains with."""
+    if schedule == "constant":
+        return 1.0
+    done = k / total
+    return 1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def _set_lr(opt, schedule: str, k: int, total: int) -> None:
+    """A function of the step alone, so a resumed run trains with the same rates as an unbroken one."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # torch's own key for a group's starting rate
+        group["lr"] = group["initial_lr"] * lr_factor(schedule, k, total)
+
+
 def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, checkpoint_dir) -> dict:
     gen, params = ctx.gen, ctx.params
     with autocast():  # a method may sample (critic-rl trains its critic here)
@@ -242,6 +258,7 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
     base.pipe.unet.train()
     with _deferred_sigint() as sigint:
         for k in range(start, total):
+            _set_lr(method.opt, recipe.train.lr_schedule, *method.run_position(k))
             t0 = time.perf_counter()
             with autocast():
                 row = method.step(k)

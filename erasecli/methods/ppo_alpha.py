@@ -66,6 +66,9 @@ class PpoAlpha(Siss):
         start = p.episodes * p.episode_steps if p.mode == "episodic" else 0
         return None, k - start, r.train.steps
 
+    def run_position(self, k: int) -> tuple[int, int]:
+        return self._phase(k)[1:]  # each episode, and the final run, starts its own schedule at train.lr
+
     def _reset_run(self) -> None:
         """A new episode (or the final run): the initial adapter, a fresh optimiser, the start lambda."""
         _load_adapter_state(self.ctx.base.pipe.unet, self.init_adapter)

@@ -46,6 +46,7 @@ from erasecli.errors import RecipeError
 __all__ = [
     "METHOD_NAMES",
     "REWARD_NAMES",
+    "LR_SCHEDULES",
     "SCHEDULERS",
     "Check",
     "ConceptConfig",
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 SCHEDULERS = ("ddim", "ddpm")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,6 +214,10 @@ class TrainConfig:
 
     steps: int = field(default=200, metadata={"help": "Optimiser steps, >= 1 (ppo-alpha episodic: of the final run)."})
     lr: float = field(default=1e-3, metadata={"help": "Learning rate of the adapter (AdamW), > 0."})
+    lr_schedule: str = field(default="constant", metadata={"help": "How the adapter's learning rate moves over "
+                                                           "the steps: 'constant', or from train.lr at the first "
+                                                           "step down towards 0 after the last, 'linear' or "
+                                                           "'cosine' (half a cosine)."})
     batch_size: int = field(default=16, metadata={"help": "Forget pairs (and as many retain examples) per optimiser step, >= 1."})
     seed: int = field(default=0, metadata={"help": "Seed for noise, timesteps and data order, >= 0."})
     checkpoint_every: int = field(default=50, metadata={"help": "Optimiser steps between resumable checkpoints, >= 1."})
@@ -231,6 +237,7 @@ class TrainConfig:
         "mixed_precision": (one_of("no", "bf16", "fp16"),),
         "steps": (at_least(1),),
         "lr": (above(0),),
+        "lr_schedule": (one_of(*LR_SCHEDULES),),
         "batch_size": (at_least(1),),
         "seed": (at_least(0),),
         "checkpoint_every": (at_least(1),),
