@@ -2,8 +2,9 @@
 
 Each method runs its shipped tiny recipe (`recipes/tiny-digit-<method>.yaml`) as `erase unlearn` in its own
 process (so peak RSS is that method's), after one process has sampled the shared data sets into the cache
-(sampling is reported apart from training). Then one `erase evaluate` judges every delta beside the base on
-the same prompts and seeds. JSON lines to stdout (one per method and figure), a Markdown table to stderr.
+(sampling is reported apart from training; critic-rl's training seconds include the critic it trains first).
+Then one `erase evaluate` judges every delta beside the base on the same prompts and seeds. JSON lines to
+stdout (one per method and figure), a Markdown table to stderr.
 
     python -m bench.unlearn_compare [--concept "digit 3"] [--seed 0] [--methods siss,esd] [--keep DIR]
                                     [--samples-per-prompt 4]
@@ -27,6 +28,7 @@ from bench.common import emit
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ua": 0.95, "ira": 0.90, "cra": 0.90, "train_seconds": 60.0}
+TRAIN_SECONDS_TARGETS = {"critic-rl": 300.0}  # its issue's bar: critic training plus unlearning, 2 cores
 
 
 def erase(*args: str) -> dict:
@@ -67,13 +69,15 @@ def main(argv=None) -> None:
         s, mm = results[m], metrics[m]
         row = {"method": m, "ua": mm["ua"], "ira": mm["ira"], "cra": mm["cra"], "fid": mm["fid"],
                "kid": mm["kid"]["mean"] if isinstance(mm["kid"], dict) else mm["kid"],
-               "clip_score": mm["clip_score"], "train_seconds": s["train_seconds"], "steps": s["steps"],
+               "clip_score": mm["clip_score"], "steps": s["steps"],
+               "train_seconds": round(s["train_seconds"] + s.get("critic_seconds", 0.0), 2),
                "sampling_seconds": s["data"]["sampling_seconds"], "peak_rss_mb": s["peak_rss_mb"],
                "delta_bytes": s["delta_bytes"]}
         rows.append(row)
         for key in ("ua", "ira", "cra", "fid", "kid", "clip_score", "train_seconds", "peak_rss_mb", "delta_bytes"):
             unit = {"train_seconds": "s", "peak_rss_mb": "MiB", "delta_bytes": "bytes"}.get(key, "")
-            extra = {"target": TARGETS[key]} if key in TARGETS else {}
+            target = TRAIN_SECONDS_TARGETS.get(m, TARGETS[key]) if key == "train_seconds" else TARGETS.get(key)
+            extra = {"target": target} if target is not None else {}
             emit("unlearn_compare", key, row[key], unit, method=m, concept=a.concept, seed=a.seed,
                  recipe=f"recipes/tiny-digit-{m}.yaml", eval_images_per_model=n_images, **extra)
     base = metrics["base"]
