@@ -29,7 +29,7 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
     import torch
 
     from erasecli.critic.train import RolloutEnv, train_critic, values
-    from erasecli.data import prompt_sets
+    from erasecli.concepts import tiny_concept
     from erasecli.methods.critic_rl import gae_over_steps, normalise_per_prompt
     from erasecli.methods.loop import setup_adapter
     from erasecli.models.registry import load_base
@@ -38,7 +38,7 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
     torch.set_num_threads(2)
     r = load_recipe(RECIPE, [f"concept.name={concept}", f"train.seed={seed}"])
     base = load_base("tiny", device="cpu")
-    sets = prompt_sets(r, "bundled")
+    sets = tiny_concept(r.concept.name, r.concept.kind)
     critic, report = train_critic(r, base, sets)
     params = setup_adapter(r, base)
     with torch.no_grad():  # a non-zero adapter, as mid-training: lora_B starts at 0, which zeroes lora_A's grads

@@ -208,9 +208,10 @@ def random_train_data(recipe, base, latent: int, gen_seed: int = 0):
     retain prompt); prompt index 0 is the empty prompt, as build_train_data makes it."""
     import torch
 
-    from erasecli.data import TrainData, recipe_prompt_sets
+    from erasecli.concepts import concept_for
+    from erasecli.data import TrainData
 
-    sets = recipe_prompt_sets(recipe)
+    sets = concept_for(recipe, tiny_world=False)
     n, nr = recipe.data.images_per_prompt, recipe.data.retain_images_per_prompt
     prompts = list(dict.fromkeys(["", *sets.forget, *sets.anchor, *sets.retain]))
     index = {p: i for i, p in enumerate(prompts)}
@@ -235,7 +236,7 @@ def random_train_data(recipe, base, latent: int, gen_seed: int = 0):
 
 def random_clip_folder(scale: str, folder: Path) -> Path:
     """A CLIP (ViT-L/14 at sd14 scale) with random weights and the CLIP tokenizer and image processor, saved as
-    a folder `erasecli.eval.judges.Clip.load` reads: the critic-rl reward model without a download."""
+    a folder `erasecli.judges.Clip.load` reads: the critic-rl reward model without a download."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -537,21 +538,21 @@ _SAMPLING_RATE: dict = {}
 
 
 def sampling_estimate(base, shipped, batch: int | None = None) -> float:
-    """Seconds to sample the shipped recipe's training images (forget, anchor, retain) with `api.generate` at its
+    """Seconds to sample the shipped recipe's training images (forget, anchor, retain) with `sampling.generate` at its
     sample settings, from one timed batch of `batch` (default sample.batch_size) images after a 2-step warm-up."""
-    from erasecli import api
-    from erasecli.data import recipe_prompt_sets
+    from erasecli import sampling
+    from erasecli.concepts import concept_for
 
     cfg, d = shipped.sample, shipped.data
-    sets = recipe_prompt_sets(shipped)
+    sets = concept_for(shipped, tiny_world=False)
     n_images = 2 * d.images_per_prompt * len(sets.forget) + d.retain_images_per_prompt * len(sets.retain)
     batch = batch or cfg.batch_size
     key = (cfg.steps, cfg.guidance, cfg.eta, batch)
     if key not in _SAMPLING_RATE:
         prompts = [sets.forget[0]] * batch
-        api.generate(base, prompts, list(range(batch)), steps=2, guidance=cfg.guidance, batch_size=batch)
+        sampling.generate(base, prompts, list(range(batch)), steps=2, guidance=cfg.guidance, batch_size=batch)
         t0 = time.perf_counter()
-        api.generate(base, prompts, list(range(batch)), steps=cfg.steps, guidance=cfg.guidance, eta=cfg.eta,
+        sampling.generate(base, prompts, list(range(batch)), steps=cfg.steps, guidance=cfg.guidance, eta=cfg.eta,
                      batch_size=batch)
         _SAMPLING_RATE[key] = len(prompts) / (time.perf_counter() - t0)
     return n_images / _SAMPLING_RATE[key]

@@ -18,7 +18,7 @@ from bench.common import emit
 
 
 def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int = 40) -> None:
-    from erasecli import api
+    from erasecli import sampling
     from erasecli.models import tiny_world as W
     from erasecli.models.judges import classify, load_classifier
     from erasecli.models.registry import load_base
@@ -33,7 +33,7 @@ def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int =
         prompts = [W.quality_prompt(W.COLOUR_NAMES[c], d) for c, d in pairs for _ in range(seeds)]
         seed_list = [s for _ in pairs for s in range(seeds)]
         t0 = time.time()
-        images = api.generate(base, prompts, seed_list, steps=steps, guidance=g, batch_size=100)
+        images = sampling.generate(base, prompts, seed_list, steps=steps, guidance=g, batch_size=100)
         secs = time.time() - t0
         pd, pc = classify(clf, images)
         want_d = [d for c, d in pairs for _ in range(seeds)]
@@ -46,7 +46,7 @@ def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int =
         emit("tiny_quality", "sampling_throughput", round(len(prompts) / secs, 2), "images/s", **common)
         # Generic prompts should give a mix of digits: entropy of the judged digits, in bits (max log2 10).
         for colour in ("red", "white"):
-            imgs = api.generate(base, [f"a {colour} digit"] * generic_seeds, list(range(generic_seeds)),
+            imgs = sampling.generate(base, [f"a {colour} digit"] * generic_seeds, list(range(generic_seeds)),
                                 steps=steps, guidance=g, batch_size=100)
             gd, gc = classify(clf, imgs)
             counts = Counter(gd.tolist())

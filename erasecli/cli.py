@@ -66,6 +66,16 @@ def _stderr_console():
     return Console(stderr=True, quiet=launched() and rank_env() != 0)  # one process reports
 
 
+def _progress(console, label: str | None = None, losses: bool = False):
+    """The commands' progress bar on stderr: a label (fixed, or each task's description), bar, count, time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn(label or "{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if losses:
+        columns.append(TextColumn("{task.fields[losses]}"))
+    return Progress(*columns, console=console, transient=True)
+
+
 def _read_prompts(prompts: list[str], prompts_file: Optional[str]) -> list[str]:
     out = list(prompts or [])
     if prompts_file is not None:
@@ -85,10 +95,10 @@ def _drop_none(d: dict) -> dict:
 
 
 def load_recipe_cli(path, overrides, **values):
-    """The recipe from defaults < file < command-line flags < --set."""
-    from erasecli.recipes import load_recipe
+    """The recipe from defaults < preset (recipe key `defaults`) < file < command-line flags < --set."""
+    from erasecli import api
 
-    return load_recipe(path, overrides, **values)
+    return api.load_recipe(path, overrides, **values)
 
 
 @app.command()
@@ -120,12 +130,9 @@ def sample(
     r = load_recipe_cli(recipe, set_, base=base,
                         sample=_drop_none({"seed": seed, "steps": steps, "guidance": guidance, "batch_size": batch_size}))
     api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     console = _stderr_console()
     loaded = _load_base_with_status(console, r.base, device, dtype)
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with _progress(console, "sampling") as bar:
         task = bar.add_task("sample", total=len(prompts) * n)
         records = api.sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite,
                              force=force, base=loaded,
@@ -162,14 +169,11 @@ def evaluate(
     r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
                         eval=_drop_none({"metrics": names, "samples_per_prompt": samples_per_prompt, "seed": seed}))
     api.check_evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from erasecli.eval.report import rich_table
 
     console = _stderr_console()
     loaded = _load_base_with_status(console, r.base, device, dtype)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("sampling", total=None)
         report = api.evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force,
                               base=loaded, progress=lambda what, done, total: bar.update(
@@ -187,7 +191,11 @@ def evaluate(
 @app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
-                                         "esd or critic-rl."),
+                                         "esd or critic-rl. Without --recipe on the tiny base a method starts "
+                                         "from its shipped tiny preset (recipes/tiny-digit-<method>.yaml, the "
+                                         "colour one where there is one); elsewhere from its paper settings. "
+                                         "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
+                                         "the delta names the one used."),
     concept: Optional[str] = typer.Option(None, "--concept", help='What to erase, e.g. "digit 3" or "van gogh".'),
     concepts_file: Optional[Path] = typer.Option(None, "--concepts-file", help="Batch job: erase each concept "
                                                  "in this file (one per line) into OUT/<concept>/; done ones are "
@@ -231,32 +239,27 @@ def unlearn(
 
         if method is not None and method not in METHOD_NAMES:
             raise RecipeError(f"unknown method {method!r}", hint="valid methods: " + ", ".join(METHOD_NAMES))
-        file_method = load_recipe_cli(recipe, []).method if recipe is not None else ""
+        from erasecli.recipes import load_recipe
+
+        file_method = load_recipe(recipe, []).method if recipe is not None else ""
         if method is not None and file_method and method != file_method:
             raise RecipeError(f"recipe {recipe} is for method {file_method!r}, not {method!r}",
                               hint=f"drop --method, or use a recipe for {method} (recipes/*-{method}.yaml)")
-        r = load_recipe_cli(recipe, set_, base=base, method=method or None,
+        r = load_recipe_cli(recipe, set_, base=base, method=method or file_method or "siss",
                             concept=_drop_none({"name": concept}),
                             train=_drop_none({"steps": steps, "lr": lr, "seed": seed}),
                             critic=_drop_none({"path": str(critic) if critic is not None else None}))
         if critic is not None and (r.method or "siss") != "critic-rl":
             raise UsageError("--critic is for --method critic-rl", hint="add --method critic-rl, or drop --critic")
-        if not r.method:
-            from dataclasses import replace
-
-            r = replace(r, method="siss")
         if concepts_file is not None:
             return _unlearn_batch(api, r, concepts_file, out, overwrite, device, dtype, as_json)
         api.check_unlearn(r, out=out, overwrite=overwrite)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     console = _stderr_console()
     name = r.base if r is not None else "from checkpoint"
     loaded = None
     if r is not None:
         loaded = _load_base_with_status(console, r.base, device, dtype)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[losses]}"), console=console, transient=True) as bar:
+    with _progress(console, losses=True) as bar:
         data_task = bar.add_task("sampling data", total=None, losses="")
         train_task = bar.add_task("training", total=None, losses="", visible=False)
         keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "lambda", "reward_forget", "reward_retain")
@@ -274,7 +277,9 @@ def unlearn(
         print(json.dumps(result))
     else:
         s = result["summary"]
-        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, {s['steps']} steps, "
+        defaults = (r.defaults if r is not None else "") or "paper"
+        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, defaults {defaults}, "
+                      f"{s['steps']} steps, "
                       f"{s['train_seconds']:.1f} s training, {s['data']['sampling_seconds']:.1f} s sampling data; "
                       f"base {name if r is None else r.base})")
         if s.get("stopped_early"):
@@ -300,10 +305,7 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
     resolve_base(r.base)
     console = _stderr_console()
     n = len(concepts)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("training", total=None, visible=False)
 
         def on_event(concept, status, info):
@@ -351,14 +353,12 @@ def train_critic(
     if reward is not None and reward not in REWARD_NAMES:
         raise RecipeError(f"unknown reward {reward!r}", hint="valid rewards: " + ", ".join(REWARD_NAMES))
     r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+                        method="critic-rl" if recipe is None else None,  # the same preset as unlearn's
                         critic=_drop_none({"reward": reward}))
     api.check_train_critic(r, out=out, overwrite=overwrite)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     console = _stderr_console()
     loaded = _load_base_with_status(console, r.base, device, dtype)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("sampling trajectories", total=None)
         result = api.train_critic(r, out=out, overwrite=overwrite, base=loaded, progress=lambda what, done, total:
                                   bar.update(task, description=what, completed=done, total=total))

@@ -1,7 +1,8 @@
-"""Training data of every unlearning method: forget, anchor and retain prompts, their images and latents.
+"""Training data of every unlearning method: the concept's forget, anchor and retain prompts, their images
+and latents.
 
-METHODS.md, "Shared pieces". A forget prompt names the concept; its anchor prompt is what it should produce
-instead; retain prompts must keep their behaviour. Images are sampled from the *base* (or read from user
+docs/methods.md, "Shared pieces". The prompts come from the concept (erasecli.concepts): a forget prompt names
+it; its anchor prompt is what it should produce instead; retain prompts must keep their behaviour. Images are sampled from the *base* (or read from user
 folders), VAE-encoded once and cached on disk, so a rerun with the same base, prompts and seeds skips both.
 
 Pairing: forget image i of forget prompt j and anchor image i of the same prompt share a seed (the same
@@ -12,90 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from erasecli.errors import RecipeError, UsageError
-from erasecli.models import tiny_world as W
+from erasecli.concepts import Concept, concept_for
+from erasecli.errors import RecipeError
+from erasecli.outputs import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-@dataclass(frozen=True)
-class PromptSets:
-    forget: tuple[str, ...]
-    anchor: tuple[str, ...]  # anchor[j] is what forget[j] should produce instead
-    retain: tuple[str, ...]
-
-
-# The tiny world: the forms the base was trained on (tiny_world.TEMPLATES_*). {c} colour, {w} word, {d} numeral.
-_TINY_DIGIT_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}", "a {c} digit {d}")
-_TINY_DIGIT_ONLY = ("a handwritten digit {w}", "the number {d}")
-_TINY_COLOUR_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}")
-_TINY_COLOUR_ONLY = ("a {c} handwritten digit", "a {c} digit")
-
-
-def tiny_prompt_sets(concept: str, kind: str = "") -> PromptSets:
-    """Erasing digit d forgets it in every colour and in its numeral forms, anchors each prompt to the same
-    prompt without the digit, and retains the other digits in every colour; a colour likewise."""
-    from erasecli.eval.plan import parse_tiny_concept
-
-    k, target = parse_tiny_concept(concept, kind)
-    forget, anchor, retain = [], [], []
-    if k == "digit":
-        fill = {"w": W.DIGIT_WORDS[target], "d": target}
-        for c in W.COLOUR_NAMES:
-            for t in _TINY_DIGIT_FORGET:
-                forget.append(t.format(c=c, **fill))
-                anchor.append(f"a {c} handwritten digit")
-        for t in _TINY_DIGIT_ONLY:
-            forget.append(t.format(**fill))
-            anchor.append("a handwritten digit")
-        retain = [W.quality_prompt(c, d) for c in W.COLOUR_NAMES for d in range(10) if d != target]
-    else:
-        c = W.COLOUR_NAMES[target]
-        for d in range(10):
-            for t in _TINY_COLOUR_FORGET:
-                forget.append(t.format(c=c, w=W.DIGIT_WORDS[d], d=d))
-                anchor.append(f"a handwritten digit {W.DIGIT_WORDS[d]}")
-        for t in _TINY_COLOUR_ONLY:
-            forget.append(t.format(c=c))
-            anchor.append("a handwritten digit")
-        retain = [W.quality_prompt(o, d) for o in W.COLOUR_NAMES if o != c for d in range(10)]
-    return PromptSets(tuple(forget), tuple(anchor), tuple(retain))
-
-
-_DANGLING = re.compile(r"(\s+(in the style of|in the manner of|by|of|like|in|with|featuring))+\s*$", re.I)
-
-
-def strip_concept(template: str) -> str:
-    """'a painting in the style of {concept}' -> 'a painting': the template with the concept removed."""
-    text = " ".join(template.replace("{concept}", " ").split())
-    text = _DANGLING.sub("", text).strip(" ,;:-")
-    return text
-
-
-def recipe_prompt_sets(recipe) -> PromptSets:
-    """Prompt sets from the recipe's concept section (bases other than tiny)."""
-    c = recipe.concept
-    if not c.name:
-        raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "van gogh"')
-    forget = tuple(t.format(concept=c.name) for t in c.forget_templates)
-    anchor = tuple(c.anchor or strip_concept(t) for t in c.forget_templates)
-    retain = list(c.retain_prompts)
-    for other in recipe.eval.in_domain:
-        retain += [t.format(concept=other) for t in c.forget_templates]
-    return PromptSets(forget, anchor, tuple(dict.fromkeys(retain)))
-
-
-def prompt_sets(recipe, base_kind: str) -> PromptSets:
-    """The tiny world derives its sets from the concept; other bases read them from the recipe."""
-    if base_kind == "bundled":
-        return tiny_prompt_sets(recipe.concept.name, recipe.concept.kind)
-    return recipe_prompt_sets(recipe)
+def concept_of(recipe, base_ref):
+    """The recipe's concept on this base (erasecli.concepts): its forget, anchor and retain prompts."""
+    return concept_for(recipe, base_ref.tiny_world)
 
 
 def check_folder(path: str, key: str) -> None:
@@ -121,7 +52,7 @@ class TrainData:
     anchor_c: object  # (N,) prompt index of the anchor prompt of forget row i
     retain: object  # (M, C, h, w); M may be 0
     retain_c: object  # (M,)
-    sets: PromptSets = None
+    sets: Concept = None  # the concept the prompts come from
     info: dict = field(default_factory=dict)
 
 
@@ -167,9 +98,8 @@ def _latents(base, prompts, seeds, cfg, on_batch):
     """Cached latents of base samples for (prompt, seed) pairs; returns (latents, seconds sampling, cache hit)."""
     from safetensors.torch import load_file, save_file
 
-    from erasecli.api import generate
-    from erasecli.eval.cache import cache_root, cached_generate, image_key
     from erasecli.models.registry import weights_fingerprint
+    from erasecli.sampling import cache_root, cached_generate, image_key
 
     fp = weights_fingerprint(base)
     keys = [image_key(fp, base.device.type, str(base.dtype), p, s, cfg) for p, s in zip(prompts, seeds)]
@@ -184,16 +114,13 @@ def _latents(base, prompts, seeds, cfg, on_batch):
         except Exception:  # a truncated cache file: rebuild it
             pass
     t0 = time.time()
-    images, _ = cached_generate(base, list(prompts), list(seeds), cfg, generate, on_batch=on_batch)
+    images, _ = cached_generate(base, list(prompts), list(seeds), cfg, on_batch=on_batch)
     z = _encode(base, images)
     from erasecli.dist import world
 
     if not world().is_main:  # one writer under several processes
         return z, time.time() - t0, False
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    save_file({"latents": z.contiguous()}, str(tmp))
-    os.replace(tmp, file)
+    atomic_write(file, lambda tmp: save_file({"latents": z.contiguous()}, str(tmp)))
     return z, time.time() - t0, False
 
 
@@ -202,7 +129,7 @@ def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainD
     With images=False only the prompt sets (methods that sample their own rollouts)."""
     import torch
 
-    sets = prompt_sets(recipe, base.ref.kind)
+    sets = concept_of(recipe, base.ref)
     if not images:
         empty = torch.zeros(0, *base_latent_shape(base), device=base.device)
         none = torch.zeros(0, dtype=torch.long, device=base.device)

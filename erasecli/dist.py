@@ -3,7 +3,7 @@
 One `World` per process says who it is. Single-process runs get `World(0, 1)` and every call below is a
 no-op, so the library reads the same either way:
 
-- sampling (`api.generate`, so `sample`, `evaluate` and training-data sampling) splits its (prompt, seed)
+- sampling (`sampling.generate`, so `sample`, `evaluate` and training-data sampling) splits its (prompt, seed)
   jobs round-robin, each process makes its share, and every process gets all images back in order;
 - training splits each step's batch by rows after all random draws (every process draws the same numbers
   from the same seeded generator), sums each process's share of the batch mean, and all-reduces the

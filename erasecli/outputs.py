@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from erasecli.errors import OutputExistsError
+
+
+def atomic_write(path, write: Callable[[Path], object], suffix: str = ".tmp", fsync: bool = False) -> Path:
+    """Write one file so that readers see the old file or the whole new one, never a part: `write(tmp)` fills a
+    temp file beside `path` (same file system), which then replaces `path`. `suffix` ends the temp name, for
+    writers that pick the format from it (PIL). The temp file is removed if `write` fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def check_out(out, overwrite: bool) -> None:

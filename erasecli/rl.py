@@ -63,24 +63,26 @@ def kl_to_standard_normal(mu: Tensor, log_sigma: Tensor) -> Tensor:
 @torch.no_grad()
 def gae(rewards: Tensor, values: Tensor, last_value: Tensor | float, gamma: float, lam: float,
         dones: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation over a window of T steps.
+    """Generalised advantage estimation over a window of T steps (the last dim; leading dims are a batch).
 
         delta_t = r_t + gamma * V_{t+1} * (1 - done_t) - V_t        (V_T = last_value)
         A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}    (A_T = 0)
 
-    Returns (advantages, returns = advantages + values), both (T,).
+    Returns (advantages, returns = advantages + values), both (..., T). ppo-alpha uses it over the steps of
+    an unlearning run, critic-rl over the steps of denoising chains (rewards 0, V_T = R, gamma = 1).
     """
-    rewards, values = rewards.detach(), values.detach()  # (T,), (T,)
-    T = rewards.shape[0]
-    not_done = torch.ones_like(rewards) if dones is None else 1.0 - dones.detach().to(rewards.dtype)  # (T,)
-    v_last = torch.as_tensor(last_value, dtype=values.dtype, device=values.device).reshape(1)  # (1,)
-    next_values = torch.cat([values[1:], v_last])  # (T,)
-    deltas = rewards + gamma * next_values * not_done - values  # (T,)
-    adv = torch.zeros_like(rewards)  # (T,)
-    running = rewards.new_zeros(())  # A_T = 0
+    rewards, values = rewards.detach(), values.detach()  # (..., T), (..., T)
+    T = rewards.shape[-1]
+    not_done = torch.ones_like(rewards) if dones is None else 1.0 - dones.detach().to(rewards.dtype)  # (..., T)
+    v_last = torch.as_tensor(last_value, dtype=values.dtype, device=values.device)
+    v_last = v_last.expand(values.shape[:-1]).unsqueeze(-1)  # (..., 1)
+    next_values = torch.cat([values[..., 1:], v_last], -1)  # (..., T)
+    deltas = rewards + gamma * next_values * not_done - values  # (..., T)
+    adv = torch.zeros_like(rewards)  # (..., T)
+    running = rewards.new_zeros(rewards.shape[:-1])  # A_T = 0, (...)
     for t in range(T - 1, -1, -1):
-        running = deltas[t] + gamma * lam * not_done[t] * running
-        adv[t] = running
+        running = deltas[..., t] + gamma * lam * not_done[..., t] * running
+        adv[..., t] = running
     return adv, adv + values
 
 

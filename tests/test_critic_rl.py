@@ -42,13 +42,13 @@ def test_reward_registry_names_match_the_recipe():
 
 @pytest.mark.parametrize("name", [*REWARD_NAMES, "clip-zero-shot"])
 def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
-    from erasecli.data import tiny_prompt_sets
+    from erasecli.concepts import tiny_concept
     from erasecli.models import tiny_world as W
 
     zero_shot = name == "clip-zero-shot"
     name = "clip" if zero_shot else name
     r = load_recipe(None, ["concept.name=digit 3", f"critic.reward={name}", f"critic.zero_shot={zero_shot}"])
-    sets = tiny_prompt_sets("digit 3")
+    sets = tiny_concept("digit 3")
     reward = REWARDS[name](r, tiny, sets)
     d = W.load_split("heldout")
     three, seven = d.images[d.labels == 3][:4], d.images[d.labels == 7][:4]
@@ -231,7 +231,7 @@ def test_timestep_fraction_sets_how_many_steps_ppo_trains_on(fraction, trained, 
 
 
 def test_reward_trend_averages_the_first_and_last_steps_and_skips_nan():
-    from erasecli.api import reward_trend
+    from erasecli.methods.loop import reward_trend
 
     rows = [{"reward_forget": v} for v in [-0.6, -0.6, float("nan"), -0.2, -0.1, 0.0]]
     assert reward_trend(rows, "reward_forget", n=2) == {"first_steps": 2, "first_mean": -0.6,

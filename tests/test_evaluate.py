@@ -40,6 +40,40 @@ def test_a_delta_that_removes_the_digit_raises_ua(digit3_report, remover_delta):
     assert after["ua"] >= 0.7 and after["ua"] - base["ua"] >= 0.5, (base, after)
     assert after["cra"] >= 0.8, after  # colours survive
     assert after["fid"] is not None and after["fid"] >= 0 and after["kid"] is not None
+    assert after["kid_std"] is not None and after["kid_std"] >= 0  # KID comes with its spread over subsets
+
+
+def test_forget_prompt_metrics_look_at_what_is_drawn_instead(digit3_report, remover_delta):
+    base, after = metrics_of(digit3_report, "base"), metrics_of(digit3_report, remover_delta.name)
+    # the replacement draws an eight in the prompt's colour: the colour of forget prompts is kept
+    assert base["cra_forget"] >= 0.9 and after["cra_forget"] >= 0.8, (base, after)
+    assert base["fid_forget"] > 0 and after["fid_forget"] > 0  # both against the base's digit-less anchors
+    assert digit3_report["protocol"]["anchor_prompts"] == 5  # "a {colour} handwritten digit"
+    forget = [p for p in digit3_report["prompts"] if p["group"] == "forget"]
+    assert forget[0]["anchor"] == "a red handwritten digit" and forget[0]["prompt"].startswith("a red")
+
+
+def test_cra_forget_counts_a_changed_colour_as_a_miss():
+    """A red three that comes out as a yellow four is erased (UA) but lost its colour (cra_forget 0)."""
+    import torch
+
+    from erasecli.concepts import tiny_concept
+    from erasecli.eval.metrics import METRICS, Context, ModelImages
+
+    c = tiny_concept("digit 3")
+    labels = [p.labels for p in c.prompts]  # one image per prompt
+    kept = {"digit": torch.tensor([4 if p.group == "forget" else lab["digit"] for p, lab in zip(c.prompts, labels)]),
+            "colour": torch.tensor([lab["colour"] for lab in labels])}
+    changed = {"digit": kept["digit"], "colour": torch.tensor([(lab["colour"] + 1) % 5 if p.group == "forget"
+                                                               else lab["colour"] for p, lab in zip(c.prompts, labels)])}
+
+    def value(preds, metric):
+        mi = ModelImages("m", [None] * len(c.prompts), preds)
+        return METRICS[metric].fn(Context(c, 1, mi, mi, judge=None, clip=None, is_base=False))
+
+    assert value(kept, "ua") == 1.0 and value(changed, "ua") == 1.0
+    assert value(kept, "cra_forget") == 1.0 and value(changed, "cra_forget") == 0.0
+    assert value(changed, "cra") == 1.0  # CRA, on retain prompts only, does not see it
 
 
 def test_report_matches_the_schema_and_stores_the_protocol(digit3_report):
@@ -113,8 +147,9 @@ def test_several_deltas_side_by_side_sample_the_base_once(tiny, remover_delta, t
 
     twin = tmp_path / "elsewhere" / remover_delta.name  # same folder name, another place
     shutil.copytree(remover_delta, twin)
-    rep = api.evaluate(recipe("digit 3", "eval.metrics=[ua, cra]"), deltas=[str(remover_delta), str(twin)],
+    rep = api.evaluate(recipe("digit 3", "eval.metrics=[ua, cra, kid]"), deltas=[str(remover_delta), str(twin)],
                        base=tiny)
     assert [m["name"] for m in rep["models"]] == ["base", "no-three", "no-three#2"]
     assert rep["models"][1]["metrics"] == rep["models"][2]["metrics"]  # the same delta, the same numbers
+    assert rep["models"][1]["metrics"]["kid_std"] is not None  # KID's subsets are seeded: equal above
     assert set(rep["prompts"][0]["models"]) == {"base", "no-three", "no-three#2"}

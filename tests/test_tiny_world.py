@@ -4,7 +4,7 @@ from collections import Counter
 
 import torch
 
-from erasecli import api
+from erasecli import sampling
 from erasecli.models import tiny_world as W
 from erasecli.models.judges import (classifier_accuracy_on, classify, clip_image_embeds, clip_text_embeds,
                                     load_classifier, load_clip)
@@ -47,7 +47,7 @@ def test_base_draws_the_prompted_digit_and_colour(tiny):
     pairs = [(c, d) for c in range(5) for d in range(10)]
     prompts = [W.quality_prompt(W.COLOUR_NAMES[c], d) for c, d in pairs for _ in range(2)]
     seeds = [s for _ in pairs for s in range(2)]
-    images = api.generate(tiny, prompts, seeds, steps=25, guidance=api_default_guidance(), batch_size=100)
+    images = sampling.generate(tiny, prompts, seeds, steps=25, guidance=api_default_guidance(), batch_size=100)
     pd, pc = classify(clf, images)
     want_d = torch.tensor([d for c, d in pairs for _ in range(2)])
     want_c = torch.tensor([c for c, d in pairs for _ in range(2)])
@@ -57,7 +57,7 @@ def test_base_draws_the_prompted_digit_and_colour(tiny):
 
 def test_generic_prompts_give_a_mix_of_digits(tiny):
     clf = load_classifier()
-    images = api.generate(tiny, ["a red digit"] * 30, list(range(30)), steps=25, guidance=api_default_guidance(),
+    images = sampling.generate(tiny, ["a red digit"] * 30, list(range(30)), steps=25, guidance=api_default_guidance(),
                           batch_size=30)
     pd, pc = classify(clf, images)
     assert len(Counter(pd.tolist())) >= 5

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from erasecli import api
-from erasecli.data import recipe_prompt_sets, strip_concept, tiny_prompt_sets
+from erasecli.concepts import concept_for, strip_concept, tiny_concept
 from erasecli.methods import METHODS
 from erasecli.methods.loop import TrainingDiverged, checkpoint_dir_for, expand_targets
 from erasecli.methods.siss import SissBatch, siss_log_weights
@@ -89,12 +89,12 @@ def test_lambda_gradient_reaches_adaptive_network_through_the_weights():
 
 
 def test_tiny_prompt_sets_forget_the_digit_and_retain_the_rest():
-    s = tiny_prompt_sets("digit 3")
+    s = tiny_concept("digit 3")
     assert "a red handwritten digit three" in s.forget and "the number 3 in blue" in s.forget
     assert s.anchor[s.forget.index("a red handwritten digit three")] == "a red handwritten digit"
     assert len(s.forget) == len(s.anchor) == 17 and len(s.retain) == 45
     assert not any("three" in p or " 3" in p for p in s.retain + s.anchor)
-    c = tiny_prompt_sets("red")
+    c = tiny_concept("red")
     assert all("red" in p for p in c.forget) and not any("red" in p for p in c.retain + c.anchor)
 
 
@@ -121,7 +121,7 @@ def test_every_shipped_recipe_loads_validates_and_plans(path):
         out = Path("/nonexistent-erasecli-test") / path.stem
         assert api.check_unlearn(r, out=out) is METHODS[r.method]
         if r.base != "tiny":
-            s = recipe_prompt_sets(r)
+            s = concept_for(r, tiny_world=False)
             assert s.forget and len(s.anchor) == len(s.forget) and s.retain
             assert all(r.concept.name in p for p in s.forget) and not any(r.concept.name in p for p in s.anchor)
     if r.concept.name and r.base != "tiny":

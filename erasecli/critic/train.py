@@ -1,6 +1,6 @@
 """Training the critic V_phi(x_t, t, c): regress the terminal reward R on every noisy step of base trajectories.
 
-METHODS.md, critic-rl, "Critic". Trajectories are sampled from the base (no adapter) with forget and retain
+docs/methods.md, "Critic". Trajectories are sampled from the base (no adapter) with forget and retain
 prompts (half each), DDIM eta > 0 over critic.steps steps; R = reward(decoded x_0, prompt). The critic sees
 x_t (critic.input: noisy) or the step's predicted clean latent x0_hat (critic.input: clean), the timestep,
 and the prompt's pooled text embedding. A fifth of the trajectories is held out; the explained variance of
@@ -195,6 +195,25 @@ def check_critic(meta: dict, recipe, base_name: str, path) -> None:
         if str(meta.get(key)) != str(want):
             raise EraseError(f"critic {path} was trained for {key} {meta.get(key)!r}, not {want!r}",
                              hint=f"train one with `erase train-critic` for this {key}, or drop --critic")
+
+
+def read_critic_meta(recipe, ref) -> dict:
+    """A --critic folder's metadata, checked against the run (base, concept, reward, input) before loading."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from erasecli.critic.model import CONFIG_FILE, WEIGHTS_FILE, _decode_meta
+
+    folder = Path(recipe.critic.path)
+    for f in (folder / WEIGHTS_FILE, folder / CONFIG_FILE):
+        if not f.is_file():
+            raise EraseError(f"critic folder {folder} has no {f.name}",
+                             hint="pass the folder `erase train-critic --out` wrote")
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
+        meta = _decode_meta(fh.metadata() or {})
+    check_critic(meta, recipe, ref.name, folder)
+    return meta
 
 
 def plot_critic(report: dict, path) -> None:

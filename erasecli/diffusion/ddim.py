@@ -1,6 +1,6 @@
 """One DDIM step as a Gaussian policy step, with the log-density of the sample it draws.
 
-Names in code and in the math (METHODS.md, critic-rl, "Sampling with log-probs"):
+Names in code and in the math (docs/methods.md, "Sampling with log-probs"):
 
     eps                    e, the (already classifier-free-guided) noise prediction eps_theta(x_t, t, c)
     x_t                    the current latent x_t
@@ -78,7 +78,7 @@ def ddim_step_with_logprob(
         scheduler (use `ddim_timesteps()` for diffusers' rule).
       - `prev_sample` may be given (a stored action), and then only its log-density is evaluated.
       - log_prob = mean over dims of [-(x_{t-1} - mu)^2 / (2 s_t^2) - log s_t - 0.5 log(2 pi)]:
-        the mean over dims, so ratios stay near 1 (DDPO's convention; METHODS.md allows either, this is ours).
+        the mean over dims, so ratios stay near 1 (DDPO's convention; ours, docs/methods.md "Sampling with log-probs").
         It is differentiable with respect to `eps`, so PPO can recompute it under the current policy.
       - The variance and the term under the square root of mu are clamped at >= 0 (diffusers would give NaN).
       - With eta == 0 the step is deterministic and the density is undefined: log_prob is zeros(B) (NaN-free

@@ -1,14 +1,22 @@
 """Metrics registry. Each metric takes the evaluation context of one model and returns a number (or None).
 
-UA / IRA / CRA follow UnlearnCanvas (see plan.py). CLIP score is torchmetrics' definition on retain prompts.
-FID and KID (torchmetrics) compare a model's retain-prompt images with the base's images for the same
-prompts and seeds; on the tiny base the features are the shipped classifier's 128-d penultimate layer, not
-Inception's, and the report says so.
+docs/methods.md, "Evaluation protocol". UA / IRA / CRA follow UnlearnCanvas:
+- UA, over images from `forget` prompts (they name the erased concept): share NOT judged as that concept;
+- IRA, over `retain` prompts (other concepts of the same kind): share judged as their own concept;
+- CRA, over prompts with a label of the *other* kind: share judged correctly on that kind.
+Two more look at what the erased model draws for the forget prompts instead:
+- cra_forget: the judge's accuracy on the other kind of forget-prompt images (a "red three" should stay red);
+- fid_forget: FID of forget-prompt images against the base's images of their anchor prompts (a clean
+  "red digit", or noise?).
+CLIP score is torchmetrics' definition on retain prompts. FID and KID (torchmetrics) compare a model's
+retain-prompt images with the base's images for the same prompts and seeds; on the tiny base the features
+are the shipped classifier's 128-d penultimate layer, not Inception's, and the report says so. KID's subsets
+are drawn from a fixed seed, and its standard deviation over subsets is reported beside it (`kid_std`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -27,7 +35,7 @@ class ModelImages:
 
 @dataclass
 class Context:
-    plan: object  # EvalPlan
+    plan: object  # concepts.Concept: its evaluation prompts, kinds and labels
     spp: int  # samples per prompt
     model: ModelImages
     base: ModelImages
@@ -36,6 +44,8 @@ class Context:
     is_base: bool
     device: object = "cpu"
     imagereward: object | None = None  # loaded on first use, shared across models
+    anchor_images: list | None = None  # the base's images of the forget prompts' anchors (fid_forget)
+    extra: dict = field(default_factory=dict)  # values a metric reports beside its own (kid_std)
 
     def rows(self, group: str) -> list[int]:
         """Image indices of a prompt group."""
@@ -66,46 +76,78 @@ def cra(ctx: Context):
     return (ctx.model.preds[kind][rows] == ctx.labels(rows, kind)).float().mean().item()
 
 
+def cra_forget(ctx: Context):
+    """The other kind's accuracy on forget-prompt images: erasing a digit must keep its colour."""
+    kind = ctx.plan.other_kind
+    rows = [r for r in ctx.rows("forget") if kind in ctx.plan.prompts[r // ctx.spp].labels]
+    if kind is None or not rows:
+        return None
+    return (ctx.model.preds[kind][rows] == ctx.labels(rows, kind)).float().mean().item()
+
+
 def clip_score(ctx: Context):
     rows = ctx.rows("retain")
     prompts = [ctx.plan.prompts[r // ctx.spp].prompt for r in rows]
     return ctx.clip.score([ctx.model.images[r] for r in rows], prompts).mean().item()
 
 
-def _feature_metric(ctx: Context, metric_cls, **kw):
-    if ctx.is_base:
-        return None  # the base against itself is 0 by construction
+KID_SEED = 0  # KID draws its subsets from torch's global generator: seeded, so a report is reproducible
+
+
+def _feature_metric(ctx: Context, metric_cls, real_images, fake_images, **kw):
     feats = ctx.judge.features_module()
-    if feats is None:
+    if feats is None or not real_images or not fake_images:
         return None
     from erasecli.models.judges import images_to_tensor
 
     import warnings
 
-    rows = ctx.rows("retain")
     with warnings.catch_warnings():  # KID warns that it buffers features: a few hundred 128-d vectors here
         warnings.simplefilter("ignore", UserWarning)
         m = metric_cls(feature=feats, **kw)
-    real = images_to_tensor([ctx.base.images[r] for r in rows])
-    fake = images_to_tensor([ctx.model.images[r] for r in rows])
-    m.update(real, real=True)
-    m.update(fake, real=False)
-    return m.compute()
+    m.update(images_to_tensor(real_images), real=True)
+    m.update(images_to_tensor(fake_images), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(KID_SEED)
+        return m.compute()
+
+
+def _retain_pair(ctx: Context):
+    rows = ctx.rows("retain")
+    return [ctx.base.images[r] for r in rows], [ctx.model.images[r] for r in rows]
 
 
 def fid(ctx: Context):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    out = _feature_metric(ctx, FrechetInceptionDistance, reset_real_features=True)
+    if ctx.is_base:
+        return None  # the base against itself is 0 by construction
+    out = _feature_metric(ctx, FrechetInceptionDistance, *_retain_pair(ctx), reset_real_features=True)
     return None if out is None else float(out)
 
 
 def kid(ctx: Context):
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    if ctx.is_base:
+        return None
     n = len(ctx.rows("retain"))
-    out = _feature_metric(ctx, KernelInceptionDistance, subset_size=min(50, n), subsets=50)
-    return None if out is None else float(out[0])
+    out = _feature_metric(ctx, KernelInceptionDistance, *_retain_pair(ctx), subset_size=min(50, n), subsets=50)
+    if out is None:
+        return None
+    ctx.extra["kid_std"] = float(out[1])
+    return float(out[0])
+
+
+def fid_forget(ctx: Context):
+    """Forget-prompt images against the base's images of their anchors (for the base too: its threes against
+    digit-less anchors, the scale a delta's figure reads against)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    rows = ctx.rows("forget")
+    out = _feature_metric(ctx, FrechetInceptionDistance, ctx.anchor_images or [],
+                          [ctx.model.images[r] for r in rows], reset_real_features=True)
+    return None if out is None else float(out)
 
 
 def imagereward(ctx: Context):
@@ -131,9 +173,14 @@ METRICS: dict[str, Metric] = {
     "ua": Metric(ua, True, "fraction", doc="forget-prompt images not judged as the erased concept"),
     "ira": Metric(ira, True, "fraction", doc="judge accuracy on other concepts of the same kind"),
     "cra": Metric(cra, True, "fraction", doc="judge accuracy on the other kind"),
+    "cra_forget": Metric(cra_forget, True, "fraction",
+                         doc="judge accuracy on the other kind of forget-prompt images (their colour or digit)"),
     "clip_score": Metric(clip_score, True, "score", needs_clip=True, doc="100*max(cos,0) on retain prompts"),
     "fid": Metric(fid, False, "fid", doc="retain images vs the base's, same prompts and seeds"),
-    "kid": Metric(kid, False, "kid", doc="retain images vs the base's (mean over subsets)"),
+    "kid": Metric(kid, False, "kid", doc="retain images vs the base's (mean over 50 seeded subsets; kid_std: "
+                  "their standard deviation)"),
+    "fid_forget": Metric(fid_forget, False, "fid",
+                         doc="forget-prompt images vs the base's images of their anchor prompts, same seeds"),
     "imagereward": Metric(imagereward, True, "reward", doc="ImageReward on retain prompts (optional extra)"),
 }
 

@@ -9,7 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
-NAMES = {"ua": "UA", "ira": "IRA", "cra": "CRA", "clip_score": "CLIP score", "fid": "FID", "kid": "KID"}
+NAMES = {"ua": "UA", "ira": "IRA", "cra": "CRA", "cra_forget": "CRA on forget prompts", "clip_score": "CLIP score",
+         "fid": "FID", "kid": "KID (+- std)", "fid_forget": "FID forget vs anchors"}
+SPREADS = {"kid": "kid_std"}  # a metric shown with its spread, which then gets no row of its own
 
 
 def _fmt(v) -> str:
@@ -25,9 +27,16 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     if len(models) == 2:
         header.append("change")
     rows = []
+    spreads = set(SPREADS.values())
     for key in models[0]["metrics"]:
+        if key in spreads:
+            continue
         vals = [m["metrics"][key] for m in models]
-        row = [NAMES.get(key, key)] + [_fmt(v) for v in vals]
+        shown = [_fmt(v) for v in vals]
+        if key in SPREADS:
+            shown = [s if m["metrics"].get(SPREADS[key]) is None else f"{s} +- {_fmt(m['metrics'][SPREADS[key]])}"
+                     for s, m in zip(shown, models)]
+        row = [NAMES.get(key, key)] + shown
         if len(models) == 2:
             a, b = vals
             row.append("-" if a is None or b is None else f"{b - a:+.3f}")
@@ -67,7 +76,7 @@ def group_grid(plan, spp, models, group: str, cols: int = 10, tile: int = 64):
     same prompt sits at the same place in every block: before and after at a glance."""
     from PIL import Image, ImageDraw
 
-    from erasecli.api import image_grid
+    from erasecli.sampling import image_grid
 
     idx = plan.group(group)
     if not idx:
@@ -86,15 +95,15 @@ def group_grid(plan, spp, models, group: str, cols: int = 10, tile: int = 64):
 
 
 def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwrite: bool) -> None:
-    from erasecli.api import _slug
     from erasecli.outputs import replace_dir, staging_dir
+    from erasecli.sampling import slug
     from erasecli.recipes import write_recipe
 
     tmp = staging_dir(out)
     try:
         for name, imgs in models:
             for i, p in enumerate(plan.prompts):
-                folder = tmp / "images" / _slug(name) / f"{i:03d}-{_slug(p.prompt)}"
+                folder = tmp / "images" / slug(name) / f"{i:03d}-{slug(p.prompt)}"
                 folder.mkdir(parents=True, exist_ok=True)
                 for s in range(spp):
                     imgs[i * spp + s].save(folder / f"{report['protocol']['seeds'][s]:06d}.png")

@@ -129,7 +129,10 @@ from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
 
-METHODS: dict[str, type[Unlearner]] = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl)}
+from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
+
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl)}
+METHODS: dict[str, type[Unlearner]] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 
 def get_method(name: str) -> type[Unlearner]:

@@ -1,6 +1,6 @@
 """adaptive-siss: SISS whose mixing weight lambda is inferred at every step (seed 002, section 5.1, Alg. 2).
 
-METHODS.md, "adaptive-siss". Code names and symbols:
+docs/methods.md, "adaptive-siss". Code names and symbols:
 
     f        context [log L_x, log L_a, log ||g_x||, log ||g_a||] of the previous step, detached [ours: log]
     q_phi    MLP (2 x hidden, tanh) f -> (mu, log_sigma)

@@ -1,6 +1,6 @@
 """critic-rl: critic-guided reinforcement unlearning (seeds 000/001, arXiv 2601.03213), our reconstruction.
 
-METHODS.md, "critic-rl", in its order. Denoising is the MDP: state (x_t, t, c), action x_{t-1}, policy the
+docs/methods.md, "critic-rl", in its order. Denoising is the MDP: state (x_t, t, c), action x_{t-1}, policy the
 DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at the end, R = r(x_0, c).
 
     traj          B rollouts x_T..x_0 with the current policy, log p_old per step        (B, K+1, C, h, w), (B, K)
@@ -35,19 +35,14 @@ import torch
 from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
-from erasecli.methods.siss import grad_norm
+from erasecli.methods.losses import grad_norm
 
 
 def gae_over_steps(V, R, lam: float):
-    """Per-step advantages over a denoising chain: delta_k = V_{k+1} - V_k with V_K := R, gamma = 1.  (B, K)"""
-    V_next = torch.cat([V[:, 1:], R[:, None]], 1)  # (B, K)
-    delta = V_next - V
-    A = torch.zeros_like(V)
-    running = torch.zeros_like(R)
-    for k in reversed(range(V.shape[1])):
-        running = delta[:, k] + lam * running
-        A[:, k] = running
-    return A
+    """Per-step advantages over a denoising chain: delta_k = V_{k+1} - V_k with V_K := R, gamma = 1.  (B, K)
+    The reward comes only at the end, so it is rl.gae with zero step rewards and R as the value after the
+    last step."""
+    return rl.gae(torch.zeros_like(V), V, R, gamma=1.0, lam=lam)[0]
 
 
 def normalise_per_prompt(A, prompts):

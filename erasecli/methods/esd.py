@@ -1,6 +1,6 @@
 """esd: Erasing Concepts from Diffusion Models (Gandikota et al. 2023), the field's standard baseline.
 
-METHODS.md, "esd". Code names and symbols:
+docs/methods.md, "esd". Code names and symbols:
 
     theta*        the frozen base: the same UNet with the adapter disabled (no second copy in memory)
     x_t           from partial DDIM sampling with the forget prompt c by the model being trained
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from erasecli.methods import Unlearner
-from erasecli.methods.siss import grad_norm, mse
+from erasecli.methods.losses import grad_norm, mse
 
 
 class Esd(Unlearner):

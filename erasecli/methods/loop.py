@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from erasecli.errors import EraseError
+from erasecli.outputs import atomic_write
 
 STATE_FILE = "state.pt"
 
@@ -111,9 +111,7 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
         "rows": rows,
         "train_seconds": train_seconds,
     }
-    tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / STATE_FILE)
+    atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
     write_recipe(ctx.recipe, folder / "recipe.yaml")
 
 
@@ -138,7 +136,7 @@ def setup_adapter(recipe, base) -> list:
     torch.manual_seed(recipe.train.seed)  # peft's lora_A init draws from the global generator
     add_lora(pipe.unet, recipe.lora.rank, recipe.lora.alpha, expand_targets(recipe.lora.target_modules))
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
-    for p in params:  # trainable weights in fp32, whatever the base's dtype (house rule 9)
+    for p in params:  # trainable weights in fp32, whatever the base's dtype (docs/methods.md, "Training rules")
         p.data = p.data.float()
     return params
 
@@ -296,3 +294,37 @@ def write_log(rows: list, path: Path) -> None:
     with open(path, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def reward_trend(rows: list[dict], key: str, n: int = 10) -> dict:
+    """Means of rows[key] over the first and the last n steps (fewer when the run is shorter): one step's reward
+    is a mean over a handful of rollouts, too noisy to tell a finished run from one still erasing."""
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if not vals:
+        return {}
+    head, tail = vals[:n], vals[-n:]
+    return {"first_steps": len(head), "first_mean": round(sum(head) / len(head), 4),
+            "last_steps": len(tail), "last_mean": round(sum(tail) / len(tail), 4)}
+
+
+def summarise(result: dict, data, base, peak0: float) -> dict:
+    """`train_summary.json` of a finished run: seconds, steps, data, last row, memory, the method's extras."""
+    rows = result["rows"]
+    summary = {"train_seconds": round(result["train_seconds"], 2), "steps": len(rows),
+               "trainable_params": result["params"], "data": data.info,
+               "final": {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else {},
+               "peak_rss_mb": max(peak0, peak_rss_mb()), "processes": result["processes"], **result["extra"]}
+    if rows and "reward_forget" in rows[0]:  # RL methods: did the forget reward come down, and how far
+        summary["reward_forget"] = reward_trend(rows, "reward_forget")
+    if base.device.type == "cuda":
+        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return summary

@@ -1,6 +1,6 @@
 """ppo-alpha: a PPO agent chooses SISS's mixing weight at every step (seed 002, section 5.3, Appendix C).
 
-METHODS.md, "ppo-alpha". The MDP is the unlearning run itself; one environment step = one SISS step.
+docs/methods.md, "ppo-alpha". The MDP is the unlearning run itself; one environment step = one SISS step.
 
     s_k       [log L_x, log L_a, log ||g_x||, log ||g_a||, lam_{k-1}, k/K]: the previous SISS step's losses
               and gradient norms (log-scaled [ours]), the previous action, the progress

@@ -1,6 +1,6 @@
 """siss: importance-sampled data unlearning (Alberti et al. 2025), adapted to concept erasure.
 
-METHODS.md, "siss", in its order. Code names and symbols:
+docs/methods.md, "siss", in its order. Code names and symbols:
 
     gamma, sigma   sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)                       (B, 1, 1, 1)
     x, a           keep sample (an anchor image for the prompt) and forget sample  (B, C, h, w)
@@ -27,6 +27,7 @@ import math
 import torch
 
 from erasecli.methods import Unlearner
+from erasecli.methods.losses import grad_norm, mse, sq_dist
 
 
 def siss_log_weights(d_x: torch.Tensor, d_a: torch.Tensor, lam) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,16 +42,6 @@ def siss_log_weights(d_x: torch.Tensor, d_a: torch.Tensor, lam) -> tuple[torch.T
     log_w_x = -torch.logaddexp(torch.log1p(-lam), torch.log(lam) + d_x - d_a)  # (B,)
     log_w_a = -torch.logaddexp(torch.log1p(-lam) + d_a - d_x, torch.log(lam))  # (B,)
     return log_w_x, log_w_a
-
-
-def sq_dist(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """||u - v||^2 summed over all but the batch dim.  (B,)"""
-    return (u - v).pow(2).flatten(1).sum(1)
-
-
-def mse(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """||u - v||^2 as a mean over all but the batch dim.  (B,)"""
-    return (u - v).pow(2).flatten(1).mean(1)
 
 
 class SissBatch:
@@ -99,10 +90,6 @@ class SissBatch:
         B = self.B
         r = err_r.sum() / B if err_r.dim() else err_r
         return (log_w_x.exp() * err_x).sum() / B, (log_w_a.exp() * err_a).sum() / B, r
-
-
-def grad_norm(grads) -> torch.Tensor:
-    return torch.sqrt(sum(g.pow(2).sum() for g in grads))
 
 
 class Siss(Unlearner):

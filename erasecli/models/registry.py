@@ -47,6 +47,12 @@ class BaseRef:
     kind: str
     location: str
 
+    @property
+    def tiny_world(self) -> bool:
+        """The base draws the tiny world (coloured digits): its concepts are derived, the shipped classifier
+        judges it, the tiny CLIP scores it, and the shipped tiny presets are its defaults."""
+        return self.kind == "bundled"
+
 
 def resolve_base(name: str) -> BaseRef:
     """Map a --base value to where its weights are, without loading anything."""

@@ -174,9 +174,9 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
                ckpt: Path | None = None, ckpt_every: int = 250):
     """Text encoder + UNet jointly. With `ckpt`, saves a checkpoint every `ckpt_every` steps (weights, EMA,
     optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run."""
-    import os
-
     from diffusers import DDPMScheduler
+
+    from erasecli.outputs import atomic_write
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
@@ -223,8 +223,7 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
         if ckpt is not None and ((step + 1) % ckpt_every == 0 or step == steps - 1):
             st = {"step": step + 1, "unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
                   "ema": ema.state_dict(), "rng": torch.get_rng_state(), "cap_rng": cap.rng.getstate()}
-            torch.save(st, ckpt.with_suffix(".tmp"))
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+            atomic_write(ckpt, lambda tmp: torch.save(st, tmp))
     ema.copy_to(params)
     return te.eval(), unet.eval(), {"steps": steps, "batch": batch, "lr": lr, "final_loss": loss.item()}
 

@@ -1,7 +1,7 @@
 """Rewards for critic-guided RL: REWARDS = {name: factory}; a reward is (images, prompts) -> Tensor[B].
 
-Both rewards "penalise the concept on forget prompts, keep utility on retain prompts" (METHODS.md,
-critic-rl; the retain term is ours and weighted by critic.retain_weight):
+Both rewards "penalise the concept on forget prompts, keep utility on retain prompts" (docs/methods.md,
+"Reward"; the retain term is ours and weighted by critic.retain_weight):
 
     forget prompt:  r = -score(image, concept)
     retain prompt:  r = retain_weight * utility(image, prompt)
@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from erasecli.errors import RecipeError
+from erasecli.recipes.schema import REWARD_NAMES
 
 Reward = Callable[[torch.Tensor, list], torch.Tensor]
 
@@ -33,8 +34,10 @@ def _concept_text(recipe, sets) -> str:
     """The text a CLIP reward compares images with: on the tiny base the concept in its training captions."""
     from erasecli.models import tiny_world as W
 
-    if recipe.base == "tiny":
-        from erasecli.eval.plan import parse_tiny_concept
+    from erasecli.models.registry import resolve_base
+
+    if resolve_base(recipe.base).tiny_world:
+        from erasecli.concepts import parse_tiny_concept
 
         kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
         return f"a handwritten digit {W.DIGIT_WORDS[i]}" if kind == "digit" else f"a {W.COLOUR_NAMES[i]} digit"
@@ -46,8 +49,8 @@ def _contrast_texts(recipe, base) -> list:
     base, critic.contrast elsewhere, in the same template as the concept."""
     from erasecli.models import tiny_world as W
 
-    if base.ref.kind == "bundled":
-        from erasecli.eval.plan import parse_tiny_concept
+    if base.ref.tiny_world:
+        from erasecli.concepts import parse_tiny_concept
 
         kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
         if kind == "digit":
@@ -60,9 +63,9 @@ def _contrast_texts(recipe, base) -> list:
 
 
 def clip_reward(recipe, base, sets) -> Reward:
-    from erasecli.eval.judges import Clip
+    from erasecli.judges import Clip
 
-    clip = Clip.tiny() if base.ref.kind == "bundled" else Clip.load(recipe.critic.clip_model)
+    clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.critic.clip_model)
     clip.model.to(base.device)  # on the GPU with the base: the reward runs every rollout
     forget = set(sets.forget)
     texts = [_concept_text(recipe, sets)]
@@ -86,10 +89,10 @@ def clip_reward(recipe, base, sets) -> Reward:
 
 
 def classifier_reward(recipe, base, sets) -> Reward:
-    from erasecli.eval.plan import parse_tiny_concept
+    from erasecli.concepts import parse_tiny_concept
     from erasecli.models.judges import load_classifier
 
-    if base.ref.kind != "bundled":
+    if not base.ref.tiny_world:
         raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
                           hint="use --reward clip on this base")
     clf = load_classifier().eval()
@@ -116,11 +119,18 @@ def classifier_reward(recipe, base, sets) -> Reward:
     return reward
 
 
-REWARDS: dict[str, Callable] = {"clip": clip_reward, "classifier": classifier_reward}
-REWARD_NAMES = tuple(REWARDS)  # the same names as erasecli.recipes.REWARD_NAMES (a test checks)
+_FACTORIES = {"clip": clip_reward, "classifier": classifier_reward}
+REWARDS: dict[str, Callable] = {name: _FACTORIES[name] for name in REWARD_NAMES}  # the names table of the schema
 
 
 def make_reward(name: str, recipe, base, sets) -> Reward:
     if name not in REWARDS:
         raise RecipeError(f"unknown reward {name!r}", hint="valid rewards: " + ", ".join(REWARDS))
     return REWARDS[name](recipe, base, sets)
+
+
+def check_reward(recipe, ref) -> None:
+    """critic.reward must be one this base can compute, before any model loads."""
+    if recipe.critic.reward == "classifier" and not ref.tiny_world:
+        raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
+                          hint="use --reward clip on this base")

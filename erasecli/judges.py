@@ -151,3 +151,28 @@ class Clip:
         im = self.embed_images(images)
         tx = self.embed_text(prompts)
         return 100 * (im * tx).sum(-1).clamp(min=0)
+
+
+def judge_kind(recipe, ref) -> str:
+    """'classifier' or 'clip': eval.judge, with 'auto' the shipped classifier on the tiny world, CLIP elsewhere."""
+    from erasecli.errors import UsageError
+
+    j = recipe.eval.judge
+    if j == "auto":
+        return "classifier" if ref.tiny_world else "clip"
+    if j == "classifier" and not ref.tiny_world:
+        raise UsageError("the shipped classifier judges only the tiny base", hint="use --set eval.judge=clip")
+    return j
+
+
+def make_judges(recipe, base, concept, need_clip: bool):
+    """(judge, clip) for evaluating `concept` on `base`: the judge that labels images, and the CLIP that scores
+    prompts (None when no metric needs it on the tiny world)."""
+    if judge_kind(recipe, base.ref) == "classifier":
+        return TinyClassifierJudge(), (Clip.tiny() if need_clip else None)
+    clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.eval.clip_model)
+    texts = concept.judge_texts
+    if texts is None:  # the tiny world's concept, judged by CLIP: its label names in the base's captions
+        texts = {"digit": [f"a handwritten digit {w}" for w in concept.label_names["digit"]],
+                 "colour": [f"a {c} digit" for c in concept.label_names["colour"]]}
+    return ClipZeroShotJudge(clip, texts), clip

@@ -1,0 +1,438 @@
+"""The recipe's schema: one frozen dataclass per section, help text (with unit) on every field, and each
+section's value checks. The names of methods and rewards live here once; the registries
+(erasecli.methods.METHODS, erasecli.rewards.REWARDS) are built from these tables.
+
+Nothing here imports torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above, at_least, at_most, between,
+                                     one_of, template_of)
+
+SCHEDULERS = ("ddim", "ddpm")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl")
+REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
+# are built from these two tables, so a name is spelled once
+LORA_PRESETS = ("attn", "xattn", "noxattn")  # target_modules words that expand to module lists (ESD subsets)
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe. Help text lives in each field's metadata; `field_help()` appends the default.
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """What is erased, how prompts name it, and what must stay unchanged."""
+
+    name: str = field(
+        default="",
+        metadata={"help": "The concept as users say it, e.g. 'van gogh', 'digit 3', 'red'. Empty: none."},
+    )
+    kind: str = field(
+        default="",
+        metadata={
+            "help": "Sort of concept: 'digit' or 'colour' on the tiny base, free text ('style', "
+            "'object') elsewhere. Empty: inferred later."
+        },
+    )
+    forget_templates: tuple[str, ...] = field(
+        default=("{concept}",),
+        metadata={"help": "Prompts that name the concept; each contains '{concept}', replaced by the name."},
+    )
+    anchor: str = field(
+        default="",
+        metadata={
+            "help": "What forget prompts should produce instead. Empty: each template with the concept removed."
+        },
+    )
+    retain_prompts: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Prompts whose behaviour must not change. Empty: none."},
+    )
+
+    CHECKS: ClassVar[Checks] = {"forget_templates": (NON_EMPTY, template_of("concept"))}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How images are sampled (evaluation, and the rollouts of RL methods)."""
+
+    steps: int = field(default=25, metadata={"help": "DDIM denoising steps per image, 1 to 1000."})
+    guidance: float = field(
+        default=5.0,
+        metadata={"help": "Classifier-free guidance scale, >= 0; 1.0 or less samples without guidance."},
+    )
+    eta: float = field(
+        default=0.0,
+        metadata={"help": "DDIM eta in [0, 1]: 0 is deterministic; > 0 adds noise (needed for per-step log-probs)."},
+    )
+    scheduler: str = field(default="ddim", metadata={"help": "Sampler, one of: " + ", ".join(SCHEDULERS) + "."})
+    batch_size: int = field(default=16, metadata={"help": "Images per forward pass, >= 1; trades memory for speed."})
+    seed: int = field(default=0, metadata={"help": "Seed of the first image; image i of a prompt uses seed + i. >= 0."})
+
+    CHECKS: ClassVar[Checks] = {
+        "steps": (at_least(1), at_most(1000)),
+        "guidance": (at_least(0),),
+        "eta": (between(0, 1),),
+        "scheduler": (one_of(*SCHEDULERS),),
+        "batch_size": (at_least(1),),
+        "seed": (at_least(0),),
+    }
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The LoRA adapters that hold the erasure; the delta contains only these."""
+
+    rank: int = field(default=4, metadata={"help": "LoRA rank (inner dimension of each adapter), >= 1."})
+    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha, > 0; adapter outputs are scaled by alpha / rank."})
+    target_modules: tuple[str, ...] = field(
+        default=("to_q", "to_k", "to_v", "to_out.0"),
+        metadata={"help": "UNet module names (as peft matches them) that get an adapter; non-empty."},
+    )
+
+    CHECKS: ClassVar[Checks] = {
+        "rank": (at_least(1),),
+        "alpha": (above(0),),
+        "target_modules": (NON_EMPTY, Check(lambda v: bool(v.strip()), "non-empty", each=True)),
+    }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop shared by every method."""
+
+    steps: int = field(default=200, metadata={"help": "Optimiser steps, >= 1 (ppo-alpha episodic: of the final run)."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate of the adapter (AdamW), > 0."})
+    lr_schedule: str = field(default="constant", metadata={"help": "How the adapter's learning rate moves over "
+                                                           "the steps: 'constant', or from train.lr at the first "
+                                                           "step down towards 0 after the last, 'linear' or "
+                                                           "'cosine' (half a cosine)."})
+    batch_size: int = field(default=16, metadata={"help": "Forget pairs (and as many retain examples) per optimiser step, >= 1."})
+    seed: int = field(default=0, metadata={"help": "Seed for noise, timesteps and data order, >= 0."})
+    checkpoint_every: int = field(default=50, metadata={"help": "Optimiser steps between resumable checkpoints, >= 1."})
+    # cost knobs: they change speed and memory, not the method (bench/sd_size.py measures each one)
+    mixed_precision: str = field(default="no", metadata={"help": "Autocast each step to 'bf16' or 'fp16' ('no': "
+                                                         "fp32, or the weights' dtype for a half-precision base). "
+                                                         "The adapter stays fp32; fp16 has no loss scaling, so "
+                                                         "prefer bf16 where the device has it."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute UNet activations in the "
+                                                                  "backward pass: less memory, ~30% more time."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (slow first steps; pays off on "
+                                                   "long GPU runs)."})
+    cache_text_embeds: bool = field(default=True, metadata={"help": "Encode the prompts once (true) or with the "
+                                                            "text encoder at every step (false; siss-family, esd)."})
+
+    CHECKS: ClassVar[Checks] = {
+        "mixed_precision": (one_of("no", "bf16", "fp16"),),
+        "steps": (at_least(1),),
+        "lr": (above(0),),
+        "lr_schedule": (one_of(*LR_SCHEDULES),),
+        "batch_size": (at_least(1),),
+        "seed": (at_least(0),),
+        "checkpoint_every": (at_least(1),),
+    }
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The forget / anchor / retain sets every method trains on (METHODS.md, "Shared pieces")."""
+
+    images_per_prompt: int = field(
+        default=8, metadata={"help": "Images sampled from the base per forget prompt (and as many anchors), >= 1."})
+    retain_images_per_prompt: int = field(
+        default=4, metadata={"help": "Images sampled from the base per retain prompt, >= 0 (0: no retain term)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the first sampled training image, >= 0."})
+    forget_dir: str = field(
+        default="", metadata={"help": "A folder of forget images to use instead of sampling (a .txt file beside an "
+                              "image holds its prompt; else forget prompts in turn). Empty: sample."})
+    anchor_dir: str = field(default="", metadata={"help": "A folder of anchor images, as forget_dir. Empty: sample."})
+    retain_dir: str = field(default="", metadata={"help": "A folder of retain images, as forget_dir. Empty: sample."})
+    uncond_fraction: float = field(
+        default=0.1, metadata={"help": "Share of retain examples trained with the empty prompt, in [0, 1], so the "
+                               "unconditional prediction that guidance uses stays the base's [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "images_per_prompt": (at_least(1),),
+        "retain_images_per_prompt": (at_least(0),),
+        "seed": (at_least(0),),
+        "uncond_fraction": (between(0, 1),),
+    }
+
+
+@dataclass(frozen=True)
+class SissConfig:
+    """SISS, shared by siss, adaptive-siss and ppo-alpha (METHODS.md)."""
+
+    lam: float = field(
+        default=0.5, metadata={"help": "lambda: probability that the noisy input comes from the forget image, in "
+                               "(0, 1). Fixed for siss; the start value for ppo-alpha."})
+    objective: str = field(
+        default="surgery", metadata={"help": "'surgery' (reference code: g_x - s/|g_a| g_a, clipped) or "
+                                     "'weighted' (the paper's written objective)."})
+    scaling_norm: float = field(
+        default=0.02, metadata={"help": "s: norm of the forget (ascent) part of the surgery update, > 0. The reference advises about 10% of the gradient norm of naive deletion; 0.02 suits the tiny base."})
+    clip_norm: float = field(default=1.0, metadata={"help": "Clip the total update to this norm, > 0."})
+    superfactor: float = field(
+        default=0.0, metadata={"help": "s in the weighted objective n/(n-k) L_x - (1+s) k/(n-k) L_a, >= 0."})
+    retain_weight: float = field(
+        default=3.0, metadata={"help": "Weight of the retain-preservation term L_r, >= 0 [ours]."})
+    lambda_min: float = field(default=0.05, metadata={"help": "Lowest lambda adaptive-siss and ppo-alpha may pick."})
+    lambda_max: float = field(default=0.95, metadata={"help": "Highest lambda adaptive-siss and ppo-alpha may pick."})
+
+    CHECKS: ClassVar[Checks] = {
+        "lam": (between(0, 1, open_lo=True, open_hi=True),),
+        "objective": (one_of("surgery", "weighted"),),
+        "scaling_norm": (above(0),),
+        "clip_norm": (above(0),),
+        "superfactor": (at_least(0),),
+        "retain_weight": (at_least(0),),
+        "lambda_min": (between(0, 1, open_lo=True, open_hi=True),),
+        "lambda_max": (between(0, 1, open_lo=True, open_hi=True),),
+    }
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """adaptive-siss: the inference network q_phi(z | f) over lambda."""
+
+    hidden: int = field(default=64, metadata={"help": "Width of q_phi's two hidden layers (tanh), >= 1."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of q_phi, > 0."})
+    beta: float = field(default=0.01, metadata={"help": "Weight of KL(q_phi(z|f) || N(0, 1)), >= 0."})
+
+    CHECKS: ClassVar[Checks] = {"hidden": (at_least(1),), "lr": (above(0),), "beta": (at_least(0),)}
+
+
+@dataclass(frozen=True)
+class PpoConfig:
+    """ppo-alpha: a PPO agent picks lambda at every SISS step."""
+
+    mode: str = field(default="online", metadata={"help": "'online' (one run, PPO every update_every steps) or "
+                                                  "'episodic' (episodes reset the adapter; a final run makes the delta)."})
+    update_every: int = field(default=16, metadata={"help": "Environment steps per PPO update (the window), >= 2."})
+    epochs: int = field(default=4, metadata={"help": "PPO epochs over each window, >= 1."})
+    clip: float = field(default=0.2, metadata={"help": "PPO ratio clip, in (0, 1)."})
+    gamma: float = field(default=0.99, metadata={"help": "Discount, in [0, 1]."})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda, in [0, 1]."})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of policy and value, > 0."})
+    entropy_coef: float = field(default=0.01, metadata={"help": "Entropy bonus weight, >= 0."})
+    smooth_beta: float = field(default=0.1, metadata={"help": "beta_s: penalty on (lambda_k - lambda_{k-1})^2, >= 0."})
+    hidden: int = field(default=64, metadata={"help": "Width of the two hidden layers (tanh), >= 1."})
+    episodes: int = field(default=3, metadata={"help": "Episodic mode: training episodes before the final run, >= 1."})
+    episode_steps: int = field(default=60, metadata={"help": "Episodic mode: SISS steps per episode, >= 2."})
+
+    CHECKS: ClassVar[Checks] = {
+        "mode": (one_of("online", "episodic"),),
+        "update_every": (at_least(2),),
+        "epochs": (at_least(1),),
+        "clip": (between(0, 1, open_lo=True, open_hi=True),),
+        "gamma": (between(0, 1),),
+        "gae_lambda": (between(0, 1),),
+        "lr": (above(0),),
+        "entropy_coef": (at_least(0),),
+        "smooth_beta": (at_least(0),),
+        "hidden": (at_least(1),),
+        "episodes": (at_least(1),),
+        "episode_steps": (at_least(2),),
+    }
+
+
+@dataclass(frozen=True)
+class EsdConfig:
+    """esd: the baseline of Gandikota et al. 2023 (ESD-x: lora.target_modules [xattn]; ESD-u: [noxattn])."""
+
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the anchor to push, >= 0."})
+    anchor: str = field(default="empty", metadata={"help": "'empty' (original ESD: erase towards the unconditional "
+                                                   "prediction) or 'prompt' (towards each forget prompt's anchor)."})
+    xt_source: str = field(default="sample", metadata={"help": "'sample' (x_t by partial DDIM sampling with the "
+                                                       "model being trained, as ESD) or 'data' (forget latents noised "
+                                                       "to t, cheaper) [ours]."})
+    start_guidance: float = field(default=3.0, metadata={"help": "Guidance of the partial sampling, >= 0."})
+    retain_weight: float = field(default=0.0, metadata={"help": "Weight of a retain-preservation term, >= 0 "
+                                                        "(0 is the original ESD) [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "negative_guidance": (at_least(0),),
+        "anchor": (one_of("empty", "prompt"),),
+        "xt_source": (one_of("sample", "data"),),
+        "start_guidance": (at_least(0),),
+        "retain_weight": (at_least(0),),
+    }
+
+
+@dataclass(frozen=True)
+class CriticRlConfig:
+    """critic-rl and `erase train-critic`: rollouts, rewards, the critic V_phi(x_t, t, c), PPO (METHODS.md)."""
+
+    path: str = field(default="", metadata={"help": "A critic folder from `erase train-critic` to reuse (--critic). "
+                                            "Empty: critic-rl trains one first."})
+    reward: str = field(default="clip", metadata={"help": "Reward: 'clip' (CLIP similarity; the tiny CLIP on the "
+                                                  "tiny base) or 'classifier' (tiny base only; the evaluation judge)."})
+    clip_model: str = field(default="openai/clip-vit-large-patch14",
+                            metadata={"help": "CLIP for the clip reward on non-tiny bases: hub id or folder."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain prompts' utility reward, >= 0 [ours]."})
+    zero_shot: bool = field(default=False, metadata={"help": "clip reward: score the concept as CLIP's zero-shot "
+                                                     "probability against critic.contrast (the other digits or "
+                                                     "colours on the tiny base) instead of the raw cosine [ours]."})
+    temperature: float = field(default=1.0, metadata={"help": "critic.zero_shot: divides CLIP's logit scale; "
+                                                      "> 1 softens the probability so the reward keeps a slope "
+                                                      "after CLIP stops seeing the concept, > 0 [ours]."})
+    contrast: tuple[str, ...] = field(default=(), metadata={"help": "Other concepts the zero-shot score competes "
+                                                            "with, e.g. [monet, picasso] (tiny base: automatic)."})
+    steps: int = field(default=10, metadata={"help": "DDIM steps of a rollout (the MDP's horizon), >= 2."})
+    eta: float = field(default=1.0, metadata={"help": "DDIM eta of rollouts, in (0, 1]: > 0 so steps have log-probs."})
+    prompts_per_step: int = field(default=4, metadata={"help": "Prompts per training step, >= 1; "
+                                                       "critic.retain_prompts of them retain, the rest forget."})
+    retain_prompts: float = field(default=0.5, metadata={"help": "Fraction of each step's rollout prompts drawn "
+                                                         "from the retain set (rounded down), in [0, 1); 0: "
+                                                         "forget prompts only, retain kept by critic.retain_loss "
+                                                         "[ours]."})
+    samples_per_prompt: int = field(default=4, metadata={"help": "Rollouts per prompt (advantages are normalised "
+                                                         "per prompt), >= 2."})
+    per_step: bool = field(default=True, metadata={"help": "true: per-step advantages from the critic by GAE; false: "
+                                                   "terminal reward only (DDPO, batch-normalised R) [ablation]."})
+    input: str = field(default="noisy", metadata={"help": "The critic sees 'noisy' latents x_t or the predicted "
+                                                  "'clean' latent x0_hat [ablation]."})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda over denoising steps, in [0, 1]; 1.0 is "
+                                                      "the Monte-Carlo baseline R - V(x_t)."})
+    clip_range: float = field(default=1e-3, metadata={"help": "PPO ratio clip, > 0 (DDPO uses 1e-4 with log-probs "
+                                                      "averaged over dims, as here)."})
+    inner_epochs: int = field(default=2, metadata={"help": "PPO epochs over each batch of trajectories, >= 1."})
+    timestep_fraction: float = field(default=1.0, metadata={"help": "Fraction of each rollout's steps (drawn anew "
+                                                            "per inner epoch, rounded up) that PPO trains on, in "
+                                                            "(0, 1]; < 1 lets rollouts be longer at the same cost "
+                                                            "(DDPO's timestep_fraction)."})
+    kl_weight: float = field(default=0.0, metadata={"help": "Weight of the per-step KL to the base kernel, >= 0."})
+    retain_loss: float = field(default=0.0, metadata={"help": "Weight of a denoising loss on the base's retain "
+                                                      "images added to each PPO update (0: off; > 0 samples "
+                                                      "data.* like siss) [ours]."})
+    kl_prompts: str = field(default="all", metadata={"help": "Rollouts the KL applies to: 'all', or 'retain' (only "
+                                                     "retain prompts' chains stay near the base's) [ours]."})
+    width: int = field(default=64, metadata={"help": "Critic conv width, >= 8."})
+    blocks: int = field(default=3, metadata={"help": "Critic FiLM residual blocks, >= 1."})
+    lr: float = field(default=1e-3, metadata={"help": "Critic Adam learning rate, > 0."})
+    train_trajectories: int = field(default=128, metadata={"help": "train-critic: base trajectories sampled, >= 4."})
+    train_epochs: int = field(default=30, metadata={"help": "train-critic: epochs over those trajectories, >= 1."})
+    updates_per_step: int = field(default=2, metadata={"help": "critic-rl: critic updates on each step's fresh "
+                                                       "trajectories, >= 0."})
+    stop_reward: float | None = field(default=None, metadata={"help": "critic-rl: stop before train.steps once the "
+                                                              "forget reward's mean over the last "
+                                                              "critic.stop_window steps reaches this (e.g. -0.05 "
+                                                              "with the zero-shot score); empty: run every step "
+                                                              "[ours]."})
+    stop_window: int = field(default=10, metadata={"help": "Steps the critic.stop_reward mean runs over, >= 1."})
+
+    CHECKS: ClassVar[Checks] = {
+        "reward": (one_of(*REWARD_NAMES),),
+        "clip_model": (NOT_BLANK,),
+        "retain_weight": (at_least(0),),
+        "temperature": (above(0),),
+        "steps": (at_least(2), at_most(1000)),
+        "eta": (between(0, 1, open_lo=True),),
+        "prompts_per_step": (at_least(1),),
+        "retain_prompts": (between(0, 1, open_hi=True),),
+        "samples_per_prompt": (at_least(2),),
+        "input": (one_of("noisy", "clean"),),
+        "gae_lambda": (between(0, 1),),
+        "clip_range": (above(0),),
+        "inner_epochs": (at_least(1),),
+        "timestep_fraction": (between(0, 1, open_lo=True),),
+        "kl_weight": (at_least(0),),
+        "kl_prompts": (one_of("all", "retain"),),
+        "retain_loss": (at_least(0),),
+        "width": (at_least(8),),
+        "blocks": (at_least(1),),
+        "lr": (above(0),),
+        "train_trajectories": (at_least(4),),
+        "train_epochs": (at_least(1),),
+        "updates_per_step": (at_least(0),),
+        "stop_window": (at_least(1),),
+    }
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How `erase evaluate` measures an erasure (UnlearnCanvas definitions; see METHODS.md)."""
+
+    metrics: tuple[str, ...] = field(
+        default=("ua", "ira", "cra", "cra_forget", "clip_score", "fid", "kid", "fid_forget"),
+        metadata={"help": "Metrics to compute; `erase evaluate --metrics` lists the valid names."},
+    )
+    samples_per_prompt: int = field(default=4, metadata={"help": "Images per prompt and model, >= 1."})
+    seed: int = field(
+        default=1000, metadata={"help": "Seed of the first image per prompt (apart from training seeds), >= 0."}
+    )
+    judge: str = field(
+        default="auto",
+        metadata={"help": "'auto' (the shipped classifier on the tiny base, CLIP zero-shot elsewhere), "
+                  "'classifier' or 'clip'."},
+    )
+    clip_model: str = field(
+        default="openai/clip-vit-large-patch14",
+        metadata={"help": "CLIP for zero-shot judging and CLIP score on non-tiny bases (the tiny base uses its "
+                  "own tiny CLIP): hub id or local folder."},
+    )
+    in_domain: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Other concepts of the erased concept's kind (IRA); derived on the tiny base."},
+    )
+    cross_domain: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Concepts of the other kind (CRA), e.g. objects when a style is erased."},
+    )
+    cross_template: str = field(
+        default="a photo of {concept}",
+        metadata={"help": "Prompt for each cross-domain concept; contains '{concept}'."},
+    )
+
+    CHECKS: ClassVar[Checks] = {
+        "metrics": (NON_EMPTY,),
+        "samples_per_prompt": (at_least(1),),
+        "seed": (at_least(0),),
+        "judge": (one_of("auto", "classifier", "clip"),),
+        "clip_model": (NOT_BLANK,),
+        "cross_template": (Check(lambda v: "{concept}" in v, "a template containing '{concept}'"),),
+    }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a command needs besides file paths. Add a method's section as one more field here."""
+
+    base: str = field(
+        default="tiny",
+        metadata={"help": "Base model: a registry id ('tiny', 'sd-1.4'), a local diffusers folder, or a hub id."},
+    )
+    method: str = field(
+        default="",
+        metadata={"help": "Unlearning method name, e.g. 'siss'. Empty for commands that train nothing."},
+    )
+    defaults: str = field(
+        default="auto",
+        metadata={"help": "Where the values no recipe file, option or --set gives come from: 'auto' (with no "
+                  "--recipe on the tiny base, the shipped tiny preset of the method; otherwise the method's "
+                  "paper settings), 'paper', or a preset name from `erase unlearn --help` (e.g. "
+                  "'tiny-digit-esd'). The recipe written beside a delta names the one used."},
+    )
+    concept: ConceptConfig = field(default_factory=ConceptConfig, metadata={"help": "What is erased (section)."})
+    sample: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "How images are sampled (section)."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "The LoRA adapters trained (section)."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimisation loop (section)."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "How erasures are measured (section)."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data sets (section)."})
+    siss: SissConfig = field(default_factory=SissConfig, metadata={"help": "SISS settings (section)."})
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig,
+                                     metadata={"help": "adaptive-siss settings (section)."})
+    ppo: PpoConfig = field(default_factory=PpoConfig, metadata={"help": "ppo-alpha settings (section)."})
+    esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
+    critic: CriticRlConfig = field(default_factory=CriticRlConfig,
+                                 metadata={"help": "critic-rl and train-critic settings (section)."})
+
+    CHECKS: ClassVar[Checks] = {
+        "base": (NOT_BLANK,),
+        "method": (Check(lambda v: v in ("", *METHOD_NAMES), "one of " + ", ".join(METHOD_NAMES)),),
+        "defaults": (NOT_BLANK,),
+    }

@@ -1,0 +1,67 @@
+"""Good defaults per base and method: with no recipe file the tiny base starts each method from its shipped
+preset, other bases from the paper's settings, and the resolved recipe says which."""
+
+import pytest
+
+from erasecli import api
+from erasecli.errors import RecipeError
+from erasecli.recipes import Recipe, load_recipe
+from erasecli.recipes.presets import PRESETS_DIR, preset_names, tiny_preset
+
+
+def plain(method, concept="digit 3", base=None, *sets):
+    return api.load_recipe(None, list(sets), method=method, base=base, concept={"name": concept})
+
+
+@pytest.mark.parametrize("method", ["siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl"])
+def test_the_tiny_base_starts_every_method_from_its_shipped_preset(method):
+    r = plain(method)
+    assert r.defaults == f"tiny-digit-{method}"
+    shipped = load_recipe(PRESETS_DIR / f"tiny-digit-{method}.yaml")
+    for section in ("train", "lora", "data", "siss", "esd", "critic", "ppo", "adaptive"):
+        assert getattr(r, section) == getattr(shipped, section), section
+    assert r.concept.name == "digit 3" and r.method == method
+
+
+def test_the_preset_sets_how_not_what():
+    r = plain("esd", "seven")
+    assert r.concept.name == "seven" and r.esd.negative_guidance == 3.0 and r.esd.anchor == "prompt"
+    assert plain("critic-rl", "red").defaults == "tiny-colour-critic-rl"  # a colour has its own critic-rl preset
+    assert plain("esd", "red").defaults == "tiny-digit-esd"  # else the digit one
+    assert tiny_preset("esd", "colour") == "tiny-digit-esd" and tiny_preset("uce", "digit") is None
+
+
+def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):
+    paper = Recipe()
+    r = plain("esd", "van gogh", "sd-1.4")
+    assert r.defaults == "paper" and r.esd == paper.esd and r.train == paper.train
+    f = tmp_path / "mine.yaml"
+    f.write_text("method: esd\nconcept:\n  name: digit 3\n")
+    r = api.load_recipe(f, [])
+    assert r.defaults == "paper" and r.esd == paper.esd
+    r = plain("esd", "digit 3", None, "defaults=paper")
+    assert r.defaults == "paper" and r.esd == paper.esd
+
+
+def test_a_named_preset_applies_under_a_file_and_overrides_win(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("method: esd\nconcept:\n  name: digit 3\ntrain:\n  steps: 7\n")
+    r = api.load_recipe(f, ["defaults=tiny-digit-esd", "esd.negative_guidance=2.0"])
+    assert r.defaults == "tiny-digit-esd" and r.train.steps == 7 and r.train.lr == 2e-3
+    assert r.esd.negative_guidance == 2.0 and r.esd.anchor == "prompt"
+
+
+def test_an_unknown_preset_names_the_shipped_ones():
+    with pytest.raises(RecipeError) as e:
+        plain("esd", "digit 3", None, "defaults=tiny-nope")
+    assert "tiny-nope" in str(e.value) and "tiny-digit-esd" in e.value.one_line()
+    assert set(preset_names()) >= {f"tiny-digit-{m}" for m in ("siss", "adaptive-siss", "ppo-alpha", "esd")}
+
+
+def test_unlearn_help_says_where_defaults_come_from():
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+
+    out = CliRunner().invoke(app, ["unlearn", "--help"], env={"COLUMNS": "200"}).output
+    assert "shipped tiny preset" in out and "paper settings" in out
