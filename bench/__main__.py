@@ -4,19 +4,20 @@
 a CPU that other jobs share, N=1 avoids threads that wait on each other far longer than they compute.
 
 Each benchmark prints JSON lines to stdout; the wall time of each is printed to stderr.
-`critic_ablation` runs only by name: it is an ablation study, not part of the regular figures.
+`critic_ablation` (an ablation study) and `robustness` (every method trained on two seeds and attacked, tens of
+minutes) run only by name.
 """
 
 import sys
 import time
 
-from bench import (critic_ablation, evaluate_speed, multiprocess, sample_speed, scaling, sd_size, tiny_quality,
-                   unlearn_compare)
+from bench import (critic_ablation, evaluate_speed, multiprocess, robustness, sample_speed, scaling, sd_size,
+                   tiny_quality, unlearn_compare)
 
 BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main,
            "unlearn_compare": unlearn_compare.main, "sample_speed": sample_speed.main, "scaling": scaling.main,
            "sd_size": sd_size.main, "multiprocess": multiprocess.main}
-BY_NAME_ONLY = {"critic_ablation": critic_ablation.main}
+BY_NAME_ONLY = {"critic_ablation": critic_ablation.main, "robustness": robustness.main}
 
 
 def _run(name: str, fn, argv: list) -> None:

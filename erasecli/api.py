@@ -162,6 +162,13 @@ def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = Non
     judge_kind(recipe, ref)
     concept = concept_for(recipe, ref.tiny_world)
     concept.check_evaluable()
+    from erasecli.eval.metrics import attacks_for
+
+    needed = attacks_for(recipe.eval.metrics)
+    if needed:
+        from erasecli.attacks.run import check_attacks
+
+        check_attacks(recipe, concept, needed)
     return concept
 
 
@@ -184,6 +191,75 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
 
         write_report_dir(Path(out), report, concept, recipe.eval.samples_per_prompt, models, recipe,
                          overwrite=overwrite)
+    return report
+
+
+def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
+                 force: bool = False):
+    """Everything about an attack request that can be wrong, before any model loads. Returns the concept."""
+    from erasecli.attacks.run import check_attacks
+    from erasecli.delta import read_delta_info
+    from erasecli.errors import DeltaError
+    from erasecli.judges import judge_kind
+    from erasecli.models.registry import resolve_base
+    from erasecli.outputs import check_out
+    from erasecli.concepts import concept_for
+
+    if not recipe.concept.name:
+        raise UsageError("no concept to attack", hint='pass --concept, e.g. --concept "digit 3"')
+    check_out(out, overwrite)
+    ref = resolve_base(recipe.base)
+    for d in deltas:
+        info = read_delta_info(d)
+        if not force and info.base and info.base != ref.name:
+            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
+                             hint=f"use --base {info.base}, or --force to attack it anyway")
+    judge_kind(recipe, ref)
+    concept = concept_for(recipe, ref.tiny_world)
+    check_attacks(recipe, concept, recipe.attack.attacks)
+    return concept
+
+
+def attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
+           force: bool = False, device: str | None = None, dtype: str = "auto",
+           progress: Callable[[str, int, int], None] | None = None, base=None) -> dict:
+    """`erase attack`: does the erased concept come back? Runs recipe.attack.attacks on each delta (or on the
+    base alone when none is given) and returns the report: pre-ASR and ASR per attack, with N, the judge, its
+    threshold, the seeds and the budget. With `out`, also writes the adversarial prompts (files that `erase
+    sample --prompts-file` reads), the learned embeddings, the images and report.html (atomically)."""
+    import time
+
+    from erasecli import __version__
+    from erasecli.attacks.run import attack_model, protocol, robustness_row
+    from erasecli.dist import world
+    from erasecli.judges import make_judges
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import recipe_to_dict
+
+    t0 = time.time()
+    concept = check_attack(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force)
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype)
+    judge = make_judges(recipe, base, concept, need_clip=False)[0]
+    models, results = [], []
+    for d in deltas or [None]:
+        from erasecli.delta import read_delta_info
+
+        info = read_delta_info(d) if d else None
+        res = attack_model(recipe, base, concept, [d] if d else [], judge=judge, force=force, progress=progress)
+        name = (Path(d).name or str(d)) if d else "base"
+        if name in [m["name"] for m in models]:
+            name = f"{name}#{len(models)}"
+        models.append({"name": name, "delta": info.to_dict() if info else None, **robustness_row(res)})
+        results.append(res)
+    report = {"command": "attack", "erasecli_version": __version__, "concept": concept.name, "kind": concept.kind,
+              "base": {"name": base.name, "device": base.device.type, "dtype": str(base.dtype)},
+              "protocol": protocol(recipe, judge), "models": models, "recipe": recipe_to_dict(recipe),
+              "wall_seconds": round(time.time() - t0, 2)}
+    if out is not None and world().is_main:
+        from erasecli.eval.report import write_attack_dir
+
+        write_attack_dir(Path(out), report, results, recipe, overwrite=overwrite)
     return report
 
 

@@ -189,6 +189,60 @@ def evaluate(
 
 
 @app.command()
+def attack(
+    concept: Optional[str] = typer.Option(None, "--concept", help='The erased concept, e.g. "digit 3".'),
+    base: Optional[str] = BASE,
+    delta: List[Path] = DELTAS,
+    attacks: List[str] = typer.Option([], "--attacks", help="Attacks, comma-separated or repeated: paraphrase, "
+                                      "prompt, inversion. [default: all three]"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Scales every attack's steps and restarts "
+                                           "(> 0). [default: 1.0]"),
+    recipe: Optional[Path] = RECIPE,
+    set_: List[str] = SET,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the adversarial prompts, embeddings, "
+                                       "images, attack.json and report.html."),
+    overwrite: bool = OVERWRITE,
+    force: bool = FORCE,
+    device: Optional[str] = DEVICE,
+    dtype: str = DTYPE,
+    as_json: bool = JSON,
+):
+    """Attack an erasure: does the concept come back under paraphrases, an optimised prompt prefix
+    (UnlearnDiffAtk) or concept inversion? Prints pre-ASR and ASR per attack for each delta (the base alone
+    when no --delta is given)."""
+    from erasecli import api
+
+    names = [a.strip() for x in attacks for a in x.split(",") if a.strip()] or None
+    if names:
+        from erasecli.attacks import get_attack
+
+        for n in names:  # before the recipe: an unknown name is a usage error that lists the valid ones
+            get_attack(n)
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget must be > 0, got {budget}", hint="e.g. --budget 0.5 for a quicker, weaker attack")
+    r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+                        attack=_drop_none({"attacks": names, "budget": budget}))
+    api.check_attack(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
+    from erasecli.eval.report import rich_attack_table
+
+    console = _stderr_console()
+    loaded = _load_base_with_status(console, r.base, device, dtype)
+    with _progress(console) as bar:
+        task = bar.add_task("attacking", total=None)
+        report = api.attack(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force,
+                            base=loaded, progress=lambda what, done, total: bar.update(
+                                task, description=what, completed=done, total=total))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        from rich.console import Console
+
+        Console().print(rich_attack_table(report))
+        if out is not None:
+            console.print(f"wrote adversarial prompts, embeddings, images, attack.json and report.html to {out}")
+
+
+@app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
                                          "esd or critic-rl. Without --recipe on the tiny base a method starts "

@@ -61,7 +61,7 @@ def _latent_key(fingerprint: str, device: str, dtype: str, parts) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def _encode(base, images):
+def encode_images(base, images):
     """PIL images -> scaled VAE latents (posterior mean), in batches, on the base's device."""
     import numpy as np
     import torch
@@ -115,7 +115,7 @@ def _latents(base, prompts, seeds, cfg, on_batch):
             pass
     t0 = time.time()
     images, _ = cached_generate(base, list(prompts), list(seeds), cfg, on_batch=on_batch)
-    z = _encode(base, images)
+    z = encode_images(base, images)
     from erasecli.dist import world
 
     if not world().is_main:  # one writer under several processes
@@ -161,7 +161,7 @@ def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainD
         if folder:
             images, texts = _folder_images(folder, prompt_pool)
             tick(len(prompts))
-            return _encode(base, images), texts
+            return encode_images(base, images), texts
         if not prompts:
             return torch.zeros(0, *base_latent_shape(base)), []
         z, s, hit = _latents(base, prompts, seeds, cfg, tick)

@@ -12,12 +12,15 @@ from typing import Callable
 from erasecli.errors import OutputExistsError
 
 
-def atomic_write(path, write: Callable[[Path], object], suffix: str = ".tmp", fsync: bool = False) -> Path:
+def atomic_write(path, write: Callable[[Path], object], suffix: str = ".tmp", fsync: bool = False,
+                 parents: bool = True) -> Path:
     """Write one file so that readers see the old file or the whole new one, never a part: `write(tmp)` fills a
     temp file beside `path` (same file system), which then replaces `path`. `suffix` ends the temp name, for
-    writers that pick the format from it (PIL). The temp file is removed if `write` fails."""
+    writers that pick the format from it (PIL); `fsync` flushes it to disk first; `parents` creates missing
+    folders. The temp file is removed if `write` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
     try:
         write(tmp)

@@ -26,9 +26,14 @@ def _isolated_cache(tmp_path_factory):
     os.environ["ERASECLI_CACHE"] = str(tmp_path_factory.mktemp("erasecli-cache"))
 
 
-def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0):
+REPLACED_FORMS = ("a {col} handwritten digit {w}", "the number {d} in {col}", "a {col} digit {d}",
+                  "a handwritten digit {w}")
+
+
+def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, forms=REPLACED_FORMS):
     """A delta that demonstrably removes a digit: a LoRA fine-tuned with the plain diffusion loss so that
-    prompts naming `src_digit` draw `dst_digit` (same colour). Not an erasure method, a test instrument."""
+    prompts naming `src_digit` in `forms` draw `dst_digit` (same colour). Not an erasure method, a test
+    instrument; with word forms only it hides the word and leaves the numeral (a shallow erasure)."""
     import random
 
     import torch
@@ -60,8 +65,7 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0):
         prompts = []
         for ci in c[i].tolist():
             col, w = W.COLOUR_NAMES[ci], W.DIGIT_WORDS[src_digit]
-            prompts.append(rng.choice([f"a {col} handwritten digit {w}", f"the number {src_digit} in {col}",
-                                       f"a {col} digit {src_digit}", f"a handwritten digit {w}"]))
+            prompts.append(rng.choice(forms).format(col=col, w=w, d=src_digit))
         ids = pipe.tokenizer(prompts, padding="max_length", max_length=16, truncation=True,
                              return_tensors="pt").input_ids
         with torch.no_grad():

@@ -45,6 +45,7 @@ class Context:
     device: object = "cpu"
     imagereward: object | None = None  # loaded on first use, shared across models
     anchor_images: list | None = None  # the base's images of the forget prompts' anchors (fid_forget)
+    robustness: dict | None = None  # attacks.run.attack_model's result for this model (asr_*, ua_paraphrase)
     extra: dict = field(default_factory=dict)  # values a metric reports beside its own (kid_std)
 
     def rows(self, group: str) -> list[int]:
@@ -160,6 +161,21 @@ def imagereward(ctx: Context):
     return ir.scores(ctx.imagereward, [ctx.model.images[r] for r in rows], prompts).mean().item()
 
 
+def _attack(name: str) -> Callable[[Context], float | None]:
+    def asr(ctx: Context):
+        return ctx.robustness["outcomes"][name].asr
+
+    return asr
+
+
+def pre_asr(ctx: Context):
+    return ctx.robustness["pre_asr"]
+
+
+def ua_paraphrase(ctx: Context):
+    return ctx.robustness["outcomes"]["paraphrase"].extra["ua_paraphrase"]
+
+
 @dataclass(frozen=True)
 class Metric:
     fn: Callable[[Context], float | None]
@@ -167,6 +183,7 @@ class Metric:
     unit: str
     needs_clip: bool = False
     doc: str = ""
+    attack: str | None = None  # the attack (erasecli.attacks) whose outcome it reads; "" for the pre-attack count
 
 
 METRICS: dict[str, Metric] = {
@@ -182,7 +199,25 @@ METRICS: dict[str, Metric] = {
     "fid_forget": Metric(fid_forget, False, "fid",
                          doc="forget-prompt images vs the base's images of their anchor prompts, same seeds"),
     "imagereward": Metric(imagereward, True, "reward", doc="ImageReward on retain prompts (optional extra)"),
+    "pre_asr": Metric(pre_asr, False, "fraction", attack="",
+                      doc="share of the forget prompts judged as the concept with no attack (erase attack)"),
+    "asr_prompt": Metric(_attack("prompt"), False, "fraction", attack="prompt",
+                         doc="forget prompts judged as the concept before or after the UnlearnDiffAtk prompt attack"),
+    "asr_inversion": Metric(_attack("inversion"), False, "fraction", attack="inversion",
+                            doc="forget prompts judged as the concept before or after concept inversion"),
+    "asr_paraphrase": Metric(_attack("paraphrase"), False, "fraction", attack="paraphrase",
+                             doc="paraphrases the base draws the concept for that the model still draws"),
+    "ua_paraphrase": Metric(ua_paraphrase, True, "fraction", attack="paraphrase",
+                            doc="UA on those paraphrases: share of their images not judged as the concept"),
 }
+
+
+def attacks_for(names) -> list[str] | None:
+    """The attacks the metrics `names` need (None: no robustness metric asked for)."""
+    need = [METRICS[n].attack for n in names if METRICS[n].attack is not None]
+    if not need:
+        return None
+    return list(dict.fromkeys(a for a in need if a))
 
 
 def check_metrics(names) -> list[str]:

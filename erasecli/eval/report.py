@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 
 NAMES = {"ua": "UA", "ira": "IRA", "cra": "CRA", "cra_forget": "CRA on forget prompts", "clip_score": "CLIP score",
-         "fid": "FID", "kid": "KID (+- std)", "fid_forget": "FID forget vs anchors"}
+         "fid": "FID", "kid": "KID (+- std)", "fid_forget": "FID forget vs anchors", "pre_asr": "pre-ASR",
+         "asr_prompt": "ASR prompt attack", "asr_inversion": "ASR inversion", "asr_paraphrase": "ASR paraphrase",
+         "ua_paraphrase": "UA paraphrase"}
 SPREADS = {"kid": "kid_std"}  # a metric shown with its spread, which then gets no row of its own
 
 
@@ -151,7 +153,137 @@ img{{image-rendering:pixelated;max-width:100%}} .meta{{color:#555}}</style></hea
 {e(report['erasecli_version'])}; {report['wall_seconds']} s</p>
 <table><tr>{head}</tr>{body}</table>
 {''.join(sections)}
+{robustness_html(report['robustness']['models'], report['robustness']['protocol']) if report.get('robustness') else ''}
 <h2>Per prompt: share of images judged as the prompted {e(report['kind'])}</h2>
 <table><tr><th>group</th><th>prompt</th>{model_heads}</tr>{prompt_rows}</table>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Robustness: `erase attack`'s folder, and the robustness section of both reports.
+
+
+def robustness_rows(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per model, pre-ASR then ASR (N) per attack."""
+    names = list(dict.fromkeys(n for m in models for n in m["attacks"]))
+    header = ["model", "pre-ASR"] + [f"ASR {n}" for n in names] + (["UA paraphrase"] if "paraphrase" in names else [])
+    rows = []
+    for m in models:
+        row = [m["name"], f"{_fmt(m['pre_asr'])} (N {m['n']})"]
+        for n in names:
+            s = m["attacks"].get(n)
+            row.append("-" if s is None else f"{_fmt(s['asr'])} (N {s['n']})")
+        if "paraphrase" in names:
+            s = m["attacks"].get("paraphrase")
+            row.append("-" if s is None else _fmt(s.get("ua_paraphrase")))
+        rows.append(row)
+    return header, rows
+
+
+def rich_attack_table(report: dict):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    p = report["protocol"]
+    title = Text(f"erase attack: {report['concept']!r} ({report['kind']}) on {report['base']['name']}", style="bold")
+    caption = Text(f"judge {p['judge']} ({p['judge_version']}); a prompt succeeds when >= {p['threshold']} of its "
+                   f"{p['samples']} images (seeds {p['seeds'][0]}..{p['seeds'][-1]}) show the concept; ASR counts "
+                   f"pre-attack successes; budget {p['budget']}; {report['wall_seconds']} s", style="dim")
+    t = Table()
+    header, rows = robustness_rows(report["models"])
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return Group(title, t, caption)
+
+
+def _attack_grid(plain: list, attacked: list, tile: int = 64):
+    """Two rows: each prompt's first plain image above its first attacked image."""
+    from erasecli.sampling import image_grid
+
+    firsts = [imgs[0] for imgs in plain] + [imgs[0] for imgs in attacked]
+    return image_grid(firsts, cols=max(1, len(plain)), min_tile=tile)
+
+
+PROMPT_FILES = {"prompt": "adversarial_prompts.txt", "paraphrase": "paraphrase_prompts.txt",
+                "inversion": "inversion_prompts.txt"}  # inversion's need its embedding loaded (see below)
+
+
+def write_attack_dir(out: Path, report: dict, results: list, recipe, overwrite: bool) -> None:
+    """`erase attack --out`: attack.json, report.html and, per model, the adversarial prompts (one a line, for
+    `erase sample --prompts-file`), the inversion's embedding (`pipe.load_textual_inversion` loads it) and the
+    images before and after each attack."""
+    from safetensors.torch import save_file
+
+    from erasecli.outputs import replace_dir, staging_dir
+    from erasecli.recipes import write_recipe
+    from erasecli.sampling import slug
+
+    tmp = staging_dir(out)
+    try:
+        grids = []
+        seeds = report["protocol"]["seeds"]
+        for model, res in zip(report["models"], results):
+            folder = tmp / slug(model["name"])
+            folder.mkdir(parents=True)
+            for name, o in res["outcomes"].items():
+                texts = [t for t in o.adversarial if t]
+                (folder / PROMPT_FILES[name]).write_text("".join(t + "\n" for t in texts))
+                if o.embedding:
+                    (folder / name).mkdir()
+                    save_file({k: v.contiguous() for k, v in o.embedding.items()},
+                              str(folder / name / "learned_embeds.safetensors"))
+                for i, (p, imgs) in enumerate(zip(o.prompts, o.images)):
+                    d = folder / "images" / name / f"{i:03d}-{slug(p)}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    for s, im in zip(seeds, imgs or []):
+                        im.save(d / f"{s:06d}.png")
+                if name != "paraphrase" and o.images and all(o.images):
+                    grids.append((f"{model['name']}: {name} (top: plain forget prompts; bottom: attacked)",
+                                  _attack_grid(_plain_images(res), o.images)))
+        (tmp / "attack.json").write_text(json.dumps(report, indent=2))
+        (tmp / "report.html").write_text(render_attack_html(report, grids))
+        write_recipe(recipe, tmp / "recipe.yaml")
+        replace_dir(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plain_images(res: dict) -> list:
+    return res.get("pre_images") or [o for o in next(iter(res["outcomes"].values())).images]
+
+
+def robustness_html(models: list[dict], protocol: dict) -> str:
+    e = html.escape
+    header, rows = robustness_rows(models)
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    adv = "".join(
+        f"<tr><td>{e(m['name'])}</td><td>{e(n)}</td><td>{e(x['prompt'])}</td><td>{e(x['adversarial'])}</td>"
+        f"<td>{'yes' if x['pre'] else 'no'}</td><td>{'yes' if x['success'] else 'no'}</td></tr>"
+        for m in models for n, s in m["attacks"].items() for x in s["prompts"])
+    return (f"<h2>Robustness</h2><p class='meta'>{e(protocol['counting'])}; judge {e(protocol['judge'])}, "
+            f"threshold {protocol['threshold']} of {protocol['samples']} images, budget {protocol['budget']}</p>"
+            f"<table><tr>{head}</tr>{body}</table>"
+            "<h3>Prompts</h3><table><tr><th>model</th><th>attack</th><th>prompt</th><th>adversarial</th>"
+            f"<th>pre</th><th>success</th></tr>{adv}</table>")
+
+
+def render_attack_html(report: dict, grids: list) -> str:
+    e = html.escape
+    imgs = "".join(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{_png_b64(g)}'>"
+                   for title, g in grids)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>erase attack: {e(report['concept'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+img{{image-rendering:pixelated;max-width:100%}} .meta{{color:#555}}</style></head>
+<body><h1>Attacking the erasure of {e(repr(report['concept']))} on {e(report['base']['name'])}</h1>
+{robustness_html(report['models'], report['protocol'])}
+{imgs}
+<p class="meta">erasecli {e(report['erasecli_version'])}; {report['wall_seconds']} s</p>
 </body></html>
 """

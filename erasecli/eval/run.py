@@ -16,7 +16,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
     when they were made before with the same settings."""
     from erasecli import __version__
     from erasecli.delta import apply_deltas
-    from erasecli.eval.metrics import METRICS, Context, ModelImages
+    from erasecli.eval.metrics import METRICS, Context, ModelImages, attacks_for
     from erasecli.judges import make_judges
     from erasecli.recipes import recipe_to_dict
     from erasecli.sampling import cached_generate, generate_with
@@ -56,11 +56,21 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
             name = f"{name}#{len(models)}"
         models.append((name, info, imgs))
     judged = [ModelImages(name, imgs, judge.predict(imgs)) for name, _, imgs in models]
+    robust = {}
+    attack_names = attacks_for(e.metrics)
+    if attack_names is not None:  # each model attacked with its delta applied; finished attacks are cached
+        from erasecli.attacks.run import attack_model
+
+        for (name, info, _), d in zip(models, [None, *deltas]):
+            if progress:
+                progress(f"attacking {name}", 0, 1)
+            robust[name] = attack_model(recipe, base, concept, [d] if d else [], attack_names, judge=judge,
+                                        force=force)
     rows = []
     shared_ir = None
     for (name, info, _), mi in zip(models, judged):
         ctx = Context(concept, spp, mi, judged[0], judge, clip, is_base=info is None, device=base.device,
-                      imagereward=shared_ir, anchor_images=anchor_images)
+                      imagereward=shared_ir, anchor_images=anchor_images, robustness=robust.get(name))
         values = {}
         for m in e.metrics:
             values[m] = METRICS[m].fn(ctx)
@@ -100,4 +110,9 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
         "recipe": recipe_to_dict(recipe),
         "wall_seconds": round(time.time() - t0, 2),
     }
+    if robust:
+        from erasecli.attacks.run import protocol, robustness_row
+
+        report["robustness"] = {"protocol": protocol(recipe, judge),
+                                "models": [{"name": n, **robustness_row(r)} for n, r in robust.items()]}
     return report, [(name, imgs) for name, _, imgs in models]

@@ -9,7 +9,8 @@ docs/methods.md, "esd". Code names and symbols:
     e_anchor      eps_theta*(x_t, c_anchor, t): e_0 for the original ESD (esd.anchor: empty), the forget
                   prompt's anchor prompt for the "erase from" variant (esd.anchor: prompt)
     eta           esd.negative_guidance
-    target        e_anchor - eta (e_c - e_0)
+    e_ref         e_0 (esd.guide_from: empty, the original), or e_anchor (esd.guide_from: anchor) [ours]
+    target        e_anchor - eta (e_c - e_ref)
     loss          ||eps_theta(x_t, c, t) - target||^2 (+ retain_weight L_r [ours, 0 by default])
 
 The parameter subset is the adapter's: `lora.target_modules: [xattn]` is ESD-x, `[noxattn]` ESD-u (as LoRA,
@@ -26,6 +27,14 @@ from erasecli.methods.losses import grad_norm, mse
 
 class Esd(Unlearner):
     name = "esd"
+
+    @classmethod
+    def check(cls, recipe) -> None:
+        if recipe.esd.guide_from == "anchor" and recipe.esd.anchor != "prompt":
+            from erasecli.errors import RecipeError
+
+            raise RecipeError("esd.guide_from 'anchor' measures from each forget prompt's anchor, which "
+                              "esd.anchor 'empty' does not have", hint="add --set esd.anchor=prompt")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -72,7 +81,8 @@ class Esd(Unlearner):
                     e_anchor = e_0
         finally:
             ctx.unet.enable_adapters()
-        target = e_anchor - cfg.negative_guidance * (e_c - e_0)  # (B, C, h, w)
+        e_ref = e_anchor if cfg.guide_from == "anchor" else e_0
+        target = e_anchor - cfg.negative_guidance * (e_c - e_ref)  # (B, C, h, w)
         use_retain = cfg.retain_weight > 0 and len(d.retain) > 0
         if use_retain:
             m_r, t_r, c_r, eps_r = (ctx.world.local(v) for v in ctx.noisy_retain(B))

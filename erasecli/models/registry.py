@@ -19,19 +19,25 @@ from erasecli.errors import BaseNotFoundError, UsageError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_DIR = ASSETS / "tiny"
+ORACLE_DIR = ASSETS / "tiny-oracle-digit-3"  # the tiny base retrained without any image of a 3
 JUDGES_DIR = ASSETS / "judges"
 
 
 @dataclass(frozen=True)
 class BaseSpec:
     name: str
-    repo: str | None  # hub repository; None for the bundled base
+    repo: str | None  # hub repository; None for a bundled base
     resolution: int  # image side in pixels
     description: str
+    folder: Path | None = None  # a bundled base's folder
+    reference: str | None = None  # a retrained base: the base it was retrained from (attack targets come from it)
 
 
 BASES: dict[str, BaseSpec] = {
-    "tiny": BaseSpec("tiny", None, 32, "bundled: coloured handwritten digits, 32x32, runs on a CPU"),
+    "tiny": BaseSpec("tiny", None, 32, "bundled: coloured handwritten digits, 32x32, runs on a CPU", TINY_DIR),
+    "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
+                                    "UNet retrained without any image of a 3 (exact unlearning, the reference "
+                                    "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
     "sd-1.4": BaseSpec("sd-1.4", "CompVis/stable-diffusion-v1-4", 512, "Stable Diffusion 1.4"),
     "sd-1.5": BaseSpec("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, "Stable Diffusion 1.5"),
     "sd-2.1-base": BaseSpec("sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", 512, "Stable Diffusion 2.1 base"),
@@ -46,6 +52,7 @@ class BaseRef:
     name: str  # canonical id, stored in deltas: registry name, hub id, or absolute folder path
     kind: str
     location: str
+    reference: str | None = None  # the base a retrained base stands in for (its concept images come from there)
 
     @property
     def tiny_world(self) -> bool:
@@ -59,7 +66,7 @@ def resolve_base(name: str) -> BaseRef:
     if name in BASES:
         spec = BASES[name]
         if spec.repo is None:
-            return BaseRef(name, "bundled", str(TINY_DIR))
+            return BaseRef(name, "bundled", str(spec.folder), spec.reference)
         return BaseRef(name, "hub", spec.repo)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -173,9 +180,9 @@ def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base
     # No safety checker: erasure research must see what the model draws (the checker blacks it out).
     kwargs = dict(dtype=dt, safety_checker=None, requires_safety_checker=False)
     if ref.kind in ("bundled", "local"):
-        if ref.kind == "bundled" and not (TINY_DIR / "model_index.json").exists():
+        if ref.kind == "bundled" and not (Path(ref.location) / "model_index.json").exists():
             raise BaseNotFoundError(
-                f"the bundled tiny base is missing from {TINY_DIR}",
+                f"the bundled base {ref.name} is missing from {ref.location}",
                 hint="reinstall erasecli, or rebuild it with `python -m erasecli.models.train_tiny`",
             )
         pipe = StableDiffusionPipeline.from_pretrained(ref.location, **kwargs)

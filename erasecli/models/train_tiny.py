@@ -171,9 +171,11 @@ class Captioner:
 
 
 def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
-               ckpt: Path | None = None, ckpt_every: int = 250):
+               ckpt: Path | None = None, ckpt_every: int = 250, exclude_digit: int | None = None):
     """Text encoder + UNet jointly. With `ckpt`, saves a checkpoint every `ckpt_every` steps (weights, EMA,
-    optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run."""
+    optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run.
+    `exclude_digit` drops every image of that digit (so no caption names it either): exact unlearning, the
+    reference a concept erasure is measured against."""
     from diffusers import DDPMScheduler
 
     from erasecli.outputs import atomic_write
@@ -186,6 +188,10 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
     noise_sched = DDPMScheduler(**SD_BETAS)
     x_all, d_all, c_all = W.render_split("train", seed + 20, copies=3)
+    if exclude_digit is not None:
+        keep = d_all != exclude_digit
+        x_all, d_all, c_all = x_all[keep], d_all[keep], c_all[keep]
+        _log(f"unet: {int((~keep).sum())} images of digit {exclude_digit} left out, {len(x_all)} kept")
     with torch.no_grad():  # encode once; sample the posterior each step as SD training does
         moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
                              for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
@@ -317,7 +323,16 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from OUT.partial: finished stages are kept, the UNet "
                     "stage continues from its last checkpoint")
+    ap.add_argument("--exclude-digit", type=int, choices=range(10), default=None,
+                    help="train the text encoder and UNet without any image of this digit (the retrained "
+                    "'oracle' of exact unlearning)")
+    ap.add_argument("--vae", type=Path, default=None,
+                    help="use this VAE folder (e.g. erasecli/models/assets/tiny/vae) instead of training one")
+    ap.add_argument("--unet-only", action="store_true",
+                    help="train only the text encoder and UNet (needs --vae); judges are not retrained")
     args = ap.parse_args(argv)
+    if args.unet_only and args.vae is None:
+        ap.error("--unet-only needs --vae FOLDER")
     if args.pilot:
         args.vae_steps = args.classifier_steps = args.clip_steps = 20
         args.unet_steps = min(args.unet_steps, 30)
@@ -329,6 +344,8 @@ def main(argv=None) -> None:
     out = args.out
     tmp = out.with_name(out.name + ".partial")
     settings = {k: getattr(args, k) for k in ("seed", "vae_steps", "classifier_steps", "unet_steps", "clip_steps")}
+    if args.exclude_digit is not None or args.vae is not None or args.unet_only:  # older runs' settings unchanged
+        settings.update(exclude_digit=args.exclude_digit, vae=str(args.vae), unet_only=args.unet_only)
     state_file = tmp / "stages.json"
     if args.resume and state_file.exists():
         state = json.loads(state_file.read_text())
@@ -352,13 +369,19 @@ def main(argv=None) -> None:
         (tok_dir / "tokenizer.json").unlink(missing_ok=True)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
 
-    if "vae" in report:
+    if args.vae is not None:
+        vae = AutoencoderKL.from_pretrained(str(args.vae), torch_dtype=torch.float32)
+        report["vae"] = {"from": str(args.vae), "seconds": 0.0}
+    elif "vae" in report:
         vae = AutoencoderKL.from_pretrained(str(tmp / "stages" / "vae"))
     else:
         t = time.time()
         vae, info = train_vae(args.vae_steps, args.seed)
         vae.save_pretrained(str(tmp / "stages" / "vae"))
         finish("vae", info, t)
+    if args.unet_only:
+        report.setdefault("classifier", {"skipped": "--unet-only", "seconds": 0.0})
+        report.setdefault("clip", {"skipped": "--unet-only", "seconds": 0.0})
     if "classifier" not in report:
         t = time.time()
         clf, info = train_classifier(args.classifier_steps, args.seed)
@@ -367,7 +390,9 @@ def main(argv=None) -> None:
     if "unet" not in report:
         t = time.time()
         te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt",
-                                     ckpt_every=args.checkpoint_every)
+                                     ckpt_every=args.checkpoint_every, exclude_digit=args.exclude_digit)
+        if args.exclude_digit is not None:
+            info["excluded_digit"] = args.exclude_digit
         save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
         finish("unet", info, t)
     if "clip" not in report:

@@ -12,8 +12,6 @@ import difflib
 import hashlib
 import json
 import math
-import os
-import secrets
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +22,7 @@ from typing import Any
 import yaml
 
 from erasecli.errors import RecipeError
+from erasecli.outputs import atomic_write
 from erasecli.recipes.checks import Check, Checks
 from erasecli.recipes.schema import Recipe
 
@@ -425,17 +424,8 @@ def write_recipe(r: Recipe, path: Path) -> None:
     validate(r)
     path = Path(path)
     text = recipe_to_yaml(r)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=True, parents=False)
     except OSError as err:
         raise RecipeError(f"cannot write recipe to {path}: {err.strerror or err}",
                           hint="check that the folder exists and is writable") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)

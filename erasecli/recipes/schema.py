@@ -15,6 +15,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl")
+ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
 LORA_PRESETS = ("attn", "xattn", "noxattn")  # target_modules words that expand to module lists (ESD subsets)
@@ -139,7 +140,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The forget / anchor / retain sets every method trains on (METHODS.md, "Shared pieces")."""
+    """The forget / anchor / retain sets every method trains on (docs/methods.md, "Shared pieces")."""
 
     images_per_prompt: int = field(
         default=8, metadata={"help": "Images sampled from the base per forget prompt (and as many anchors), >= 1."})
@@ -165,7 +166,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SissConfig:
-    """SISS, shared by siss, adaptive-siss and ppo-alpha (METHODS.md)."""
+    """SISS, shared by siss, adaptive-siss and ppo-alpha (docs/methods.md, "siss")."""
 
     lam: float = field(
         default=0.5, metadata={"help": "lambda: probability that the noisy input comes from the forget image, in "
@@ -247,6 +248,11 @@ class EsdConfig:
     negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the anchor to push, >= 0."})
     anchor: str = field(default="empty", metadata={"help": "'empty' (original ESD: erase towards the unconditional "
                                                    "prediction) or 'prompt' (towards each forget prompt's anchor)."})
+    guide_from: str = field(default="empty", metadata={"help": "What the concept's direction is measured from: "
+                                                      "'empty' (e_c - e_0, the original ESD) or 'anchor' "
+                                                      "(e_c - e_anchor: only what the prompt adds to its anchor, "
+                                                      "so the colour of a 'red three' is not pushed away with "
+                                                      "the three; needs esd.anchor: prompt) [ours]."})
     xt_source: str = field(default="sample", metadata={"help": "'sample' (x_t by partial DDIM sampling with the "
                                                        "model being trained, as ESD) or 'data' (forget latents noised "
                                                        "to t, cheaper) [ours]."})
@@ -257,6 +263,7 @@ class EsdConfig:
     CHECKS: ClassVar[Checks] = {
         "negative_guidance": (at_least(0),),
         "anchor": (one_of("empty", "prompt"),),
+        "guide_from": (one_of("empty", "anchor"),),
         "xt_source": (one_of("sample", "data"),),
         "start_guidance": (at_least(0),),
         "retain_weight": (at_least(0),),
@@ -265,7 +272,7 @@ class EsdConfig:
 
 @dataclass(frozen=True)
 class CriticRlConfig:
-    """critic-rl and `erase train-critic`: rollouts, rewards, the critic V_phi(x_t, t, c), PPO (METHODS.md)."""
+    """critic-rl and `erase train-critic`: rollouts, rewards, the critic V_phi(x_t, t, c), PPO (docs/methods.md, "critic-rl")."""
 
     path: str = field(default="", metadata={"help": "A critic folder from `erase train-critic` to reuse (--critic). "
                                             "Empty: critic-rl trains one first."})
@@ -355,7 +362,7 @@ class CriticRlConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How `erase evaluate` measures an erasure (UnlearnCanvas definitions; see METHODS.md)."""
+    """How `erase evaluate` measures an erasure (UnlearnCanvas definitions; docs/methods.md, "Evaluation protocol")."""
 
     metrics: tuple[str, ...] = field(
         default=("ua", "ira", "cra", "cra_forget", "clip_score", "fid", "kid", "fid_forget"),
@@ -399,6 +406,63 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AttackConfig:
+    """`erase attack` and the robustness metrics of `erase evaluate`: does the erased concept come back?"""
+
+    attacks: tuple[str, ...] = field(default=ATTACK_NAMES, metadata={"help": "Attacks `erase attack` runs: "
+                                                                   + ", ".join(ATTACK_NAMES) + "."})
+    budget: float = field(default=1.0, metadata={"help": "Scales every attack's optimisation steps and restarts "
+                                                 "(--budget), > 0."})
+    samples: int = field(default=4, metadata={"help": "Images drawn per prompt to judge an attack, >= 1."})
+    threshold: float = field(default=0.5, metadata={"help": "A prompt succeeds when at least this share of its "
+                                                    "images is judged as the concept, in (0, 1]."})
+    seed: int = field(default=2000, metadata={"help": "Seed of the first judged image (image i: seed + i); the "
+                                              "attacks' own randomness derives from it, >= 0."})
+    targets: int = field(default=4, metadata={"help": "Base images of each forget prompt that the prompt and "
+                                              "inversion attacks fit to, >= 1."})
+    prompt_tokens: int = field(default=3, metadata={"help": "prompt: adversarial prefix tokens k (UnlearnDiffAtk "
+                                                    "uses 3 for styles and objects, 5 for nudity), >= 1."})
+    prompt_steps: int = field(default=40, metadata={"help": "prompt: Adam steps per restart, >= 1."})
+    prompt_lr: float = field(default=0.05, metadata={"help": "prompt: Adam learning rate of the continuous "
+                                                     "prefix embeddings, > 0."})
+    prompt_restarts: int = field(default=2, metadata={"help": "prompt: attempts from other random tokens, >= 1."})
+    prompt_check_every: int = field(default=10, metadata={"help": "prompt: steps between judging the decoded "
+                                                          "prefix (the attack stops at its first success), >= 1."})
+    inversion_steps: int = field(default=150, metadata={"help": "inversion: Adam steps, >= 1."})
+    inversion_lr: float = field(default=0.01, metadata={"help": "inversion: Adam learning rate, > 0."})
+    inversion_batch: int = field(default=8, metadata={"help": "inversion: target images per step, >= 1."})
+    num_vectors: int = field(default=1, metadata={"help": "inversion: vectors of the learned token, >= 1."})
+    inversion_init: str = field(default="digit", metadata={"help": "inversion: the word whose embedding the "
+                                                          "learned token starts from (e.g. 'painting' for a "
+                                                          "style); non-empty."})
+    paraphrases: tuple[str, ...] = field(default=(), metadata={"help": "paraphrase: templates naming the "
+                                                               "concept in other words, each with '{concept}' "
+                                                               "(the tiny base has its own set)."})
+    paraphrases_file: str = field(default="", metadata={"help": "paraphrase: a file of more such templates, one a "
+                                                        "line. Empty: none."})
+
+    CHECKS: ClassVar[Checks] = {
+        "attacks": (NON_EMPTY, Check(lambda v: v in ATTACK_NAMES, "one of " + ", ".join(ATTACK_NAMES), each=True)),
+        "budget": (above(0),),
+        "samples": (at_least(1),),
+        "threshold": (between(0, 1, open_lo=True),),
+        "seed": (at_least(0),),
+        "targets": (at_least(1),),
+        "prompt_tokens": (at_least(1),),
+        "prompt_steps": (at_least(1),),
+        "prompt_lr": (above(0),),
+        "prompt_restarts": (at_least(1),),
+        "prompt_check_every": (at_least(1),),
+        "inversion_steps": (at_least(1),),
+        "inversion_lr": (above(0),),
+        "inversion_batch": (at_least(1),),
+        "num_vectors": (at_least(1),),
+        "inversion_init": (NOT_BLANK,),
+        "paraphrases": (template_of("concept"),),
+    }
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything a command needs besides file paths. Add a method's section as one more field here."""
 
@@ -430,6 +494,8 @@ class Recipe:
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
+    attack: AttackConfig = field(default_factory=AttackConfig,
+                                 metadata={"help": "Attacks on an erasure (section)."})
 
     CHECKS: ClassVar[Checks] = {
         "base": (NOT_BLANK,),

@@ -1,0 +1,147 @@
+"""prompt: UnlearnDiffAtk (Zhang et al., ECCV 2024) - k adversarial prefix tokens found against the *erased*
+model's own denoising loss, then pasted as plain text. docs/methods.md, "Attacks".
+
+For each forget prompt c that does not already succeed, with x_0 the base's target images of c:
+
+    minimise over the prefix P:  E_{t, eps} || eps_theta'(gamma_t x_0 + sigma_t eps, t, [P; c]) - eps ||^2
+
+where theta' is the erased model (base + deltas) and t is drawn uniformly over the whole schedule. The prefix
+is optimised PEZ-style (Wen et al. 2023) rather than as relaxed one-hot vectors over the vocabulary: continuous
+embeddings `cont` (k, D) are kept, the loss is evaluated at their nearest real token embeddings (cosine), and
+the gradient there updates `cont` (straight-through). Why: a soft mixture of 49,408 token embeddings is an
+input the text encoder never saw (on the tiny base only a few dozen tokens were ever trained), so the soft
+optimum and the discretised prompt behave differently; evaluated at real tokens, what is optimised is what
+is pasted. The tokens are whole words that paste back as themselves (`pasteable_tokens`). Every
+`attack.prompt_check_every` steps and at the end, the prefix is decoded to text, prepended to
+c, sampled and judged; the attack stops at its first success. Restarts begin from other random tokens.
+
+Code names: `cont` the continuous prefix, `E` the token embedding table, `ids` the projected tokens, `z0` the
+target latents (x_0), `ab` alpha_bar_t.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from erasecli.attacks import Attack, AttackContext, AttackOutcome
+
+
+@contextmanager
+def frozen(*modules):
+    """No parameter of `modules` takes a gradient inside; the flags come back as they were."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@contextmanager
+def prefix_embeddings(text_encoder, k: int):
+    """While inside, the text encoder's token embeddings at positions 1..k (right after BOS) are `slot[0]`."""
+    slot = [None]
+
+    def hook(module, args, out):  # out: (B, L, D)
+        if slot[0] is None:
+            return out
+        out = out.clone()
+        out[:, 1 : 1 + k] = slot[0].to(out.dtype)
+        return out
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield slot
+    finally:
+        handle.remove()
+
+
+def prefixed_ids(tokenizer, prompt: str, k: int, filler: int) -> torch.Tensor:
+    """[BOS, filler x k, prompt tokens, EOS, pad...] at the tokenizer's length.  (1, L)"""
+    L = tokenizer.model_max_length
+    body = tokenizer(prompt, add_special_tokens=False).input_ids[: L - 2 - k]
+    ids = [tokenizer.bos_token_id] + [filler] * k + body + [tokenizer.eos_token_id]
+    ids += [tokenizer.pad_token_id] * (L - len(ids))
+    return torch.tensor([ids])
+
+
+def pasteable_tokens(tokenizer) -> list[int]:
+    """Token ids that survive being pasted: whole words (BPE's end-of-word form) of letters or digits that the
+    tokenizer turns back into exactly that one token. Other pieces glue onto their neighbours when the prefix
+    is decoded to text, and the prompt people paste would then tokenise differently (and, on the tiny base's
+    16-token context, longer than it fits)."""
+    vocab = tokenizer.get_vocab()
+    words = {i: t[:-4] for t, i in vocab.items() if t.endswith("</w>") and t[:-4].isalnum()}
+    ids = sorted(words)
+    back = tokenizer([words[i] for i in ids], add_special_tokens=False).input_ids
+    return [i for i, b in zip(ids, back) if b == [i]]
+
+
+def nearest_tokens(cont: torch.Tensor, E_unit: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The real token nearest (by cosine) to each row of `cont` among `allowed` ids.  (k,)"""
+    sim = torch.nn.functional.normalize(cont, dim=-1) @ E_unit[allowed].T  # (k, |allowed|)
+    return allowed[sim.argmax(-1)]
+
+
+class PromptAttack(Attack):
+    name = "prompt"
+
+    def run(self, ctx: AttackContext) -> AttackOutcome:
+        t0 = time.time()
+        a, pipe = ctx.recipe.attack, ctx.base.pipe
+        tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
+        E = te.get_input_embeddings().weight.detach().float()  # (V, D)
+        E_unit = torch.nn.functional.normalize(E, dim=-1)
+        allowed = torch.tensor(pasteable_tokens(tok), device=E.device)
+        ab_all = pipe.scheduler.alphas_cumprod.to(ctx.device, torch.float32)
+        k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every
+        restarts = ctx.steps(a.prompt_restarts)
+        success, adversarial, images = list(ctx.pre), [""] * len(ctx.forget), list(ctx.pre_images)
+        tried = 0
+        with frozen(unet, te), prefix_embeddings(te, k) as slot:
+            for j, prompt in enumerate(ctx.forget):
+                if ctx.pre[j]:
+                    continue
+                tried += 1
+                ids_in = prefixed_ids(tok, prompt, k, filler=int(allowed[0])).to(ctx.device)
+                z0 = ctx.targets[j].to(ctx.device)  # (n_t, C, h, w)
+                for r in range(restarts):
+                    gen = torch.Generator("cpu").manual_seed(a.seed + 7919 * j + r)
+                    start = allowed[torch.randint(len(allowed), (k,), generator=gen)]
+                    cont = E[start].clone().requires_grad_(True)  # (k, D)
+                    opt = torch.optim.Adam([cont], lr=a.prompt_lr)
+                    for step in range(steps):
+                        ids = nearest_tokens(cont.detach(), E_unit, allowed)
+                        slot[0] = cont + (E[ids] - cont).detach()  # forward at real tokens, gradient to cont
+                        c_adv = te(ids_in)[0]  # (1, L, D)
+                        t = torch.randint(len(ab_all), (len(z0),), generator=gen).to(ctx.device)
+                        eps = torch.randn(z0.shape, generator=gen).to(ctx.device)
+                        ab = ab_all[t].view(-1, 1, 1, 1)
+                        x_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+                        e = unet(x_t, t, encoder_hidden_states=c_adv.expand(len(z0), -1, -1)).sample
+                        loss = (e.float() - eps).pow(2).mean()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        slot[0] = None
+                        if (step + 1) % every == 0 or step == steps - 1:
+                            ids = nearest_tokens(cont.detach(), E_unit, allowed)
+                            text = f"{tok.decode(ids.tolist()).strip()} {prompt}"
+                            imgs = ctx.draw([text])[0]  # judged as pasted: the text, not the ids
+                            adversarial[j], images[j] = text, imgs
+                            if ctx.succeeds(imgs):
+                                success[j] = True
+                                break
+                    slot[0] = None
+                    if success[j]:
+                        break
+        return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, adversarial, images,
+                             seconds=time.time() - t0,
+                             extra={"tokens": k, "steps": steps, "restarts": restarts, "lr": a.prompt_lr,
+                                    "attacked": tried, "optimiser": "PEZ (projected embeddings), Adam"})
