@@ -16,6 +16,15 @@ from typing import Callable, Sequence
 from erasecli.errors import UsageError
 
 
+def _judged_concept(recipe, ref):
+    """The concept as the judge sees it: derived from the tiny world when the shipped classifier judges, read
+    from the recipe's concept lists when CLIP does (on any base)."""
+    from erasecli.concepts import concept_for
+    from erasecli.judges import judge_kind
+
+    return concept_for(recipe, ref.tiny_world and judge_kind(recipe, ref) == "classifier")
+
+
 def load_recipe(path=None, overrides: Sequence[str] = (), **values):
     """The recipe of a command: defaults < its `defaults` preset < file < options < --set (erasecli.recipes).
 
@@ -141,11 +150,9 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
 def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
                    force: bool = False):
     """Everything about an evaluate request that can be wrong, before any model loads. Returns the concept."""
-    from erasecli.concepts import concept_for
     from erasecli.delta import read_delta_info
     from erasecli.errors import DeltaError
     from erasecli.eval.metrics import check_metrics
-    from erasecli.judges import judge_kind
     from erasecli.models.registry import resolve_base
     from erasecli.outputs import check_out
 
@@ -159,8 +166,7 @@ def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = Non
         if not force and info.base and info.base != ref.name:
             raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
                              hint=f"use --base {info.base}, or --force to evaluate it anyway")
-    judge_kind(recipe, ref)
-    concept = concept_for(recipe, ref.tiny_world)
+    concept = _judged_concept(recipe, ref)
     concept.check_evaluable()
     from erasecli.eval.metrics import attacks_for
 
@@ -185,12 +191,12 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
     concept = check_evaluate(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force)
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    report, models = evaluate_models(recipe, base, concept, deltas, force=force, progress=progress)
+    report, models, robust = evaluate_models(recipe, base, concept, deltas, force=force, progress=progress)
     if out is not None and world().is_main:
         from erasecli.eval.report import write_report_dir
 
         write_report_dir(Path(out), report, concept, recipe.eval.samples_per_prompt, models, recipe,
-                         overwrite=overwrite)
+                         overwrite=overwrite, robust=robust)
     return report
 
 
@@ -200,10 +206,8 @@ def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None,
     from erasecli.attacks.run import check_attacks
     from erasecli.delta import read_delta_info
     from erasecli.errors import DeltaError
-    from erasecli.judges import judge_kind
     from erasecli.models.registry import resolve_base
     from erasecli.outputs import check_out
-    from erasecli.concepts import concept_for
 
     if not recipe.concept.name:
         raise UsageError("no concept to attack", hint='pass --concept, e.g. --concept "digit 3"')
@@ -214,8 +218,7 @@ def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None,
         if not force and info.base and info.base != ref.name:
             raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
                              hint=f"use --base {info.base}, or --force to attack it anyway")
-    judge_kind(recipe, ref)
-    concept = concept_for(recipe, ref.tiny_world)
+    concept = _judged_concept(recipe, ref)
     check_attacks(recipe, concept, recipe.attack.attacks)
     return concept
 

@@ -171,8 +171,4 @@ def make_judges(recipe, base, concept, need_clip: bool):
     if judge_kind(recipe, base.ref) == "classifier":
         return TinyClassifierJudge(), (Clip.tiny() if need_clip else None)
     clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.eval.clip_model)
-    texts = concept.judge_texts
-    if texts is None:  # the tiny world's concept, judged by CLIP: its label names in the base's captions
-        texts = {"digit": [f"a handwritten digit {w}" for w in concept.label_names["digit"]],
-                 "colour": [f"a {c} digit" for c in concept.label_names["colour"]]}
-    return ClipZeroShotJudge(clip, texts), clip
+    return ClipZeroShotJudge(clip, concept.judge_texts), clip

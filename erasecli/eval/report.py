@@ -96,7 +96,8 @@ def group_grid(plan, spp, models, group: str, cols: int = 10, tile: int = 64):
     return out
 
 
-def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwrite: bool) -> None:
+def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwrite: bool,
+                     robust: dict | None = None) -> None:
     from erasecli.outputs import replace_dir, staging_dir
     from erasecli.sampling import slug
     from erasecli.recipes import write_recipe
@@ -115,15 +116,20 @@ def write_report_dir(out: Path, report: dict, plan, spp, models, recipe, overwri
             if g is not None:
                 g.save(tmp / f"grid-{group}.png")
                 grids[group] = g
+        attack_grids = []
+        if robust:  # each model's adversarial prompts, embeddings and attacked images, as `erase attack --out`
+            seeds = report["robustness"]["protocol"]["seeds"]
+            for name, res in robust.items():
+                attack_grids += write_attack_files(tmp / "attacks" / slug(name), name, res, seeds)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        (tmp / "report.html").write_text(render_html(report, grids, [n for n, _ in models]))
+        (tmp / "report.html").write_text(render_html(report, grids, [n for n, _ in models], attack_grids))
         write_recipe(recipe, tmp / "recipe.yaml")
         replace_dir(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def render_html(report: dict, grids: dict, model_names) -> str:
+def render_html(report: dict, grids: dict, model_names, attack_grids=()) -> str:
     """A self-contained page (images inlined as data URIs) that opens in any browser."""
     e = html.escape
     header, rows = table_rows(report)
@@ -154,6 +160,7 @@ img{{image-rendering:pixelated;max-width:100%}} .meta{{color:#555}}</style></hea
 <table><tr>{head}</tr>{body}</table>
 {''.join(sections)}
 {robustness_html(report['robustness']['models'], report['robustness']['protocol']) if report.get('robustness') else ''}
+{_grids_html(attack_grids)}
 <h2>Per prompt: share of images judged as the prompted {e(report['kind'])}</h2>
 <table><tr><th>group</th><th>prompt</th>{model_heads}</tr>{prompt_rows}</table>
 </body></html>
@@ -216,8 +223,6 @@ def write_attack_dir(out: Path, report: dict, results: list, recipe, overwrite: 
     """`erase attack --out`: attack.json, report.html and, per model, the adversarial prompts (one a line, for
     `erase sample --prompts-file`), the inversion's embedding (`pipe.load_textual_inversion` loads it) and the
     images before and after each attack."""
-    from safetensors.torch import save_file
-
     from erasecli.outputs import replace_dir, staging_dir
     from erasecli.recipes import write_recipe
     from erasecli.sampling import slug
@@ -227,23 +232,7 @@ def write_attack_dir(out: Path, report: dict, results: list, recipe, overwrite: 
         grids = []
         seeds = report["protocol"]["seeds"]
         for model, res in zip(report["models"], results):
-            folder = tmp / slug(model["name"])
-            folder.mkdir(parents=True)
-            for name, o in res["outcomes"].items():
-                texts = [t for t in o.adversarial if t]
-                (folder / PROMPT_FILES[name]).write_text("".join(t + "\n" for t in texts))
-                if o.embedding:
-                    (folder / name).mkdir()
-                    save_file({k: v.contiguous() for k, v in o.embedding.items()},
-                              str(folder / name / "learned_embeds.safetensors"))
-                for i, (p, imgs) in enumerate(zip(o.prompts, o.images)):
-                    d = folder / "images" / name / f"{i:03d}-{slug(p)}"
-                    d.mkdir(parents=True, exist_ok=True)
-                    for s, im in zip(seeds, imgs or []):
-                        im.save(d / f"{s:06d}.png")
-                if name != "paraphrase" and o.images and all(o.images):
-                    grids.append((f"{model['name']}: {name} (top: plain forget prompts; bottom: attacked)",
-                                  _attack_grid(_plain_images(res), o.images)))
+            grids += write_attack_files(tmp / slug(model["name"]), model["name"], res, seeds)
         (tmp / "attack.json").write_text(json.dumps(report, indent=2))
         (tmp / "report.html").write_text(render_attack_html(report, grids))
         write_recipe(recipe, tmp / "recipe.yaml")
@@ -252,8 +241,37 @@ def write_attack_dir(out: Path, report: dict, results: list, recipe, overwrite: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _plain_images(res: dict) -> list:
-    return res.get("pre_images") or [o for o in next(iter(res["outcomes"].values())).images]
+def write_attack_files(folder: Path, model: str, res: dict, seeds) -> list:
+    """One model's attack results into `folder`: `<attack>_prompts.txt` (PROMPT_FILES), the inversion's
+    `inversion/learned_embeds.safetensors`, `images/<attack>/<i>-<prompt>/<seed>.png`. Returns (title, grid)
+    pairs of plain against attacked images."""
+    from safetensors.torch import save_file
+
+    from erasecli.sampling import slug
+
+    folder.mkdir(parents=True)
+    grids = []
+    for name, o in res["outcomes"].items():
+        texts = [t for t in o.adversarial if t]
+        (folder / PROMPT_FILES[name]).write_text("".join(t + "\n" for t in texts))
+        if o.embedding:
+            (folder / name).mkdir()
+            save_file({k: v.contiguous() for k, v in o.embedding.items()}, str(folder / name / "learned_embeds.safetensors"))
+        for i, (p, imgs) in enumerate(zip(o.prompts, o.images)):
+            d = folder / "images" / name / f"{i:03d}-{slug(p)}"
+            d.mkdir(parents=True, exist_ok=True)
+            for s, im in zip(seeds, imgs or []):
+                im.save(d / f"{s:06d}.png")
+        if name != "paraphrase" and o.images and all(o.images):
+            grids.append((f"{model}: {name} (top: plain forget prompts; bottom: attacked)",
+                          _attack_grid(res["pre_images"], o.images)))
+    return grids
+
+
+def _grids_html(grids) -> str:
+    e = html.escape
+    return "".join(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{_png_b64(g)}'>"
+                   for title, g in grids)
 
 
 def robustness_html(models: list[dict], protocol: dict) -> str:
@@ -274,8 +292,7 @@ def robustness_html(models: list[dict], protocol: dict) -> str:
 
 def render_attack_html(report: dict, grids: list) -> str:
     e = html.escape
-    imgs = "".join(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{_png_b64(g)}'>"
-                   for title, g in grids)
+    imgs = _grids_html(grids)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>erase attack: {e(report['concept'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}

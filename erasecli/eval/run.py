@@ -10,7 +10,8 @@ from typing import Callable, Sequence
 
 def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force: bool = False,
                     progress: Callable[[str, int, int], None] | None = None):
-    """Returns (report, models): the report dict and [(name, images)] per model, base first.
+    """Returns (report, models, robust): the report dict, [(name, images)] per model (base first) and, when a
+    robustness metric was asked for, {name: attacks.run.attack_model result}.
 
     Images are generated once per model and shared by every metric; the base's come from the on-disk cache
     when they were made before with the same settings."""
@@ -115,4 +116,4 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
 
         report["robustness"] = {"protocol": protocol(recipe, judge),
                                 "models": [{"name": n, **robustness_row(r)} for n, r in robust.items()]}
-    return report, [(name, imgs) for name, _, imgs in models]
+    return report, [(name, imgs) for name, _, imgs in models], robust

@@ -35,12 +35,12 @@ class BaseSpec:
 
 BASES: dict[str, BaseSpec] = {
     "tiny": BaseSpec("tiny", None, 32, "bundled: coloured handwritten digits, 32x32, runs on a CPU", TINY_DIR),
-    "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
-                                    "UNet retrained without any image of a 3 (exact unlearning, the reference "
-                                    "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
     "sd-1.4": BaseSpec("sd-1.4", "CompVis/stable-diffusion-v1-4", 512, "Stable Diffusion 1.4"),
     "sd-1.5": BaseSpec("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, "Stable Diffusion 1.5"),
     "sd-2.1-base": BaseSpec("sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", 512, "Stable Diffusion 2.1 base"),
+    "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
+                                    "UNet retrained without any image of a 3 (exact unlearning, the reference "
+                                    "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

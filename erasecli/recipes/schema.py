@@ -474,13 +474,6 @@ class Recipe:
         default="",
         metadata={"help": "Unlearning method name, e.g. 'siss'. Empty for commands that train nothing."},
     )
-    defaults: str = field(
-        default="auto",
-        metadata={"help": "Where the values no recipe file, option or --set gives come from: 'auto' (with no "
-                  "--recipe on the tiny base, the shipped tiny preset of the method; otherwise the method's "
-                  "paper settings), 'paper', or a preset name from `erase unlearn --help` (e.g. "
-                  "'tiny-digit-esd'). The recipe written beside a delta names the one used."},
-    )
     concept: ConceptConfig = field(default_factory=ConceptConfig, metadata={"help": "What is erased (section)."})
     sample: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "How images are sampled (section)."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "The LoRA adapters trained (section)."})
@@ -496,6 +489,13 @@ class Recipe:
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,
                                  metadata={"help": "Attacks on an erasure (section)."})
+    defaults: str = field(
+        default="auto",
+        metadata={"help": "Where the values no recipe file, option or --set gives come from: 'auto' (with no "
+                  "--recipe on the tiny base, the shipped tiny preset of the method; otherwise the method's "
+                  "paper settings), 'paper', or a preset name from `erase unlearn --help` (e.g. "
+                  "'tiny-digit-esd'). The recipe written beside a delta names the one used."},
+    )
 
     CHECKS: ClassVar[Checks] = {
         "base": (NOT_BLANK,),
