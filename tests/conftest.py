@@ -30,10 +30,11 @@ REPLACED_FORMS = ("a {col} handwritten digit {w}", "the number {d} in {col}", "a
                   "a handwritten digit {w}")
 
 
-def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, forms=REPLACED_FORMS):
+def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, forms=REPLACED_FORMS, keep_forms=()):
     """A delta that demonstrably removes a digit: a LoRA fine-tuned with the plain diffusion loss so that
     prompts naming `src_digit` in `forms` draw `dst_digit` (same colour). Not an erasure method, a test
-    instrument; with word forms only it hides the word and leaves the numeral (a shallow erasure)."""
+    instrument. With `keep_forms`, prompts in those forms go on drawing `src_digit` (trained on its images in the
+    same steps): word forms replaced and numeral forms kept make a shallow erasure that hides only the word."""
     import random
 
     import torch
@@ -53,9 +54,11 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
     add_lora(unet, rank=4, alpha=4.0, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
     x, d, c = W.render_split("train", seed)
     keep = d == dst_digit
+    x_src, c_src = x[d == src_digit], c[d == src_digit]
     x, c = x[keep], c[keep]
     with torch.no_grad():
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 8, 8)
+        z_src = pipe.vae.encode(x_src).latent_dist.mean * pipe.vae.config.scaling_factor
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     rng = random.Random(seed)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -66,13 +69,19 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
         for ci in c[i].tolist():
             col, w = W.COLOUR_NAMES[ci], W.DIGIT_WORDS[src_digit]
             prompts.append(rng.choice(forms).format(col=col, w=w, d=src_digit))
+        z_b = z[i]
+        if keep_forms:  # as many rows of the source digit under the forms it keeps
+            j = torch.randint(len(z_src), (32,))
+            prompts += [rng.choice(keep_forms).format(col=W.COLOUR_NAMES[ci], w=W.DIGIT_WORDS[src_digit],
+                                                      d=src_digit) for ci in c_src[j].tolist()]
+            z_b = torch.cat([z_b, z_src[j]])
         ids = pipe.tokenizer(prompts, padding="max_length", max_length=16, truncation=True,
                              return_tensors="pt").input_ids
         with torch.no_grad():
             emb = pipe.text_encoder(ids)[0]
-        noise = torch.randn_like(z[i])
-        t = torch.randint(0, 1000, (32,))
-        loss = F.mse_loss(unet(sched.add_noise(z[i], noise, t), t, emb).sample, noise)
+        noise = torch.randn_like(z_b)
+        t = torch.randint(0, 1000, (len(z_b),))
+        loss = F.mse_loss(unet(sched.add_noise(z_b, noise, t), t, emb).sample, noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

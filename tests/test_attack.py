@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 SCHEMA = Path(__file__).resolve().parents[1] / "erasecli" / "eval" / "report_schema.json"
 WORD_FORMS = ("a {col} handwritten digit {w}", "a {col} digit {w}", "a handwritten digit {w}", "{w} in {col}")
+NUMERAL_FORMS = ("the number {d} in {col}", "a {col} digit {d}", "the number {d}", "{d} in {col}")
 
 
 def recipe(*extra, concept="digit 3"):
@@ -28,7 +29,9 @@ def word_hider(tmp_path_factory):
     """Prompts with the word "three" draw sevens; the numeral 3 still draws threes."""
     from conftest import train_replacement_lora
 
-    return train_replacement_lora(tmp_path_factory.mktemp("hider") / "hides-three", dst_digit=7, forms=WORD_FORMS)
+    return train_replacement_lora(tmp_path_factory.mktemp("hider") / "hides-three", dst_digit=7, steps=400,
+                                  forms=WORD_FORMS,
+                                  keep_forms=NUMERAL_FORMS)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from erasecli.rewards import REWARDS
 from test_sample_cli import erase, one_line_error
 
 # A critic and an RL run small enough for the test suite (seconds each).
-SHORT = ["critic.steps=4", "critic.train_trajectories=16", "critic.train_epochs=3", "critic.width=16",
+SHORT = ["defaults=paper", "critic.steps=4", "critic.train_trajectories=16", "critic.train_epochs=3", "critic.width=16",
          "critic.blocks=2", "critic.prompts_per_step=2", "critic.samples_per_prompt=2"]
 
 
