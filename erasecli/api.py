@@ -16,6 +16,26 @@ from typing import Callable, Sequence
 from erasecli.errors import UsageError
 
 
+def _check_model_request(recipe, deltas, out, overwrite: bool, force: bool, verb: str):
+    """What `evaluate` and `attack` share: a concept, a free --out, a known base, deltas made for it. Returns
+    the base's reference."""
+    from erasecli.delta import read_delta_info
+    from erasecli.errors import DeltaError
+    from erasecli.models.registry import resolve_base
+    from erasecli.outputs import check_out
+
+    if not recipe.concept.name:
+        raise UsageError(f"no concept to {verb}", hint='pass --concept, e.g. --concept "digit 3"')
+    check_out(out, overwrite)
+    ref = resolve_base(recipe.base)
+    for d in deltas:
+        info = read_delta_info(d)
+        if not force and info.base and info.base != ref.name:
+            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
+                             hint=f"use --base {info.base}, or --force to {verb} it anyway")
+    return ref
+
+
 def _judged_concept(recipe, ref):
     """The concept as the judge sees it: derived from the tiny world when the shipped classifier judges, read
     from the recipe's concept lists when CLIP does (on any base)."""
@@ -150,22 +170,10 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
 def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
                    force: bool = False):
     """Everything about an evaluate request that can be wrong, before any model loads. Returns the concept."""
-    from erasecli.delta import read_delta_info
-    from erasecli.errors import DeltaError
     from erasecli.eval.metrics import check_metrics
-    from erasecli.models.registry import resolve_base
-    from erasecli.outputs import check_out
 
     check_metrics(recipe.eval.metrics)
-    if not recipe.concept.name:
-        raise UsageError("no concept to evaluate", hint='pass --concept, e.g. --concept "digit 3"')
-    check_out(out, overwrite)
-    ref = resolve_base(recipe.base)
-    for d in deltas:
-        info = read_delta_info(d)
-        if not force and info.base and info.base != ref.name:
-            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
-                             hint=f"use --base {info.base}, or --force to evaluate it anyway")
+    ref = _check_model_request(recipe, deltas, out, overwrite, force, "evaluate")
     concept = _judged_concept(recipe, ref)
     concept.check_evaluable()
     from erasecli.eval.metrics import attacks_for
@@ -204,20 +212,8 @@ def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None,
                  force: bool = False):
     """Everything about an attack request that can be wrong, before any model loads. Returns the concept."""
     from erasecli.attacks.run import check_attacks
-    from erasecli.delta import read_delta_info
-    from erasecli.errors import DeltaError
-    from erasecli.models.registry import resolve_base
-    from erasecli.outputs import check_out
 
-    if not recipe.concept.name:
-        raise UsageError("no concept to attack", hint='pass --concept, e.g. --concept "digit 3"')
-    check_out(out, overwrite)
-    ref = resolve_base(recipe.base)
-    for d in deltas:
-        info = read_delta_info(d)
-        if not force and info.base and info.base != ref.name:
-            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
-                             hint=f"use --base {info.base}, or --force to attack it anyway")
+    ref = _check_model_request(recipe, deltas, out, overwrite, force, "attack")
     concept = _judged_concept(recipe, ref)
     check_attacks(recipe, concept, recipe.attack.attacks)
     return concept
