@@ -14,7 +14,7 @@ share that succeed before or after the attack (pre-attack successes count). A pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from erasecli.errors import UsageError
 
@@ -56,6 +56,19 @@ class AttackContext:
             return []
         pred = self.judge.predict(images)[self.concept.kind]
         return [int(p) == self.concept.target for p in pred]
+
+    def denoising_loss(self, z0, c, gen):
+        """What the prompt and inversion attacks minimise: the model under attack's denoising MSE on target latents
+        z0 (B, C, h, w) under conditions c (B, L, D), t uniform over the whole schedule, one draw per row."""
+        import torch
+
+        pipe = self.base.pipe
+        ab_all = pipe.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        t = torch.randint(len(ab_all), (len(z0),), generator=gen).to(self.device)
+        eps = torch.randn(z0.shape, generator=gen).to(self.device)
+        ab = ab_all[t].view(-1, 1, 1, 1)
+        e = pipe.unet(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, encoder_hidden_states=c).sample
+        return (e.float() - eps).pow(2).mean()
 
     def succeeds(self, images: list) -> bool:
         h = self.hits(images)
@@ -123,5 +136,3 @@ def get_attack(name: str) -> type[Attack]:
         raise UsageError(f"unknown attack {name!r}", hint="valid attacks: " + ", ".join(ATTACKS))
     return ATTACKS[name]
 
-
-Progress = Callable[[str, int, int], None]

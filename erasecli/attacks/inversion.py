@@ -63,7 +63,6 @@ class Inversion(Attack):
             n, n_t = z0.shape[:2]
             v = init.repeat(a.num_vectors, 1).clone().to(ctx.device).requires_grad_(True)  # (n_vec, D)
             opt = torch.optim.Adam([v], lr=a.inversion_lr)
-            ab_all = pipe.scheduler.alphas_cumprod.to(ctx.device, torch.float32)
             gen = torch.Generator("cpu").manual_seed(a.seed + 1)
             steps = ctx.steps(a.inversion_steps)
 
@@ -82,12 +81,8 @@ class Inversion(Attack):
                         rows = torch.randint(n * n_t, (a.inversion_batch,), generator=gen)
                         j, i = rows // n_t, rows % n_t
                         x0 = z0[j.to(ctx.device), i.to(ctx.device)]  # (B, C, h, w)
-                        t = torch.randint(len(ab_all), (len(rows),), generator=gen).to(ctx.device)
-                        eps = torch.randn(x0.shape, generator=gen).to(ctx.device)
-                        ab = ab_all[t].view(-1, 1, 1, 1)
                         c = te(ids[j.to(ctx.device)])[0]  # (B, L, D)
-                        e = unet(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t, encoder_hidden_states=c).sample
-                        loss = (e.float() - eps).pow(2).mean()
+                        loss = ctx.denoising_loss(x0, c, gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()

@@ -99,7 +99,6 @@ class PromptAttack(Attack):
         E = te.get_input_embeddings().weight.detach().float()  # (V, D)
         E_unit = torch.nn.functional.normalize(E, dim=-1)
         allowed = torch.tensor(pasteable_tokens(tok), device=E.device)
-        ab_all = pipe.scheduler.alphas_cumprod.to(ctx.device, torch.float32)
         k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every
         restarts = ctx.steps(a.prompt_restarts)
         success, adversarial, images = list(ctx.pre), [""] * len(ctx.forget), list(ctx.pre_images)
@@ -120,12 +119,7 @@ class PromptAttack(Attack):
                         ids = nearest_tokens(cont.detach(), E_unit, allowed)
                         slot[0] = cont + (E[ids] - cont).detach()  # forward at real tokens, gradient to cont
                         c_adv = te(ids_in)[0]  # (1, L, D)
-                        t = torch.randint(len(ab_all), (len(z0),), generator=gen).to(ctx.device)
-                        eps = torch.randn(z0.shape, generator=gen).to(ctx.device)
-                        ab = ab_all[t].view(-1, 1, 1, 1)
-                        x_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-                        e = unet(x_t, t, encoder_hidden_states=c_adv.expand(len(z0), -1, -1)).sample
-                        loss = (e.float() - eps).pow(2).mean()
+                        loss = ctx.denoising_loss(z0, c_adv.expand(len(z0), -1, -1), gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
