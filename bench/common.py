@@ -22,3 +22,12 @@ def emit(bench: str, metric: str, value, unit: str, **extra) -> None:
             "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print(json.dumps(line), flush=True)
     sys.stdout.flush()
+
+
+def method_args(method: str, root) -> list:
+    """How a bench runs a method: its shipped tiny recipe when there is one, else the plain command (the
+    method's tiny preset or paper settings, as `erase unlearn --method M` chooses)."""
+    from pathlib import Path
+
+    recipe = Path(root) / "recipes" / f"tiny-digit-{method}.yaml"
+    return ["--recipe", str(recipe)] if recipe.is_file() else ["--method", method]

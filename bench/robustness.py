@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import emit
+from bench.common import emit, method_args
 from bench.unlearn_compare import ROOT, erase
 
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
         for m in methods:
             d = work / f"seed{seed}" / m
             if not (d / "pytorch_lora_weights.safetensors").exists():
-                erase("unlearn", "--recipe", str(ROOT / "recipes" / f"tiny-digit-{m}.yaml"), "--seed", str(seed),
+                erase("unlearn", *method_args(m, ROOT), "--seed", str(seed),
                       "--out", str(d), "--overwrite")
             deltas.append(d)
         figures = evaluate("tiny", deltas, a)

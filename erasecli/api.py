@@ -286,6 +286,10 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
     if not recipe.concept.name:
         raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "digit 3"')
     sets = concept_of(recipe, ref)  # a concept the tiny world lacks fails here
+    if sets.together and not cls.supports_together:
+        raise UsageError(f"{recipe.method} erases one concept per delta, and {len(sets.names)} were given",
+                         hint="use uce, rece, siss, adaptive-siss, ppo-alpha or esd to erase several together, "
+                              "or --concepts-file without --together for one delta each")
     for key in ("forget_dir", "anchor_dir", "retain_dir"):
         check_folder(getattr(recipe.data, key), f"data.{key}")
     if not sets.forget:
@@ -389,6 +393,8 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         base = load_base(recipe.base, device=device, dtype=dtype)
     from erasecli.methods import get_method
 
+    if get_method(recipe.method).closed_form:
+        return _unlearn_closed_form(recipe, base, out, overwrite, t0)
     data = build_train_data(recipe, base, progress=data_progress, images=get_method(recipe.method).uses_images(recipe))
     peak0 = peak_rss_mb()
     try:
@@ -407,14 +413,53 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
 
         if not world().is_main:  # every process holds the same adapter; one writes it
             return {"out": str(out), "delta": None, "summary": summary}
-        info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=recipe.concept.name,
-                               recipe=recipe_to_dict(recipe), metrics={"train": train_meta}, overwrite=overwrite,
-                               extra=extra)
+        info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=data.sets.name,
+                               concepts=data.sets.names, recipe=recipe_to_dict(recipe),
+                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra)
     finally:  # a base passed in by the caller goes back without our adapter
         base.pipe.unet.delete_adapters("default")
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}
+
+
+def _unlearn_closed_form(recipe, base, out: Path, overwrite: bool, t0: float) -> dict:
+    """uce / rece: solve the edit (erasecli.methods.uce), write it as an exact LoRA delta; no loop, no images."""
+    import time
+
+    from erasecli.data import concept_of
+    from erasecli.delta import save_lora_delta
+    from erasecli.dist import world
+    from erasecli.methods import get_method
+    from erasecli.methods.loop import peak_rss_mb
+    from erasecli.methods.uce import write_factors
+    from erasecli.recipes import recipe_to_dict
+
+    concept = concept_of(recipe, base.ref)
+    factors, rank, info = get_method(recipe.method).edit(recipe, base, concept)
+    summary = {"method": recipe.method, "concept": concept.name, "concepts": list(concept.names),
+               "train_seconds": info["edit_seconds"], "steps": 0, "trainable_params": 0, **info,
+               "data": {"sampling_seconds": 0.0, "forget_prompts": len(concept.forget),
+                        "retain_prompts": len(concept.retain)}}
+    unet = base.pipe.unet
+    write_factors(unet, factors, rank)
+    summary["trainable_params"] = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    try:
+        if not world().is_main:
+            return {"out": str(out), "delta": None, "summary": summary}
+
+        def extra(folder: Path):
+            (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+        meta = {"train": {k: summary[k] for k in ("train_seconds", "steps", "trainable_params", "rank")}}
+        saved = save_lora_delta(unet, out, base=base, method=recipe.method, concept=concept.name,
+                                concepts=concept.names, recipe=recipe_to_dict(recipe), metrics=meta,
+                                overwrite=overwrite, extra=extra)
+    finally:
+        unet.delete_adapters("default")
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    return {"out": str(out), "delta": saved.to_dict(), "summary": summary}
 
 
 def read_concepts_file(path: Path) -> list[str]:
@@ -438,6 +483,16 @@ def read_concepts_file(path: Path) -> list[str]:
     return concepts
 
 
+def shard_concepts(concepts: Sequence[str], index: int, count: int) -> list[str]:
+    """`--shard I/N`: every N-th concept from the I-th (I from 0), so N jobs split a list with no coordination."""
+    return list(concepts)[index::count]
+
+
+def batch_summary_name(shard=None) -> str:
+    """The batch summary's file: one per shard, so shards sharing --out never overwrite each other's."""
+    return "batch.json" if shard is None else f"batch-{shard[0]}-of-{shard[1]}.json"
+
+
 def batch_folder(out: Path, concept: str) -> Path:
     """Where `erase unlearn --concepts-file` puts one concept's delta."""
     from erasecli.sampling import slug
@@ -457,7 +512,8 @@ def _done(folder: Path, concept: str) -> bool:
 
 def unlearn_batch(recipe, concepts: Sequence[str], *, out: Path, overwrite: bool = False, base=None,
                   device: str | None = None, dtype: str = "auto",
-                  on_event: Callable[[str, str, dict], None] | None = None, **unlearn_kw) -> list[dict]:
+                  on_event: Callable[[str, str, dict], None] | None = None, summary_name: str = "batch.json",
+                  **unlearn_kw) -> list[dict]:
     """`erase unlearn --concepts-file`: erase each concept into `out/<slug>/` with one recipe and one loaded base.
 
     A concept whose folder already holds its delta is skipped (unless `overwrite`); one with a `<slug>.ckpt`
@@ -485,7 +541,7 @@ def unlearn_batch(recipe, concepts: Sequence[str], *, out: Path, overwrite: bool
                 results.append(res)
                 continue
             resume = ckpt if (ckpt / "state.pt").is_file() and not overwrite else None
-            r = replace(recipe, concept=replace(recipe.concept, name=concept))
+            r = replace(recipe, concept=replace(recipe.concept, name=concept, also=()))
             if resume is None:
                 check_unlearn(r, out=folder, overwrite=True)  # a bad concept fails before the base loads
             say(concept, "resuming" if resume else "starting", res)
@@ -502,5 +558,5 @@ def unlearn_batch(recipe, concepts: Sequence[str], *, out: Path, overwrite: bool
         results.append(res)
     from erasecli.outputs import atomic_write_text
 
-    atomic_write_text(out / "batch.json", json.dumps(results, indent=2))
+    atomic_write_text(out / summary_name, json.dumps(results, indent=2))
     return results

@@ -94,6 +94,12 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _concepts(names) -> dict:
+    """Repeated --concept: the first is concept.name, the others concept.also (erased into the same delta)."""
+    names = list(dict.fromkeys(names))
+    return {"name": names[0], "also": names[1:]} if names else {}
+
+
 def load_recipe_cli(path, overrides, **values):
     """The recipe from defaults < preset (recipe key `defaults`) < file < command-line flags < --set."""
     from erasecli import api
@@ -146,7 +152,8 @@ def sample(
 
 @app.command()
 def evaluate(
-    concept: Optional[str] = typer.Option(None, "--concept", help='The erased concept, e.g. "digit 3" or "red".'),
+    concept: List[str] = typer.Option([], "--concept", help='The erased concept, e.g. "digit 3" or "red"; '
+                                      'repeat it for a delta that erased several (UA per concept).'),
     base: Optional[str] = BASE,
     delta: List[Path] = DELTAS,
     metrics: List[str] = typer.Option([], "--metrics", help="Metric names, comma-separated or repeated. "
@@ -166,7 +173,7 @@ def evaluate(
     from erasecli import api
 
     names = [m.strip() for x in metrics for m in x.split(",") if m.strip()] or None
-    r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+    r = load_recipe_cli(recipe, set_, base=base, concept=_concepts(concept),
                         eval=_drop_none({"metrics": names, "samples_per_prompt": samples_per_prompt, "seed": seed}))
     api.check_evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
     from erasecli.eval.report import rich_table
@@ -250,10 +257,16 @@ def unlearn(
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
                                          "the delta names the one used."),
-    concept: Optional[str] = typer.Option(None, "--concept", help='What to erase, e.g. "digit 3" or "van gogh".'),
+    concept: List[str] = typer.Option([], "--concept", help='What to erase, e.g. "digit 3" or "van gogh"; '
+                                      "repeat it to erase several into one delta."),
     concepts_file: Optional[Path] = typer.Option(None, "--concepts-file", help="Batch job: erase each concept "
                                                  "in this file (one per line) into OUT/<concept>/; done ones are "
                                                  "skipped, stopped ones resume, failures are listed at the end."),
+    together: bool = typer.Option(False, "--together", help="With --concepts-file: erase all its concepts into "
+                                  "one delta at OUT instead of one delta each."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="With --concepts-file: I/N takes every N-th concept "
+                                        "from the I-th (I counts from 0), e.g. --shard $SLURM_ARRAY_TASK_ID/8 in a "
+                                        "job array; rerunning a shard skips its done concepts."),
     base: Optional[str] = BASE,
     recipe: Optional[Path] = RECIPE,
     set_: List[str] = SET,
@@ -276,11 +289,18 @@ def unlearn(
     from erasecli import api
     from erasecli.errors import RecipeError
 
-    if concepts_file is not None and (concept is not None or resume is not None):
+    if concepts_file is not None and (concept or resume is not None):
         raise UsageError("--concepts-file runs a batch, so it takes neither --concept nor --resume",
                          hint="list the concepts in the file; stopped concepts resume on their own when rerun")
+    if concepts_file is None and (together or shard is not None):
+        raise UsageError(f"{'--together' if together else '--shard'} is for --concepts-file",
+                         hint="add --concepts-file FILE, or repeat --concept to erase several into one delta")
+    if together and shard is not None:
+        raise UsageError("--together erases every concept into one delta, so it cannot be split with --shard",
+                         hint="drop --shard, or drop --together to write one delta per concept")
+    shard_of = _parse_shard(shard) if shard is not None else None
     if resume is not None:
-        given = [name for name, v in (("--method", method), ("--concept", concept), ("--base", base),
+        given = [name for name, v in (("--method", method), ("--concept", concept or None), ("--base", base),
                                       ("--recipe", recipe), ("--steps", steps), ("--lr", lr), ("--seed", seed),
                                       ("--critic", critic))
                  if v is not None] + (["--set"] if set_ else [])
@@ -299,14 +319,18 @@ def unlearn(
         if method is not None and file_method and method != file_method:
             raise RecipeError(f"recipe {recipe} is for method {file_method!r}, not {method!r}",
                               hint=f"drop --method, or use a recipe for {method} (recipes/*-{method}.yaml)")
+        names = concept
+        if concepts_file is not None and together:
+            names = api.read_concepts_file(concepts_file)
+            concepts_file = None
         r = load_recipe_cli(recipe, set_, base=base, method=method or file_method or "siss",
-                            concept=_drop_none({"name": concept}),
+                            concept=_concepts(names),
                             train=_drop_none({"steps": steps, "lr": lr, "seed": seed}),
                             critic=_drop_none({"path": str(critic) if critic is not None else None}))
         if critic is not None and (r.method or "siss") != "critic-rl":
             raise UsageError("--critic is for --method critic-rl", hint="add --method critic-rl, or drop --critic")
         if concepts_file is not None:
-            return _unlearn_batch(api, r, concepts_file, out, overwrite, device, dtype, as_json)
+            return _unlearn_batch(api, r, concepts_file, out, overwrite, device, dtype, as_json, shard_of)
         api.check_unlearn(r, out=out, overwrite=overwrite)
     console = _stderr_console()
     name = r.base if r is not None else "from checkpoint"
@@ -343,16 +367,35 @@ def unlearn(
             rf = s["reward_forget"]
             console.print(f"forget reward (minus the concept score): mean {rf['first_mean']:.3f} over the first "
                           f"{rf['first_steps']} steps, {rf['last_mean']:.3f} over the last {rf['last_steps']}")
-        console.print(f"next: erase evaluate --concept {json.dumps(result['delta']['concept'])} "
+        named = " ".join(f"--concept {json.dumps(c)}" for c in result["delta"]["concepts"])
+        console.print(f"next: erase evaluate {named} "
                       f"--base {result['delta']['base']} --delta {result['out']}")
 
 
-def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dtype, as_json: bool) -> None:
+def _parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} is not I/N", hint="e.g. --shard 0/4 (I counts from 0 to N-1)") from None
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {text}: I must be 0 to {n - 1} and N at least 1",
+                         hint="I counts from 0; with a job array --array=1-N pass $((SLURM_ARRAY_TASK_ID-1))/N")
+    return i, n
+
+
+def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dtype, as_json: bool,
+                   shard=None) -> None:
     """`erase unlearn --concepts-file`: one line per concept on stderr, failures listed at the end (exit 1)."""
     from erasecli.methods import get_method
     from erasecli.models.registry import resolve_base
 
     concepts = api.read_concepts_file(concepts_file)
+    if shard is not None:
+        concepts = api.shard_concepts(concepts, *shard)
+        if not concepts:
+            print(f"shard {shard[0]}/{shard[1]} of {concepts_file} holds no concepts: nothing to do", file=sys.stderr)
+            return
     if out is None:
         raise UsageError("nowhere to put the deltas", hint="pass --out DIR (one folder per concept goes inside)")
     get_method(r.method).check(r)
@@ -372,7 +415,7 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
             console.print(f"{where}: {detail}", markup=False, highlight=False, soft_wrap=True)
 
         results = api.unlearn_batch(r, concepts, out=out, overwrite=overwrite, device=device, dtype=dtype,
-                                    on_event=on_event,
+                                    on_event=on_event, summary_name=api.batch_summary_name(shard),
                                     progress=lambda k, total, row: bar.update(task, completed=k, total=total))
     failed = [x for x in results if x["status"] == "failed"]
     if as_json:
@@ -382,7 +425,7 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
         raise EraseError(f"{len(failed)} of {n} concepts failed: {listing}",
                          hint=f"fix them and rerun the same command; the {n - len(failed)} done are skipped")
     if not as_json:
-        console.print(f"all {n} concepts done in {out} (summary: {Path(out) / 'batch.json'})")
+        console.print(f"all {n} concepts done in {out} (summary: {Path(out) / api.batch_summary_name(shard)})")
 
 
 @app.command("train-critic")
@@ -481,6 +524,12 @@ def main() -> None:
         sys.stdout = open(os.devnull, "w")
     # transformers announces at import that torchvision is absent (we do not use it): keep stderr for errors.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import signal
+
+    def _terminated(signum, frame):  # SIGTERM (a scheduler's preemption) stops like Ctrl-C; training defers it
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app(standalone_mode=False)
     except typer.Exit as e:  # --help, --version

@@ -37,11 +37,12 @@ class DeltaInfo:
     created: str
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    concepts: tuple = ()  # every concept erased into this delta (`concept` joins them with " + ")
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "base": self.base, "base_arch": self.base_arch, "method": self.method,
-                "concept": self.concept, "version": self.version, "created": self.created,
-                "recipe": self.recipe, "metrics": self.metrics}
+                "concept": self.concept, "concepts": list(self.concepts or (self.concept,)),
+                "version": self.version, "created": self.created, "recipe": self.recipe, "metrics": self.metrics}
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
@@ -53,7 +54,7 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
 
 
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
-                    metrics: dict | None = None, overwrite: bool = False, extra=None) -> DeltaInfo:
+                    metrics: dict | None = None, overwrite: bool = False, extra=None, concepts=()) -> DeltaInfo:
     """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically; `extra(folder)` may add
     files (logs, plots) to the folder before it is moved into place."""
     from diffusers import StableDiffusionPipeline
@@ -70,7 +71,8 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     peft_cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in peft_cfg.items()}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info = DeltaInfo(path=out, base=base.name, base_arch=base.arch, method=method, concept=concept,
-                     version=__version__, created=created, recipe=recipe, metrics=metrics or {})
+                     version=__version__, created=created, recipe=recipe, metrics=metrics or {},
+                     concepts=tuple(concepts) or (concept,))
     header = {
         "format": "pt",
         # The same packing diffusers' save_lora_weights uses ("unet." + peft field), so alpha/rank reload.
@@ -125,9 +127,11 @@ def read_delta_info(path: str | Path) -> DeltaInfo:
         except json.JSONDecodeError:
             return {}
 
+    concepts = get_json("concepts")
     return DeltaInfo(path=file.parent, base=get("base"), base_arch=get("base_arch"), method=get("method"),
                      concept=get("concept"), version=get("version"), created=get("created"),
-                     recipe=get_json("recipe"), metrics=get_json("metrics"))
+                     recipe=get_json("recipe"), metrics=get_json("metrics"),
+                     concepts=tuple(concepts) if isinstance(concepts, list) else (get("concept"),))
 
 
 def check_fits(info: DeltaInfo, base, force: bool = False) -> None:

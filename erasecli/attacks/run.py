@@ -18,6 +18,11 @@ def check_attacks(recipe, concept, names: Sequence[str]) -> None:
 
     if not concept.group("forget"):
         raise UsageError("the concept has no forget prompts to attack", hint="check concept.forget_templates")
+    if concept.together and names:
+        first = concept.names[0]
+        raise UsageError(f"the attacks take one concept at a time, and {len(concept.names)} were given",
+                         hint=f"attack each on its own, e.g. erase attack --concept {first!r} --delta DELTA "
+                              "(a delta that erased several works)")
     for n in names:
         get_attack(n).check(recipe, concept)
 

@@ -57,8 +57,19 @@ class Context:
 
 
 def ua(ctx: Context):
+    """Each forget prompt's images are judged against the concept it names (its own label of the kind)."""
     rows = ctx.rows("forget")
-    return (ctx.model.preds[ctx.plan.kind][rows] != ctx.plan.target).float().mean().item()
+    kind = ctx.plan.kind
+    return (ctx.model.preds[kind][rows] != ctx.labels(rows, kind)).float().mean().item()
+
+
+def ua_by_concept(ctx: Context) -> dict:
+    """UA of each concept erased together (its forget prompts only); {} for a single concept."""
+    if not ctx.plan.together:
+        return {}
+    kind, rows = ctx.plan.kind, ctx.rows("forget")
+    labels, preds = ctx.labels(rows, kind), ctx.model.preds[kind][rows]
+    return {n: (preds[labels == t] != t).float().mean().item() for n, t in zip(ctx.plan.names, ctx.plan.targets)}
 
 
 def ira(ctx: Context):

@@ -43,6 +43,13 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             a, b = vals
             row.append("-" if a is None or b is None else f"{b - a:+.3f}")
         rows.append(row)
+        if key == "ua":  # concepts erased together: UA of each as well
+            for name in models[0].get("ua_by_concept", {}):
+                vals = [m.get("ua_by_concept", {}).get(name) for m in models]
+                row = [f"  UA {name}"] + [_fmt(v) for v in vals]
+                if len(models) == 2:
+                    row.append("-" if None in vals else f"{vals[1] - vals[0]:+.3f}")
+                rows.append(row)
     return header, rows
 
 

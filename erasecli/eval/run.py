@@ -79,6 +79,10 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
             ctx.extra.clear()
         shared_ir = ctx.imagereward
         rows.append({"name": name, "delta": info.to_dict() if info else None, "metrics": values})
+        if concept.together and "ua" in e.metrics:
+            from erasecli.eval.metrics import ua_by_concept
+
+            rows[-1]["ua_by_concept"] = ua_by_concept(ctx)
     per_prompt = []
     for i, p in enumerate(concept.prompts):
         idx = list(range(i * spp, (i + 1) * spp))
@@ -94,6 +98,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
         "command": "evaluate",
         "erasecli_version": __version__,
         "concept": concept.name,
+        "concepts": list(concept.names),
         "kind": concept.kind,
         "base": {"name": base.name, "arch": base.arch, "device": base.device.type, "dtype": str(base.dtype)},
         "judge": {"name": judge.name, "version": judge.version, "features": judge.feature_name},

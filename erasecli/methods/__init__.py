@@ -79,6 +79,8 @@ class Unlearner:
 
     name: ClassVar[str] = ""
     data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
+    closed_form: ClassVar[bool] = False  # True: no loop; the class's `edit` solves the delta (methods.uce)
+    supports_together: ClassVar[bool] = True  # erases several concepts (concept.also) into one delta
 
     def __init__(self, ctx: Context):
         import torch
@@ -128,11 +130,12 @@ from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
+from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl)}
-METHODS: dict[str, type[Unlearner]] = {name: _CLASSES[name] for name in METHOD_NAMES}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece)}
+METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 
 def get_method(name: str) -> type[Unlearner]:

@@ -59,6 +59,7 @@ def normalise_per_prompt(A, prompts):
 
 class CriticRl(Unlearner):
     name = "critic-rl"
+    supports_together = False  # its reward scores one concept
     data_parallel = False  # rollouts and per-prompt advantages are not split over processes yet
 
     def __init__(self, ctx):

@@ -2,7 +2,8 @@
 
 Checkpoints live in `<out>.ckpt/` (`state.pt`, written to a temp file and renamed, plus the resolved
 `recipe.yaml`): every `train.checkpoint_every` steps and when the run is interrupted (Ctrl-C finishes the
-current step, saves, and exits; a second Ctrl-C stops at once). `--resume <out>.ckpt` restores the adapter,
+current step, saves, and exits; a second Ctrl-C stops at once; SIGTERM, as schedulers send before preempting
+a job, is treated as Ctrl-C). `--resume <out>.ckpt` restores the adapter,
 the method's optimisers and networks, the random generator and the log, and continues to the same delta as
 an uninterrupted run. A NaN or inf in a step's losses stops the run and keeps the last good checkpoint.
 The checkpoint folder is removed once the delta is written.
@@ -56,26 +57,31 @@ def expand_targets(targets) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send before preempting a job
+
+
 @contextmanager
 def _deferred_sigint():
-    """The first Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
+    """The first Ctrl-C or SIGTERM sets a flag the loop reads between steps; a second one interrupts at once."""
     flag = {"hit": False}
     try:
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
         def handler(signum, frame):
             if flag["hit"]:
                 raise KeyboardInterrupt
-            flag["hit"] = True
+            flag["hit"] = signal.Signals(signum).name
 
-        signal.signal(signal.SIGINT, handler)
+        for s in STOP_SIGNALS:
+            signal.signal(s, handler)
     except ValueError:  # not the main thread: no deferral
         yield flag
         return
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _adapter_state(unet) -> dict:
@@ -278,11 +284,12 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
                 last_saved = k + 1
-            stop = bool(ctx.world.total(torch.tensor(float(sigint["hit"]))) > 0)  # all processes stop together
+            stop = bool(ctx.world.total(torch.tensor(float(bool(sigint["hit"])))) > 0)  # all processes stop together
             if stop and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
                                 out=out)
-                raise Interrupted(f"interrupted after step {k + 1} of {total}; checkpoint saved to {ckpt}",
+                by = " by SIGTERM" if sigint["hit"] == "SIGTERM" else ""
+                raise Interrupted(f"interrupted{by} after step {k + 1} of {total}; checkpoint saved to {ckpt}",
                                   hint=f"continue with `erase unlearn --resume {ckpt}`")
     base.pipe.unet.eval()
     return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,

@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -31,6 +31,11 @@ class ConceptConfig:
     name: str = field(
         default="",
         metadata={"help": "The concept as users say it, e.g. 'van gogh', 'digit 3', 'red'. Empty: none."},
+    )
+    also: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "More concepts erased into the same delta with `name` (repeated --concept, or "
+                  "--concepts-file F --together); on the tiny base all of one kind. Empty: `name` only."},
     )
     kind: str = field(
         default="",
@@ -271,6 +276,48 @@ class EsdConfig:
 
 
 @dataclass(frozen=True)
+class UceConfig:
+    """uce and rece: closed-form edits of every cross-attention key / value projection (Gandikota et al. 2024;
+    RECE, Gong et al. 2024), written as an exact LoRA. No training loop, no sampled images."""
+
+    lam: float = field(default=0.5, metadata={"help": "lambda: weight that keeps each projection near the base "
+                                              "one (lambda W0 and lambda I in the solve), > 0."})
+    erase_scale: float = field(default=1.0, metadata={"help": "s_e: weight of mapping each erased embedding to "
+                                                      "its guide's output, > 0."})
+    preserve_scale: float = field(default=1.0, metadata={"help": "s_p: weight of keeping the retain prompts' "
+                                                         "outputs, >= 0."})
+    preserve_empty: bool = field(default=False, metadata={"help": "Also keep the empty prompt's states (the "
+                                 "negative of classifier-free guidance): retain images closer to the base's, a "
+                                 "weaker erasure when several concepts share one delta [ours]."})
+    guide: str = field(default="anchor", metadata={"help": "What an erased prompt should produce instead: "
+                                                   "'anchor' (its anchor prompt: the prompt without the concept, "
+                                                   "the empty prompt for a bare name), 'empty', or any text."})
+    tokens: str = field(default="padding", metadata={"help": "Which token embeddings of a forget prompt are "
+                                                     "erased: 'padding' (from the first token that differs from "
+                                                     "its guide through the padding, as UCE's 2023 code) or "
+                                                     "'concept' (those tokens up to the end-of-text token)."})
+    modules: tuple[str, ...] = field(default=("to_k", "to_v"), metadata={"help": "Cross-attention (attn2) "
+                                     "projections edited: to_k and / or to_v."})
+    rounds: int = field(default=3, metadata={"help": "rece: rounds of deriving the embeddings that bring the "
+                                             "concept back from the edited model and erasing them too, >= 1."})
+    rece_lam: float = field(default=0.1, metadata={"help": "rece: ridge weight mu of that derivation, > 0 "
+                                                   "(larger: adversarial embeddings of smaller norm)."})
+    rece_scale: float = field(default=1.0, metadata={"help": "rece: s_e of the derived embeddings, > 0."})
+
+    CHECKS: ClassVar[Checks] = {
+        "lam": (above(0),),
+        "erase_scale": (above(0),),
+        "preserve_scale": (at_least(0),),
+        "guide": (NOT_BLANK,),
+        "tokens": (one_of("padding", "concept"),),
+        "modules": (NON_EMPTY, Check(lambda v: all(m in ("to_k", "to_v") for m in v), "to_k and / or to_v")),
+        "rounds": (at_least(1),),
+        "rece_lam": (above(0),),
+        "rece_scale": (above(0),),
+    }
+
+
+@dataclass(frozen=True)
 class CriticRlConfig:
     """critic-rl and `erase train-critic`: rollouts, rewards, the critic V_phi(x_t, t, c), PPO (docs/methods.md, "critic-rl")."""
 
@@ -485,6 +532,7 @@ class Recipe:
                                      metadata={"help": "adaptive-siss settings (section)."})
     ppo: PpoConfig = field(default_factory=PpoConfig, metadata={"help": "ppo-alpha settings (section)."})
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
+    uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,

@@ -1,0 +1,221 @@
+"""uce and rece: closed-form edits of the cross-attention key and value projections, as an exact LoRA.
+
+docs/methods.md, "uce" and "rece". For each edited projection W0 (attn2.to_k / attn2.to_v, out x in), with
+c_i the erased text embeddings (token states of the forget prompts), v*_i = W0 g_i the base's output for the
+aligned token of the prompt's guide, c_j the retain prompts' token states:
+
+    M = lam I + s_e sum_i c_i c_i^T + s_p sum_j c_j c_j^T
+    W = (lam W0 + s_e sum_i v*_i c_i^T + s_p sum_j W0 c_j c_j^T) M^-1
+
+Subtracting W0 M from both sides, W - W0 = s_e sum_i (v*_i - W0 c_i) c_i^T M^-1: a matrix of rank at most
+min(#erased, out, in). It is factored by SVD into up (out x r) and down (r x in) and saved as a LoRA of rank
+r with alpha = r (scale 1), so the delta reproduces W to float precision and loads like any other.
+
+rece (RECE, Gong et al. 2024) then repeats, `uce.rounds` times: for the edited projections W_l, the
+embedding that makes them give the base's output for an erased embedding c is, in closed form,
+    c' = (mu I + sum_l W_l^T W_l)^-1 sum_l W_l^T W0_l c      (mu = uce.rece_lam; sum over every edited layer),
+the text state that brings the concept back; every such c' joins the erased set (mapped to the guide of its
+c, weight uce.rece_scale) and the edit is solved again from W0, with the same retain term.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import torch
+
+from erasecli.errors import RecipeError
+
+DTYPE = torch.float64  # the solves run in double precision; the LoRA factors are stored in fp32
+
+
+class ClosedForm:
+    """The interface of a method with no training loop: `edit` returns the factors of each edited module."""
+
+    name: ClassVar[str] = ""
+    closed_form: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = False
+    supports_together: ClassVar[bool] = True
+
+    @classmethod
+    def uses_images(cls, recipe) -> bool:
+        return False
+
+    @classmethod
+    def check(cls, recipe) -> None:
+        if recipe.uce.guide not in ("anchor", "empty") and "{" in recipe.uce.guide:
+            raise RecipeError(f"uce.guide {recipe.uce.guide!r} is a template", hint="give plain text, 'anchor' or 'empty'")
+
+
+def edited_modules(unet, which) -> dict:
+    """{module name: nn.Linear} of every cross-attention projection named in `which` (to_k, to_v); where an
+    adapter layer (peft) wraps one, its frozen base layer."""
+    found = {n: getattr(m, "base_layer", m) for n, m in unet.named_modules()
+             if any(n.endswith(f"attn2.{w}") for w in which)}
+    return {n: m for n, m in found.items() if isinstance(m, torch.nn.Linear)}
+
+
+def _ids(base, prompts):
+    tok = base.pipe.tokenizer
+    return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def _states(base, prompts):
+    """(P, L, D) text-encoder states, as the UNet receives them, in double precision on the CPU."""
+    out = [base.pipe.encode_prompt(list(prompts[i : i + 64]), base.device, 1, False)[0]
+           for i in range(0, len(prompts), 64)]
+    return torch.cat(out).to("cpu", DTYPE)
+
+
+def erase_pairs(base, forget, guides, tokens: str, with_concept_rows: bool = False):
+    """(C_e, G_e): the erased token states of the forget prompts and the aligned guide states, (n, D) each
+    (and, with `with_concept_rows`, the (n,) mask of the rows up to each prompt's end-of-text token).
+
+    Tokens are aligned by position: from the first one where the forget prompt's ids differ from its guide's
+    (earlier states are identical, the text encoder being causal) to the end of the sequence ('padding') or to
+    the forget prompt's end-of-text token ('concept')."""
+    ids_f, ids_g = _ids(base, forget), _ids(base, guides)
+    s_f, s_g = _states(base, forget), _states(base, guides)
+    eos = base.pipe.tokenizer.eos_token_id
+    L = ids_f.shape[1]
+    cs, gs, rows = [], [], []
+    for j in range(len(forget)):
+        diff = (ids_f[j] != ids_g[j]).nonzero()
+        if len(diff) == 0:  # the prompt is its own guide: nothing to erase
+            continue
+        k = int(diff[0])
+        at = (ids_f[j] == eos).nonzero()
+        concept_end = max(int(at[0]) + 1 if len(at) else L, k + 1)
+        end = concept_end if tokens == "concept" else L
+        cs.append(s_f[j, k:end])
+        gs.append(s_g[j, k:end])
+        rows.append(torch.arange(k, end) < concept_end)
+    if not cs:
+        raise RecipeError("every forget prompt equals its guide, so there is nothing to erase",
+                          hint="set uce.guide to another text, e.g. --set uce.guide=empty")
+    if with_concept_rows:
+        return torch.cat(cs), torch.cat(gs), torch.cat(rows)
+    return torch.cat(cs), torch.cat(gs)
+
+
+def solve(W0, C_e, V_e, C_p, lam: float, s_e, s_p: float):
+    """W - W0 for one projection (out x in). C_e (n, in) erased states, V_e (n, out) their targets, C_p (m, in)
+    kept states; s_e a number or an (n,) tensor of per-embedding erase weights."""
+    s_e = torch.as_tensor(s_e, dtype=DTYPE)
+    s_e = (s_e.expand(len(C_e)) if s_e.ndim == 0 else s_e).reshape(-1, 1)
+    eye = torch.eye(W0.shape[1], dtype=DTYPE)
+    M = lam * eye + C_e.T @ (s_e * C_e) + s_p * (C_p.T @ C_p)
+    R = (s_e * (V_e - C_e @ W0.T)).T @ C_e  # (out, in) = s_e sum_i (v*_i - W0 c_i) c_i^T
+    return torch.linalg.solve(M, R.T).T  # R M^-1 (M is symmetric)
+
+
+def factor(D, rank: int):
+    """Exact rank-`rank` factors of D: up (out, rank), down (rank, in), up @ down == D to float precision."""
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    r = min(rank, len(S))
+    root = S[:r].sqrt()
+    up, down = U[:, :r] * root, root[:, None] * Vh[:r]
+    if r < rank:  # every module carries the same rank; pad with zeros
+        up = torch.cat([up, up.new_zeros(up.shape[0], rank - r)], 1)
+        down = torch.cat([down, down.new_zeros(rank - r, down.shape[1])], 0)
+    return up, down
+
+
+def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
+    """RECE's closed form: for each row c of C, the state c' with sum_l ||W_l c' - W0_l c||^2 + mu ||c'||^2
+    least, over every edited layer l at once."""
+    d = C.shape[1]
+    A = mu * torch.eye(d, dtype=DTYPE)
+    B = torch.zeros(d, d, dtype=DTYPE)
+    for n, W in Ws.items():
+        A += W.T @ W
+        B += W.T @ W0s[n]
+    return torch.linalg.solve(A, B @ C.T).T  # (n, d)
+
+
+def plan(recipe, base, concept, with_concept_rows: bool = False):
+    """The states of one edit: erased C_e, their guides' G_e, kept C_p (and the concept-token row mask)."""
+    u = recipe.uce
+    if u.guide == "anchor":
+        guides = list(concept.anchor)
+    else:
+        guides = [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
+    C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides, u.tokens, with_concept_rows=True)
+    keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
+    C_p = _states(base, keep).reshape(-1, C_e.shape[1]) if keep else C_e.new_zeros(0, C_e.shape[1])
+    return (C_e, G_e, C_p, rows) if with_concept_rows else (C_e, G_e, C_p)
+
+
+def edit(recipe, base, concept, rounds: int = 0):
+    """Solve the edit (plus `rounds` RECE rounds). Returns ({module: (up, down)}, rank, summary)."""
+    u = recipe.uce
+    t0 = time.time()
+    C_e, G_e, C_p, concept_rows = plan(recipe, base, concept, with_concept_rows=True)
+    C_a, G_a = C_e[concept_rows], G_e[concept_rows]  # rece re-derives the concept's own tokens' states
+    mods = edited_modules(base.pipe.unet, u.modules)
+    if not mods:
+        raise RecipeError(f"the base's UNet has no cross-attention {'/'.join(u.modules)} projection to edit")
+    W0s = {n: m.weight.detach().to("cpu", DTYPE) for n, m in mods.items()}
+    t_prep = time.time() - t0
+    erased, targets_of, scales = C_e, G_e, torch.full((len(C_e),), float(u.erase_scale), dtype=DTYPE)
+    deltas = {n: solve(W, erased, G_e @ W.T, C_p, u.lam, scales, u.preserve_scale) for n, W in W0s.items()}
+    history = []
+    for r in range(rounds):
+        Ws = {n: W0s[n] + deltas[n] for n in W0s}
+        adv = adversarial_states(Ws, W0s, C_a, u.rece_lam)
+        # how far the derived states bring the edited layers back to the base's output of the concept
+        back = sum(float((adv @ Ws[n].T - C_a @ W0s[n].T).norm() ** 2) for n in W0s)
+        ref = sum(float((C_a @ W0s[n].T - G_a @ W0s[n].T).norm() ** 2) for n in W0s)
+        erased = torch.cat([erased, adv])
+        targets_of = torch.cat([targets_of, G_a])
+        scales = torch.cat([scales, torch.full((len(adv),), float(u.rece_scale), dtype=DTYPE)])
+        deltas = {n: solve(W, erased, targets_of @ W.T, C_p, u.lam, scales, u.preserve_scale)
+                  for n, W in W0s.items()}
+        history.append({"round": r + 1, "residual": round((back / max(ref, 1e-30)) ** 0.5, 6),
+                        "adv_norm": round(float(adv.norm(dim=1).mean()), 4), "erased": len(erased)})
+    rank = max(min(len(erased), *D.shape) for D in deltas.values())
+    factors = {n: factor(D, rank) for n, D in deltas.items()}
+    err = max(float((up @ down - deltas[n]).abs().max() / deltas[n].abs().max().clamp_min(1e-30))
+              for n, (up, down) in factors.items())
+    seconds = time.time() - t0
+    summary = {"edit_seconds": round(seconds, 4), "encode_seconds": round(t_prep, 4),
+               "modules": len(mods), "rank": rank, "erased_states": len(C_e), "kept_states": len(C_p),
+               "factor_rel_error": err,
+               "relative_change": round(max(float(deltas[n].norm() / W0s[n].norm()) for n in W0s), 6)}
+    if rounds:
+        summary["rece_rounds"] = history
+    return factors, rank, summary
+
+
+def write_factors(unet, factors: dict, rank: int, dtype=torch.float32) -> None:
+    """Attach a LoRA of `rank` (alpha = rank: scale 1) on the edited modules and set its factors."""
+    from peft.tuners.lora import LoraLayer
+
+    from erasecli.delta import add_lora
+
+    add_lora(unet, rank, float(rank), sorted(factors))
+    for n, m in unet.named_modules():
+        if isinstance(m, LoraLayer) and n in factors:
+            up, down = factors[n]
+            m.lora_A["default"].weight.data = down.to(m.lora_A["default"].weight.device, dtype).contiguous()
+            m.lora_B["default"].weight.data = up.to(m.lora_B["default"].weight.device, dtype).contiguous()
+    missing = set(factors) - {n for n, m in unet.named_modules() if isinstance(m, LoraLayer)}
+    if missing:
+        raise RuntimeError(f"LoRA was not attached to {sorted(missing)[:2]}")
+
+
+class Uce(ClosedForm):
+    name = "uce"
+    rounds: ClassVar[int] = 0
+
+    @classmethod
+    def edit(cls, recipe, base, concept):
+        return edit(recipe, base, concept, rounds=cls.rounds if cls.rounds == 0 else recipe.uce.rounds)
+
+
+class Rece(Uce):
+    name = "rece"
+    rounds = 1  # any non-zero: recipe.uce.rounds decides
