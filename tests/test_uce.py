@@ -44,7 +44,8 @@ def test_uce_delta_loads_in_plain_diffusers_and_reproduces_the_edited_weights(ti
     assert res["delta"]["concepts"] == ["digit 3"] and res["delta"]["method"] == "uce"
     concept = concept_for(r, True)
     C_e, G_e, C_p = plan(r, tiny, concept)
-    expected = {n: _by_formula(m.weight.detach().double(), C_e, G_e @ m.weight.detach().double().T, C_p, 0.7, 1.0, 0.5)
+    assert r.uce.erase_scale == 3.0 and r.defaults == "tiny-digit-uce"  # the shipped tiny preset's
+    expected = {n: _by_formula(m.weight.detach().double(), C_e, G_e @ m.weight.detach().double().T, C_p, 0.7, 3.0, 0.5)
                 for n, m in edited_modules(tiny.pipe.unet, ("to_k", "to_v")).items()}
     pipe = StableDiffusionPipeline.from_pretrained(str(TINY_DIR), safety_checker=None,
                                                    requires_safety_checker=False)
@@ -73,7 +74,8 @@ def test_sampling_with_a_uce_delta_equals_the_directly_edited_model(tiny, tmp_pa
     try:
         for n, m in mods.items():
             W0 = saved[n].double()
-            m.weight.data = (W0 + solve(W0, C_e, G_e @ W0.T, C_p, 0.5, 1.0, 1.0)).float()
+            u = r.uce
+            m.weight.data = (W0 + solve(W0, C_e, G_e @ W0.T, C_p, u.lam, u.erase_scale, u.preserve_scale)).float()
         edited = api.sample(s, prompts=prompts, n=3, base=tiny)
     finally:
         for n, m in mods.items():
@@ -201,3 +203,20 @@ def test_sigterm_checkpoints_and_exits_with_the_resume_hint(tmp_path, batch):
     assert first <= state["step"] < 400  # saved at the step it was stopped at, not only at the last period
     if batch:
         assert not (tmp_path / "b" / "digit-5").exists()
+
+
+@pytest.mark.slow
+def test_training_methods_erase_several_concepts_into_one_delta(tiny, tmp_path):
+    from erasecli.data import build_train_data
+
+    r = recipe("siss", "train.steps=2", "data.images_per_prompt=2", "data.retain_images_per_prompt=1",
+               concept="digit 3", also=["digit 5"])
+    data = build_train_data(r, tiny)
+    assert len(data.sets.forget) == 2 * len(tiny_concept("digit 3").forget)  # the union of both forget sets
+    assert not any("three" in p or "five" in p for p in data.sets.retain)
+    res = api.unlearn(r, out=tmp_path / "two", base=tiny)
+    info = json.loads((tmp_path / "two" / "delta.json").read_text())
+    assert info["concepts"] == ["digit 3", "digit 5"] and res["delta"]["concept"] == "digit 3 + digit 5"
+    from erasecli.delta import read_delta_info
+
+    assert read_delta_info(tmp_path / "two").concepts == ("digit 3", "digit 5")  # the safetensors header too
