@@ -28,7 +28,8 @@ def test_the_preset_sets_how_not_what():
     assert r.concept.name == "seven" and r.esd.negative_guidance == 3.0 and r.esd.anchor == "prompt"
     assert plain("critic-rl", "red").defaults == "tiny-colour-critic-rl"  # a colour has its own critic-rl preset
     assert plain("esd", "red").defaults == "tiny-digit-esd"  # else the digit one
-    assert tiny_preset("esd", "colour") == "tiny-digit-esd" and tiny_preset("uce", "digit") is None
+    assert tiny_preset("esd", "colour") == "tiny-digit-esd" and tiny_preset("uce", "digit") == "tiny-digit-uce"
+    assert tiny_preset("no-such-method", "digit") is None
 
 
 def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):
