@@ -8,8 +8,10 @@ aligned token of the prompt's guide, c_j the retain prompts' token states:
     W = (lam W0 + s_e sum_i v*_i c_i^T + s_p sum_j W0 c_j c_j^T) M^-1
 
 Subtracting W0 M from both sides, W - W0 = s_e sum_i (v*_i - W0 c_i) c_i^T M^-1: a matrix of rank at most
-min(#erased, out, in). It is factored by SVD into up (out x r) and down (r x in) and saved as a LoRA of rank
-r with alpha = r (scale 1), so the delta reproduces W to float precision and loads like any other.
+min(#erased, out, in). Since v*_i = W0 g_i, it is W0 P with one P = K M^-1 (in x in) shared by every projection
+(`shared_map`); P's SVD gives right (in x r) and down (r x in), so each projection's LoRA is up = W0 right,
+down, of rank r = min(#erased, in) with alpha = r (scale 1): the delta reproduces W to float precision and
+loads like any other.
 
 rece (RECE, Gong et al. 2024) then repeats, `uce.rounds` times: for the edited projections W_l, the
 embedding that makes them give the base's output for an erased embedding c is, in closed form,
@@ -28,6 +30,11 @@ import torch
 from erasecli.errors import RecipeError
 
 DTYPE = torch.float64  # the solves run in double precision; the LoRA factors are stored in fp32
+
+
+def solve_device(base):
+    """Where the solves run: the base's CUDA device, else the CPU (MPS has no float64)."""
+    return base.device if getattr(base.device, "type", "cpu") == "cuda" else torch.device("cpu")
 
 
 class ClosedForm:
@@ -67,7 +74,7 @@ def _states(base, prompts):
     """(P, L, D) text-encoder states, as the UNet receives them, in double precision on the CPU."""
     out = [base.pipe.encode_prompt(list(prompts[i : i + 64]), base.device, 1, False)[0]
            for i in range(0, len(prompts), 64)]
-    return torch.cat(out).to("cpu", DTYPE)
+    return torch.cat(out).to(solve_device(base), DTYPE)
 
 
 def erase_pairs(base, forget, guides, tokens: str, with_concept_rows: bool = False):
@@ -97,19 +104,31 @@ def erase_pairs(base, forget, guides, tokens: str, with_concept_rows: bool = Fal
         raise RecipeError("every forget prompt equals its guide, so there is nothing to erase",
                           hint="set uce.guide to another text, e.g. --set uce.guide=empty")
     if with_concept_rows:
-        return torch.cat(cs), torch.cat(gs), torch.cat(rows)
+        return torch.cat(cs), torch.cat(gs), torch.cat(rows).to(s_f.device)
     return torch.cat(cs), torch.cat(gs)
 
 
 def solve(W0, C_e, V_e, C_p, lam: float, s_e, s_p: float):
     """W - W0 for one projection (out x in). C_e (n, in) erased states, V_e (n, out) their targets, C_p (m, in)
     kept states; s_e a number or an (n,) tensor of per-embedding erase weights."""
-    s_e = torch.as_tensor(s_e, dtype=DTYPE)
+    s_e = torch.as_tensor(s_e, dtype=DTYPE, device=W0.device)
     s_e = (s_e.expand(len(C_e)) if s_e.ndim == 0 else s_e).reshape(-1, 1)
-    eye = torch.eye(W0.shape[1], dtype=DTYPE)
+    eye = torch.eye(W0.shape[1], dtype=DTYPE, device=W0.device)
     M = lam * eye + C_e.T @ (s_e * C_e) + s_p * (C_p.T @ C_p)
     R = (s_e * (V_e - C_e @ W0.T)).T @ C_e  # (out, in) = s_e sum_i (v*_i - W0 c_i) c_i^T
     return torch.linalg.solve(M, R.T).T  # R M^-1 (M is symmetric)
+
+
+def shared_map(C_e, G_e, C_p, lam: float, s_e, s_p: float):
+    """P (in x in) with W - W0 = W0 P for every projection at once, when each target is the projection's own
+    output of a guide state (v*_i = W0 g_i): then s_e sum_i (v*_i - W0 c_i) c_i^T = W0 K with
+    K = sum_i s_e,i (g_i - c_i) c_i^T, and M does not depend on W0, so P = K M^-1 is solved once."""
+    s = torch.as_tensor(s_e, dtype=DTYPE, device=C_e.device)
+    s = (s.expand(len(C_e)) if s.ndim == 0 else s).reshape(-1, 1)
+    eye = torch.eye(C_e.shape[1], dtype=DTYPE, device=C_e.device)
+    M = lam * eye + C_e.T @ (s * C_e) + s_p * (C_p.T @ C_p)
+    K = (s * (G_e - C_e)).T @ C_e
+    return torch.linalg.solve(M, K.T).T
 
 
 def factor(D, rank: int):
@@ -128,8 +147,8 @@ def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
     """RECE's closed form: for each row c of C, the state c' with sum_l ||W_l c' - W0_l c||^2 + mu ||c'||^2
     least, over every edited layer l at once."""
     d = C.shape[1]
-    A = mu * torch.eye(d, dtype=DTYPE)
-    B = torch.zeros(d, d, dtype=DTYPE)
+    A = mu * torch.eye(d, dtype=DTYPE, device=C.device)
+    B = torch.zeros(d, d, dtype=DTYPE, device=C.device)
     for n, W in Ws.items():
         A += W.T @ W
         B += W.T @ W0s[n]
@@ -158,29 +177,33 @@ def edit(recipe, base, concept, rounds: int = 0):
     mods = edited_modules(base.pipe.unet, u.modules)
     if not mods:
         raise RecipeError(f"the base's UNet has no cross-attention {'/'.join(u.modules)} projection to edit")
-    W0s = {n: m.weight.detach().to("cpu", DTYPE) for n, m in mods.items()}
+    dev = solve_device(base)
+    W0s = {n: m.weight.detach().to(dev, DTYPE) for n, m in mods.items()}
     t_prep = time.time() - t0
-    erased, targets_of, scales = C_e, G_e, torch.full((len(C_e),), float(u.erase_scale), dtype=DTYPE)
-    deltas = {n: solve(W, erased, G_e @ W.T, C_p, u.lam, scales, u.preserve_scale) for n, W in W0s.items()}
+    erased, targets_of, scales = C_e, G_e, torch.full((len(C_e),), float(u.erase_scale), dtype=DTYPE, device=dev)
+    P = shared_map(erased, targets_of, C_p, u.lam, scales, u.preserve_scale)
     history = []
     for r in range(rounds):
-        Ws = {n: W0s[n] + deltas[n] for n in W0s}
+        Ws = {n: W0s[n] + W0s[n] @ P for n in W0s}
         adv = adversarial_states(Ws, W0s, C_a, u.rece_lam)
         # how far the derived states bring the edited layers back to the base's output of the concept
         back = sum(float((adv @ Ws[n].T - C_a @ W0s[n].T).norm() ** 2) for n in W0s)
         ref = sum(float((C_a @ W0s[n].T - G_a @ W0s[n].T).norm() ** 2) for n in W0s)
         erased = torch.cat([erased, adv])
         targets_of = torch.cat([targets_of, G_a])
-        scales = torch.cat([scales, torch.full((len(adv),), float(u.rece_scale), dtype=DTYPE)])
-        deltas = {n: solve(W, erased, targets_of @ W.T, C_p, u.lam, scales, u.preserve_scale)
-                  for n, W in W0s.items()}
+        scales = torch.cat([scales, torch.full((len(adv),), float(u.rece_scale), dtype=DTYPE, device=dev)])
+        P = shared_map(erased, targets_of, C_p, u.lam, scales, u.preserve_scale)
         history.append({"round": r + 1, "residual": round((back / max(ref, 1e-30)) ** 0.5, 6),
                         "adv_norm": round(float(adv.norm(dim=1).mean()), 4), "erased": len(erased)})
-    rank = max(min(len(erased), *D.shape) for D in deltas.values())
-    factors = {n: factor(D, rank) for n, D in deltas.items()}
+    rank = min(len(erased), P.shape[0])
+    right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
+    factors = {n: (W @ right, down) for n, W in W0s.items()}
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.time() - t0
+    deltas = {n: W @ P for n, W in W0s.items()}
     err = max(float((up @ down - deltas[n]).abs().max() / deltas[n].abs().max().clamp_min(1e-30))
               for n, (up, down) in factors.items())
-    seconds = time.time() - t0
     summary = {"edit_seconds": round(seconds, 4), "encode_seconds": round(t_prep, 4),
                "modules": len(mods), "rank": rank, "erased_states": len(C_e), "kept_states": len(C_p),
                "factor_rel_error": err,
