@@ -356,9 +356,10 @@ def unlearn(
     else:
         s = result["summary"]
         defaults = (r.defaults if r is not None else "") or "paper"
-        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, defaults {defaults}, "
-                      f"{s['steps']} steps, "
-                      f"{s['train_seconds']:.1f} s training, {s['data']['sampling_seconds']:.1f} s sampling data; "
+        work = (f"closed-form edit in {s['edit_seconds']:.2f} s, LoRA rank {s['rank']}" if "edit_seconds" in s else
+                f"{s['steps']} steps, {s['train_seconds']:.1f} s training, "
+                f"{s['data']['sampling_seconds']:.1f} s sampling data")
+        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, defaults {defaults}, {work}; "
                       f"base {name if r is None else r.base})")
         if s.get("stopped_early"):
             console.print(f"stopped early at step {s['stopped_early']['step']}: the forget reward's recent mean "

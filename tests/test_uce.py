@@ -156,6 +156,9 @@ def test_unlearn_cli_repeated_concepts_together_and_shards(tmp_path):
     assert p.returncode == 0, p.stderr
     info = json.loads((tmp_path / "all" / "delta.json").read_text())
     assert info["concepts"] == ["digit 3", "digit 5", "digit 7"] and info["method"] == "uce"
+    p = erase("unlearn", "--method", "uce", "--concept", "digit 3", "--concept", "digit 5", "--out", str(tmp_path / "z"))
+    assert p.returncode == 0 and "closed-form edit in" in p.stderr, p.stderr
+    assert 'erase evaluate --concept "digit 3" --concept "digit 5"' in " ".join(p.stderr.split())  # a hint that runs
     p = erase("unlearn", "--method", "uce", "--concept", "digit 3", "--concept", "red", "--out", str(tmp_path / "x"))
     assert "one kind" in one_line_error(p, 1) and not (tmp_path / "x").exists()
     for args, words in ((["--shard", "2/2"], "counts from 0"), (["--shard", "a/b"], "not I/N"),
