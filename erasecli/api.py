@@ -393,9 +393,10 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         base = load_base(recipe.base, device=device, dtype=dtype)
     from erasecli.methods import get_method
 
-    if get_method(recipe.method).closed_form:
+    cls = get_method(recipe.method)
+    if cls.closed_form:
         return _unlearn_closed_form(recipe, base, out, overwrite, t0)
-    data = build_train_data(recipe, base, progress=data_progress, images=get_method(recipe.method).uses_images(recipe))
+    data = build_train_data(recipe, base, progress=data_progress, images=cls.uses_images(recipe))
     peak0 = peak_rss_mb()
     try:
         result = run(recipe, base, data, out=out, resume_state=state, progress=progress,
@@ -438,7 +439,7 @@ def _unlearn_closed_form(recipe, base, out: Path, overwrite: bool, t0: float) ->
     concept = concept_of(recipe, base.ref)
     factors, rank, info = get_method(recipe.method).edit(recipe, base, concept)
     summary = {"method": recipe.method, "concept": concept.name, "concepts": list(concept.names),
-               "train_seconds": info["edit_seconds"], "steps": 0, "trainable_params": 0, **info,
+               "train_seconds": info["edit_seconds"], "steps": 0, **info,
                "data": {"sampling_seconds": 0.0, "forget_prompts": len(concept.forget),
                         "retain_prompts": len(concept.retain)}}
     unet = base.pipe.unet

@@ -43,7 +43,7 @@ def test_uce_delta_loads_in_plain_diffusers_and_reproduces_the_edited_weights(ti
     assert s["steps"] == 0 and s["rank"] >= 1 and s["modules"] == 14  # every attn2 to_k / to_v of the tiny UNet
     assert res["delta"]["concepts"] == ["digit 3"] and res["delta"]["method"] == "uce"
     concept = concept_for(r, True)
-    C_e, G_e, C_p = plan(r, tiny, concept)
+    C_e, G_e, C_p, _ = plan(r, tiny, concept)
     assert r.uce.erase_scale == 3.0 and r.defaults == "tiny-digit-uce"  # the shipped tiny preset's
     expected = {n: _by_formula(m.weight.detach().double(), C_e, G_e @ m.weight.detach().double().T, C_p, 0.7, 3.0, 0.5)
                 for n, m in edited_modules(tiny.pipe.unet, ("to_k", "to_v")).items()}
@@ -56,8 +56,9 @@ def test_uce_delta_loads_in_plain_diffusers_and_reproduces_the_edited_weights(ti
         got = fused[n].weight.detach().double()
         assert (got - W).abs().max() <= 1e-5 * W.abs().max(), n
     others = [k for k, v in pipe.unet.state_dict().items() if "attn2.to_k" not in k and "attn2.to_v" not in k]
-    base_sd = tiny.pipe.unet.state_dict()
-    assert all(torch.equal(pipe.unet.state_dict()[k], base_sd[k]) for k in others[:50])  # nothing else moved
+    base_sd = StableDiffusionPipeline.from_pretrained(str(TINY_DIR), safety_checker=None,
+                                                      requires_safety_checker=False).unet.state_dict()
+    assert all(torch.equal(pipe.unet.state_dict()[k], base_sd[k]) for k in others)  # nothing else moved
 
 
 def test_sampling_with_a_uce_delta_equals_the_directly_edited_model(tiny, tmp_path):
@@ -66,16 +67,14 @@ def test_sampling_with_a_uce_delta_equals_the_directly_edited_model(tiny, tmp_pa
     prompts = ["a red handwritten digit three", "a blue handwritten digit five"]
     s = api.load_recipe(None, ["sample.steps=10"])
     with_delta = api.sample(s, prompts=prompts, n=3, deltas=[str(tmp_path / "uce")], base=tiny)
-    C_e, G_e, C_p = plan(r, tiny, concept_for(r, True))
-    from erasecli.methods.uce import solve
-
+    C_e, G_e, C_p, _ = plan(r, tiny, concept_for(r, True))
     mods = edited_modules(tiny.pipe.unet, ("to_k", "to_v"))
     saved = {n: m.weight.detach().clone() for n, m in mods.items()}
     try:
         for n, m in mods.items():
             W0 = saved[n].double()
             u = r.uce
-            m.weight.data = (W0 + solve(W0, C_e, G_e @ W0.T, C_p, u.lam, u.erase_scale, u.preserve_scale)).float()
+            m.weight.data = _by_formula(W0, C_e, G_e @ W0.T, C_p, u.lam, u.erase_scale, u.preserve_scale).float()
         edited = api.sample(s, prompts=prompts, n=3, base=tiny)
     finally:
         for n, m in mods.items():
@@ -88,12 +87,13 @@ def test_sampling_with_a_uce_delta_equals_the_directly_edited_model(tiny, tmp_pa
 
 
 def test_uce_aligns_forget_tokens_with_their_guide(tiny):
-    C_e, G_e = erase_pairs(tiny, ["a red handwritten digit three"], ["a red handwritten digit"], "padding")
+    C_e, G_e, rows = erase_pairs(tiny, ["a red handwritten digit three"], ["a red handwritten digit"], "padding")
     # "<bos> a red handwritten digit" are shared: the edit starts at "three" and runs through the padding
     L = tiny.pipe.tokenizer.model_max_length
     assert C_e.shape == G_e.shape == (L - 5, C_e.shape[1])
-    C_c, _ = erase_pairs(tiny, ["a red handwritten digit three"], ["a red handwritten digit"], "concept")
+    C_c, _, _ = erase_pairs(tiny, ["a red handwritten digit three"], ["a red handwritten digit"], "concept")
     assert len(C_c) == 2 and torch.allclose(C_c, C_e[:2])  # "three" and the end-of-text token
+    assert rows.tolist() == [True, True] + [False] * (len(C_e) - 2)  # the rows rece re-derives
     with pytest.raises(RecipeError, match="nothing to erase"):
         erase_pairs(tiny, ["a digit"], ["a digit"], "padding")
 

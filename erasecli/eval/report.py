@@ -22,6 +22,15 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+def _row(label: str, vals: list, shown: list) -> list[str]:
+    """One table row: the label, each model's value as shown, and the change when there are two models."""
+    row = [label] + shown
+    if len(vals) == 2:
+        a, b = vals
+        row.append("-" if a is None or b is None else f"{b - a:+.3f}")
+    return row
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per metric, one column per model (plus the change when there are two)."""
     models = report["models"]
@@ -38,18 +47,11 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         if key in SPREADS:
             shown = [s if m["metrics"].get(SPREADS[key]) is None else f"{s} +- {_fmt(m['metrics'][SPREADS[key]])}"
                      for s, m in zip(shown, models)]
-        row = [NAMES.get(key, key)] + shown
-        if len(models) == 2:
-            a, b = vals
-            row.append("-" if a is None or b is None else f"{b - a:+.3f}")
-        rows.append(row)
+        rows.append(_row(NAMES.get(key, key), vals, shown))
         if key == "ua":  # concepts erased together: UA of each as well
             for name in models[0].get("ua_by_concept", {}):
                 vals = [m.get("ua_by_concept", {}).get(name) for m in models]
-                row = [f"  UA {name}"] + [_fmt(v) for v in vals]
-                if len(models) == 2:
-                    row.append("-" if None in vals else f"{vals[1] - vals[0]:+.3f}")
-                rows.append(row)
+                rows.append(_row(f"  UA {name}", vals, [_fmt(v) for v in vals]))
     return header, rows
 
 

@@ -77,9 +77,9 @@ def _states(base, prompts):
     return torch.cat(out).to(solve_device(base), DTYPE)
 
 
-def erase_pairs(base, forget, guides, tokens: str, with_concept_rows: bool = False):
-    """(C_e, G_e): the erased token states of the forget prompts and the aligned guide states, (n, D) each
-    (and, with `with_concept_rows`, the (n,) mask of the rows up to each prompt's end-of-text token).
+def erase_pairs(base, forget, guides, tokens: str):
+    """(C_e, G_e, rows): the erased token states of the forget prompts and the aligned guide states, (n, D)
+    each, and the (n,) mask of the rows up to each prompt's end-of-text token (the concept's own tokens).
 
     Tokens are aligned by position: from the first one where the forget prompt's ids differ from its guide's
     (earlier states are identical, the text encoder being causal) to the end of the sequence ('padding') or to
@@ -103,20 +103,7 @@ def erase_pairs(base, forget, guides, tokens: str, with_concept_rows: bool = Fal
     if not cs:
         raise RecipeError("every forget prompt equals its guide, so there is nothing to erase",
                           hint="set uce.guide to another text, e.g. --set uce.guide=empty")
-    if with_concept_rows:
-        return torch.cat(cs), torch.cat(gs), torch.cat(rows).to(s_f.device)
-    return torch.cat(cs), torch.cat(gs)
-
-
-def solve(W0, C_e, V_e, C_p, lam: float, s_e, s_p: float):
-    """W - W0 for one projection (out x in). C_e (n, in) erased states, V_e (n, out) their targets, C_p (m, in)
-    kept states; s_e a number or an (n,) tensor of per-embedding erase weights."""
-    s_e = torch.as_tensor(s_e, dtype=DTYPE, device=W0.device)
-    s_e = (s_e.expand(len(C_e)) if s_e.ndim == 0 else s_e).reshape(-1, 1)
-    eye = torch.eye(W0.shape[1], dtype=DTYPE, device=W0.device)
-    M = lam * eye + C_e.T @ (s_e * C_e) + s_p * (C_p.T @ C_p)
-    R = (s_e * (V_e - C_e @ W0.T)).T @ C_e  # (out, in) = s_e sum_i (v*_i - W0 c_i) c_i^T
-    return torch.linalg.solve(M, R.T).T  # R M^-1 (M is symmetric)
+    return torch.cat(cs), torch.cat(gs), torch.cat(rows).to(s_f.device)
 
 
 def shared_map(C_e, G_e, C_p, lam: float, s_e, s_p: float):
@@ -155,24 +142,24 @@ def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
     return torch.linalg.solve(A, B @ C.T).T  # (n, d)
 
 
-def plan(recipe, base, concept, with_concept_rows: bool = False):
-    """The states of one edit: erased C_e, their guides' G_e, kept C_p (and the concept-token row mask)."""
+def plan(recipe, base, concept):
+    """The states of one edit: erased C_e, their guides' G_e, kept C_p, and the concept-token row mask."""
     u = recipe.uce
     if u.guide == "anchor":
         guides = list(concept.anchor)
     else:
         guides = [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
-    C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides, u.tokens, with_concept_rows=True)
+    C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides, u.tokens)
     keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
     C_p = _states(base, keep).reshape(-1, C_e.shape[1]) if keep else C_e.new_zeros(0, C_e.shape[1])
-    return (C_e, G_e, C_p, rows) if with_concept_rows else (C_e, G_e, C_p)
+    return C_e, G_e, C_p, rows
 
 
 def edit(recipe, base, concept, rounds: int = 0):
     """Solve the edit (plus `rounds` RECE rounds). Returns ({module: (up, down)}, rank, summary)."""
     u = recipe.uce
     t0 = time.time()
-    C_e, G_e, C_p, concept_rows = plan(recipe, base, concept, with_concept_rows=True)
+    C_e, G_e, C_p, concept_rows = plan(recipe, base, concept)
     C_a, G_a = C_e[concept_rows], G_e[concept_rows]  # rece re-derives the concept's own tokens' states
     mods = edited_modules(base.pipe.unet, u.modules)
     if not mods:
@@ -232,13 +219,15 @@ def write_factors(unet, factors: dict, rank: int, dtype=torch.float32) -> None:
 
 class Uce(ClosedForm):
     name = "uce"
-    rounds: ClassVar[int] = 0
 
     @classmethod
     def edit(cls, recipe, base, concept):
-        return edit(recipe, base, concept, rounds=cls.rounds if cls.rounds == 0 else recipe.uce.rounds)
+        return edit(recipe, base, concept)
 
 
-class Rece(Uce):
+class Rece(ClosedForm):
     name = "rece"
-    rounds = 1  # any non-zero: recipe.uce.rounds decides
+
+    @classmethod
+    def edit(cls, recipe, base, concept):
+        return edit(recipe, base, concept, rounds=recipe.uce.rounds)
