@@ -3,17 +3,20 @@
 "digit 3", under every attack, in one table.
 
 Per training seed, each method runs `erase unlearn --recipe recipes/tiny-digit-<method>.yaml --seed S` (a delta
-already in --keep is reused), then one `erase evaluate` gives UA, IRA, CRA and the robustness metrics for the
-base and every delta, and a second one the same for the oracle. JSON lines to stdout, a Markdown table to
-stderr; attack seconds are each model's attack wall time (the first run of a model; a rerun reads the cache).
+already in --keep is reused) and, in the `robust` variant, the same with `--set robust.enabled=true` (the
+training methods only: siss, adaptive-siss, ppo-alpha, esd); `robust-te` adds `--set lora.text_encoder=true`.
+Then one `erase evaluate` gives UA, IRA, CRA and the robustness metrics for the base and every delta, and a
+second one the same for the oracle. JSON lines to stdout, a Markdown table to stderr; attack seconds are each
+model's attack wall time (the first run of a model; a rerun reads the cache), train seconds the delta's own.
 
-    python -m bench.robustness [--seeds 0,1] [--methods siss,esd] [--keep DIR] [--budget 1.0]
-                               [--samples-per-prompt 4]
+    python -m bench.robustness [--seeds 0,1] [--methods siss,esd] [--variants plain,robust] [--keep DIR]
+                               [--budget 1.0] [--samples-per-prompt 4] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -25,6 +28,9 @@ from bench.unlearn_compare import ROOT, erase
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
 COLUMNS = ("ua", "ua_paraphrase", "pre_asr", "asr_paraphrase", "asr_prompt", "asr_inversion", "ira", "cra")
 ORACLE = "tiny-oracle-digit-3"
+ROBUST_METHODS = ("siss", "adaptive-siss", "ppo-alpha", "esd")  # the methods with a `robust` section
+VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
+            "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
 
 
 def evaluate(base: str, deltas: list[Path], a) -> dict:
@@ -48,7 +54,14 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")
     ap.add_argument("--budget", type=float, default=1.0, help="attack.budget of every attack.")
     ap.add_argument("--samples-per-prompt", type=int, default=4, help="Evaluation images per prompt and model.")
+    ap.add_argument("--variants", default="plain,robust", help="Comma-separated: " + ", ".join(VARIANTS) + ".")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="Extra recipe overrides for the robust variants (e.g. robust.attack=prefix).")
     a = ap.parse_args(argv)
+    variants = [v for v in a.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
     work = Path(a.keep or tempfile.mkdtemp(prefix="erasecli-robustness-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ERASECLI_CACHE", str(work / "cache"))
@@ -56,27 +69,39 @@ def main(argv=None) -> None:
     rows = []
     oracle = evaluate(ORACLE, [], a)["base"]
     for seed in [int(s) for s in a.seeds.split(",") if s]:
-        deltas = []
-        for m in methods:
-            d = work / f"seed{seed}" / m
-            if not (d / "pytorch_lora_weights.safetensors").exists():
-                erase("unlearn", *method_args(m, ROOT), "--seed", str(seed),
-                      "--out", str(d), "--overwrite")
-            deltas.append(d)
+        deltas, names = [], []
+        for v in variants:
+            for m in methods:
+                if v != "plain" and m not in ROBUST_METHODS:
+                    continue
+                name = m if v == "plain" else f"{m} {v}"
+                d = work / f"seed{seed}" / name.replace(" ", "-")
+                if not (d / "pytorch_lora_weights.safetensors").exists():
+                    extra = VARIANTS[v] + ([x for kv in a.sets for x in ("--set", kv)] if v != "plain" else [])
+                    erase("unlearn", *method_args(m, ROOT), "--seed", str(seed), *extra,
+                          "--out", str(d), "--overwrite")
+                deltas.append(d)
+                names.append(name)
         figures = evaluate("tiny", deltas, a)
         if not rows:
             rows.append(("base", "-", figures["base"]))
             rows.append(("oracle (retrained without 3s)", "-", oracle))
-        rows += [(m, seed, figures[d.name]) for m, d in zip(methods, deltas)]
+        for name, d in zip(names, deltas):
+            train = json.loads((d / "train_summary.json").read_text())["train_seconds"]
+            rows.append((name, seed, {**figures[d.name], "train_seconds": train}))
     for name, seed, f in rows:
-        for key in (*COLUMNS, "attack_seconds"):
-            emit("robustness", key, f.get(key), "s" if key == "attack_seconds" else "fraction", model=name,
-                 seed=seed, concept="digit 3", budget=a.budget, samples_per_prompt=a.samples_per_prompt)
-    head = "| model | seed | " + " | ".join(COLUMNS) + " | attack s |"
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 3)]
+        for key in (*COLUMNS, "attack_seconds", "train_seconds"):
+            if key == "train_seconds" and key not in f:
+                continue
+            emit("robustness", key, f.get(key), "s" if key.endswith("seconds") else "fraction", model=name,
+                 seed=seed, concept="digit 3", budget=a.budget, samples_per_prompt=a.samples_per_prompt,
+                 robust_sets=a.sets)
+    head = "| model | seed | " + " | ".join(COLUMNS) + " | attack s | train s |"
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 4)]
     for name, seed, f in rows:
         cells = ["-" if f.get(k) is None else f"{f[k]:.3f}" for k in COLUMNS]
-        lines.append(f"| {name} | {seed} | " + " | ".join(cells) + f" | {f['attack_seconds']:.0f} |")
+        train = f"{f['train_seconds']:.1f}" if "train_seconds" in f else "-"
+        lines.append(f"| {name} | {seed} | " + " | ".join(cells) + f" | {f['attack_seconds']:.0f} | {train} |")
     print("\n".join(lines), file=sys.stderr)
     print(f"deltas in {work}", file=sys.stderr)
 

@@ -273,6 +273,9 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
 
     cls = get_method(recipe.method)
     cls.check(recipe)
+    from erasecli.methods.robust import check as check_robust
+
+    check_robust(recipe, recipe.method)
     from erasecli.dist import launched
 
     if launched() and not cls.data_parallel:
@@ -414,11 +417,16 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
 
         if not world().is_main:  # every process holds the same adapter; one writes it
             return {"out": str(out), "delta": None, "summary": summary}
+        te = base.pipe.text_encoder if recipe.lora.text_encoder else None
         info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=data.sets.name,
                                concepts=data.sets.names, recipe=recipe_to_dict(recipe),
-                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra)
-    finally:  # a base passed in by the caller goes back without our adapter
+                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra, text_encoder=te)
+    finally:  # a base passed in by the caller goes back without our adapters
         base.pipe.unet.delete_adapters("default")
+        if recipe.lora.text_encoder:
+            from erasecli.methods.robust import remove_text_encoder_lora
+
+            remove_text_encoder_lora(base.pipe.text_encoder)
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}

@@ -54,9 +54,10 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
 
 
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
-                    metrics: dict | None = None, overwrite: bool = False, extra=None, concepts=()) -> DeltaInfo:
-    """Write the UNet's peft adapter as a diffusers LoRA delta folder, atomically; `extra(folder)` may add
-    files (logs, plots) to the folder before it is moved into place."""
+                    metrics: dict | None = None, overwrite: bool = False, extra=None, concepts=(),
+                    text_encoder=None) -> DeltaInfo:
+    """Write the UNet's peft adapter (and the text encoder's, when one is given) as a diffusers LoRA delta folder,
+    atomically; `extra(folder)` may add files (logs, plots) to the folder before it is moved into place."""
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -67,8 +68,17 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     check_out(out, overwrite)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
-    peft_cfg = unet.peft_config["default"].to_dict()
-    peft_cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in peft_cfg.items()}
+
+    def config(model) -> dict:
+        cfg = model.peft_config["default"].to_dict()
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+
+    packed = {f"unet.{k}": v for k, v in config(unet).items()}
+    te_layers = None
+    if text_encoder is not None:
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        te_layers = {k: v.detach().to("cpu").contiguous() for k, v in te_layers.items()}
+        packed |= {f"text_encoder.{k}": v for k, v in config(text_encoder).items()}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info = DeltaInfo(path=out, base=base.name, base_arch=base.arch, method=method, concept=concept,
                      version=__version__, created=created, recipe=recipe, metrics=metrics or {},
@@ -76,8 +86,7 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     header = {
         "format": "pt",
         # The same packing diffusers' save_lora_weights uses ("unet." + peft field), so alpha/rank reload.
-        LORA_ADAPTER_METADATA_KEY: json.dumps({f"unet.{k}": v for k, v in peft_cfg.items()}, sort_keys=True,
-                                              default=str),
+        LORA_ADAPTER_METADATA_KEY: json.dumps(packed, sort_keys=True, default=str),
         **{META_PREFIX + k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
            for k, v in info.to_dict().items() if k != "path"},
     }
@@ -87,7 +96,8 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
 
     tmp = staging_dir(out)
     try:
-        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, save_function=save_with_header)
+        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, text_encoder_lora_layers=te_layers,
+                                                  save_function=save_with_header)
         (tmp / "delta.json").write_text(json.dumps(info.to_dict() | {"path": None}, indent=2))
         from erasecli.recipes import recipe_from_dict, write_recipe
 

@@ -1,9 +1,9 @@
 """`erase export`: a delta in the layouts other tools load.
 
 - `kohya`: one safetensors file in the kohya / webui key layout (`lora_unet_<module>.lora_down.weight`,
-  `.lora_up.weight`, `.alpha`), made with diffusers' own `convert_state_dict_to_kohya`; ComfyUI, AUTOMATIC1111
-  and diffusers' `load_lora_weights` read it. The alpha of every module is the delta's LoRA alpha, so the
-  scale alpha / rank is kept.
+  `.lora_up.weight`, `.alpha`; `lora_te_text_model_<module>...` for a trained text encoder), made with
+  diffusers' own `convert_state_dict_to_kohya`; ComfyUI, AUTOMATIC1111 and diffusers' `load_lora_weights` read
+  it. The alpha of every module is the delta's LoRA alpha, so the scale alpha / rank is kept.
 - `merged`: a full diffusers pipeline folder whose UNet has the delta fused into its weights
   (`fuse_lora`), for tools that take a model and no LoRA.
 """
@@ -33,13 +33,20 @@ def check_export(delta: str, fmt: str, out: Path | None, overwrite: bool) -> Non
 
 
 def _peft_state(delta_file: Path):
-    """The delta's diffusers keys ('unet.<module>.lora.down.weight') as peft keys ('...lora_A.weight'), which is
-    what diffusers' kohya converter takes."""
-    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    """The delta's diffusers keys ('unet.<module>.lora.down.weight', and 'text_encoder.<module>.lora_linear_layer.
+    down.weight' when the text encoder was trained) as peft keys ('...lora_A.weight'), which is what diffusers'
+    kohya converter takes. Text-encoder keys get the 'text_model.' level that CLIP checkpoints (and so webui and
+    ComfyUI) name, whether or not the installed transformers' CLIPTextModel has one."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
     from safetensors.torch import load_file
 
     sd = load_file(str(delta_file))
-    return convert_unet_state_dict_to_peft({k: v for k, v in sd.items() if k.startswith("unet.")})
+    out = convert_unet_state_dict_to_peft({k: v for k, v in sd.items() if k.startswith("unet.")})
+    te = {k.removeprefix("text_encoder."): v for k, v in sd.items() if k.startswith("text_encoder.")}
+    if te:
+        te = convert_state_dict_to_peft(te)
+        out |= {"text_encoder." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in te.items()}
+    return out
 
 
 def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
@@ -56,10 +63,16 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
     with safe_open(str(file), framework="pt") as f:
         header = f.metadata() or {}
     peft_cfg = json.loads(header.get("lora_adapter_metadata", "{}"))
-    alpha = float(peft_cfg.get("unet.lora_alpha", 0) or 0)
+    alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0) for part in ("unet", "text_encoder")}
     kohya = convert_state_dict_to_kohya(_peft_state(file))
-    if alpha:  # the converter sets alpha = rank; the delta's own alpha keeps its scale
-        kohya = {k: (torch.tensor(alpha) if k.endswith(".alpha") else v) for k, v in kohya.items()}
+    # SD 1.x kohya files name the text encoder lora_te_ (lora_te1_ / lora_te2_ are SDXL's two encoders)
+    kohya = {("lora_te_" + k.removeprefix("lora_te1_")) if k.startswith("lora_te1_") else k: v for k, v in kohya.items()}
+
+    def alpha_of(key: str) -> float:
+        return alphas["text_encoder" if key.startswith("lora_te_") else "unet"]
+
+    # the converter sets alpha = rank; the delta's own alpha keeps its scale
+    kohya = {k: (torch.tensor(alpha_of(k)) if k.endswith(".alpha") and alpha_of(k) else v) for k, v in kohya.items()}
     meta = {k: v for k, v in header.items() if k.startswith("erasecli.")}
     meta["erasecli.export"] = "kohya"
     out = Path(out)

@@ -19,6 +19,19 @@ from typing import ClassVar
 from erasecli.errors import UsageError
 
 
+def denoising_loss(unet, alphas_cumprod, z0, c, gen):
+    """A model's denoising MSE on target latents z0 (B, C, h, w) under conditions c (B, L, D), t uniform over the
+    whole schedule, one draw per row from the CPU generator `gen`: what the prompt and inversion attacks (and
+    robust training's inner attack, erasecli.methods.robust) minimise to bring a concept back."""
+    import torch
+
+    t = torch.randint(len(alphas_cumprod), (len(z0),), generator=gen).to(z0.device)
+    eps = torch.randn(z0.shape, generator=gen).to(z0.device)
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    e = unet(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, encoder_hidden_states=c).sample
+    return (e.float() - eps).pow(2).mean()
+
+
 @dataclass
 class AttackContext:
     recipe: object
@@ -58,17 +71,11 @@ class AttackContext:
         return [int(p) == self.concept.target for p in pred]
 
     def denoising_loss(self, z0, c, gen):
-        """What the prompt and inversion attacks minimise: the model under attack's denoising MSE on target latents
-        z0 (B, C, h, w) under conditions c (B, L, D), t uniform over the whole schedule, one draw per row."""
+        """What the prompt and inversion attacks minimise on the model under attack (`denoising_loss`)."""
         import torch
 
         pipe = self.base.pipe
-        ab_all = pipe.scheduler.alphas_cumprod.to(self.device, torch.float32)
-        t = torch.randint(len(ab_all), (len(z0),), generator=gen).to(self.device)
-        eps = torch.randn(z0.shape, generator=gen).to(self.device)
-        ab = ab_all[t].view(-1, 1, 1, 1)
-        e = pipe.unet(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, encoder_hidden_states=c).sample
-        return (e.float() - eps).pow(2).mean()
+        return denoising_loss(pipe.unet, pipe.scheduler.alphas_cumprod.to(self.device, torch.float32), z0, c, gen)
 
     def succeeds(self, images: list) -> bool:
         h = self.hits(images)

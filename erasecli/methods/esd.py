@@ -23,6 +23,7 @@ import torch
 
 from erasecli.methods import Unlearner
 from erasecli.methods.losses import grad_norm, mse
+from erasecli.methods.robust import base_only
 
 
 class Esd(Unlearner):
@@ -70,17 +71,13 @@ class Esd(Unlearner):
             x_t = ctx.world.local(ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape))
             t = ctx.world.local(t)
         empty = torch.zeros_like(c)
-        ctx.unet.disable_adapters()  # theta*: the frozen base
-        try:
-            with torch.no_grad():
-                if cfg.anchor == "prompt":
-                    e_c, e_0, e_anchor = ctx.eps(torch.cat([x_t] * 3), torch.cat([t] * 3),
-                                                 torch.cat([c, empty, c_anchor])).chunk(3)
-                else:
-                    e_c, e_0 = ctx.eps(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([c, empty])).chunk(2)
-                    e_anchor = e_0
-        finally:
-            ctx.unet.enable_adapters()
+        with base_only(ctx.unet, ctx.base.pipe.text_encoder), torch.no_grad():  # theta*: the frozen base
+            if cfg.anchor == "prompt":
+                e_c, e_0, e_anchor = ctx.eps(torch.cat([x_t] * 3), torch.cat([t] * 3),
+                                             torch.cat([c, empty, c_anchor])).chunk(3)
+            else:
+                e_c, e_0 = ctx.eps(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([c, empty])).chunk(2)
+                e_anchor = e_0
         e_ref = e_anchor if cfg.guide_from == "anchor" else e_0
         target = e_anchor - cfg.negative_guidance * (e_c - e_ref)  # (B, C, h, w)
         use_retain = cfg.retain_weight > 0 and len(d.retain) > 0

@@ -84,22 +84,23 @@ def _deferred_sigint():
             signal.signal(s, h)
 
 
-def _adapter_state(unet) -> dict:
+def _adapter_state(model) -> dict:
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def _load_adapter_state(unet, state: dict) -> None:
+def _load_adapter_state(model, state: dict) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    res = set_peft_model_state_dict(unet, state)
+    res = set_peft_model_state_dict(model, state)
     unexpected = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
     if unexpected:
         raise EraseError(f"checkpoint adapter does not fit: unexpected keys {unexpected[:3]}")
 
 
-def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_seconds: float, out: Path) -> None:
+def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_seconds: float, out: Path,
+                    adversary=None) -> None:
     from erasecli import __version__
     from erasecli.recipes import recipe_to_dict, write_recipe
 
@@ -112,8 +113,10 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
         "out": str(out),
         "recipe": recipe_to_dict(ctx.recipe),
         "adapter": _adapter_state(ctx.base.pipe.unet),
+        "adapter_text_encoder": _adapter_state(ctx.base.pipe.text_encoder) if ctx.recipe.lora.text_encoder else None,
         "method": method.state_dict(),
         "gen": ctx.gen.get_state(),
+        "robust": adversary.state_dict() if adversary is not None else None,
         "rows": rows,
         "train_seconds": train_seconds,
     }
@@ -133,15 +136,19 @@ def read_checkpoint(folder: Path) -> dict:
 
 
 def setup_adapter(recipe, base) -> list:
-    """Freeze the base, attach a fresh LoRA (seeded, so its init is the same on resume), return its params."""
+    """Freeze the base, attach a fresh LoRA (seeded, so its init is the same on resume) to the UNet, and with
+    lora.text_encoder to the text encoder too; return the trainable params."""
     from erasecli.delta import add_lora
+    from erasecli.methods.robust import add_text_encoder_lora
 
     pipe = base.pipe
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
     torch.manual_seed(recipe.train.seed)  # peft's lora_A init draws from the global generator
     add_lora(pipe.unet, recipe.lora.rank, recipe.lora.alpha, expand_targets(recipe.lora.target_modules))
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    if recipe.lora.text_encoder:
+        add_text_encoder_lora(recipe, pipe.text_encoder)
+    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
     for p in params:  # trainable weights in fp32, whatever the base's dtype (docs/methods.md, "Training rules")
         p.data = p.data.float()
     return params
@@ -221,11 +228,22 @@ def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, prog
     ctx = Context(recipe=recipe, base=base, unet=base.pipe.unet, params=params, data=data, gen=gen,
                   alphas_cumprod=ab, device=base.device, world=world())
     autocast, undo = compute_knobs(recipe, base, ctx)
+    cond = adversary = None
+    if recipe.lora.text_encoder or recipe.robust.enabled:
+        from erasecli.methods.robust import Adversary, Conditions
+
+        cond = Conditions(base, data.prompts)
+        if recipe.lora.text_encoder or ctx.encode is not None:  # states through the (trained) text encoder
+            ctx.encode = cond.encode
+        if recipe.robust.enabled:
+            adversary = Adversary(ctx, cond)
     try:
         return _run(recipe, base, ctx, cls, autocast, out=out, resume_state=resume_state, progress=progress,
-                    checkpoint_dir=checkpoint_dir)
+                    checkpoint_dir=checkpoint_dir, adversary=adversary)
     finally:
         undo()
+        if cond is not None:
+            cond.close()
 
 
 def lr_factor(schedule: str, k: int, total: int) -> float:
@@ -243,7 +261,7 @@ def _set_lr(opt, schedule: str, k: int, total: int) -> None:
         group["lr"] = group["initial_lr"] * lr_factor(schedule, k, total)
 
 
-def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, checkpoint_dir) -> dict:
+def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, checkpoint_dir, adversary) -> dict:
     gen, params = ctx.gen, ctx.params
     with autocast():  # a method may sample (critic-rl trains its critic here)
         method = cls(ctx)
@@ -252,6 +270,10 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
     start, train_seconds = 0, 0.0
     if resume_state is not None:
         _load_adapter_state(base.pipe.unet, resume_state["adapter"])
+        if resume_state.get("adapter_text_encoder"):
+            _load_adapter_state(base.pipe.text_encoder, resume_state["adapter_text_encoder"])
+        if adversary is not None and resume_state.get("robust"):
+            adversary.load_state_dict(resume_state["robust"])
         method.load_state_dict(resume_state["method"])
         gen.set_state(resume_state["gen"])
         rows = list(resume_state["rows"])
@@ -265,7 +287,8 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
             _set_lr(method.opt, recipe.train.lr_schedule, *method.run_position(k))
             t0 = time.perf_counter()
             with autocast():
-                row = method.step(k)
+                adv = adversary.before_step(k) if adversary is not None else {}
+                row = {**method.step(k), **adv}
             dt = time.perf_counter() - t0
             train_seconds += dt
             row = {"step": k + 1, **row, "lr": method.opt.param_groups[0]["lr"], "seconds": round(dt, 4)}
@@ -282,18 +305,18 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
                 break
             if (k + 1) % every == 0 and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
-                                out=out)
+                                out=out, adversary=adversary)
                 last_saved = k + 1
             stop = bool(ctx.world.total(torch.tensor(float(bool(sigint["hit"])))) > 0)  # all processes stop together
             if stop and k + 1 < total:
                 save_checkpoint(ckpt, step=k + 1, ctx=ctx, method=method, rows=rows, train_seconds=train_seconds,
-                                out=out)
+                                out=out, adversary=adversary)
                 by = " by SIGTERM" if sigint["hit"] == "SIGTERM" else ""
                 raise Interrupted(f"interrupted{by} after step {k + 1} of {total}; checkpoint saved to {ckpt}",
                                   hint=f"continue with `erase unlearn --resume {ckpt}`")
     base.pipe.unet.eval()
     return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,
-            "extra": method.extra_summary(),
+            "extra": {**method.extra_summary(), **(adversary.summary() if adversary is not None else {})},
             "params": sum(p.numel() for p in params), "processes": ctx.world.size}
 
 

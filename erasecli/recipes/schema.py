@@ -99,8 +99,15 @@ class LoraConfig:
         default=("to_q", "to_k", "to_v", "to_out.0"),
         metadata={"help": "UNet module names (as peft matches them) that get an adapter; non-empty."},
     )
+    text_encoder: bool = field(default=False, metadata={"help": "Also train a LoRA on the text encoder (AdvUnlearn's "
+                                                        "choice for robust erasure); the delta then carries "
+                                                        "text_encoder. keys. Training methods only."})
+    text_encoder_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "out_proj"),
+        metadata={"help": "Text-encoder module names that get an adapter with lora.text_encoder; non-empty."})
 
     CHECKS: ClassVar[Checks] = {
+        "text_encoder_modules": (NON_EMPTY,),
         "rank": (at_least(1),),
         "alpha": (above(0),),
         "target_modules": (NON_EMPTY, Check(lambda v: bool(v.strip()), "non-empty", each=True)),
@@ -509,6 +516,43 @@ class AttackConfig:
     }
 
 
+ROBUST_ATTACKS = ("prefix", "inversion")
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Robust erasure (adversarial training, after AdvUnlearn): every `every` steps an inner attack on the model
+    being trained finds soft tokens that bring the concept back; the method's forget term then also trains on
+    them. docs/methods.md, "Robust erasure"."""
+
+    enabled: bool = field(default=False, metadata={"help": "Turn adversarial training on (siss, adaptive-siss, "
+                                                   "ppo-alpha, esd)."})
+    attack: str = field(default="inversion", metadata={"help": "Inner attack: 'prefix' (soft tokens before each "
+                                                       "forget prompt, AdvUnlearn's) or 'inversion' (one soft "
+                                                       "token in place of the concept's words, concept "
+                                                       "inversion's)."})
+    tokens: int = field(default=1, metadata={"help": "prefix: soft prefix tokens per forget prompt, >= 1."})
+    every: int = field(default=10, metadata={"help": "Optimiser steps between inner attacks, >= 1."})
+    warmup: int = field(default=50, metadata={"help": "Steps before the first inner attack, >= 0."})
+    attack_steps: int = field(default=10, metadata={"help": "Adam steps of each inner attack (it starts from the "
+                                                    "last one's tokens), >= 1."})
+    attack_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the soft tokens, > 0."})
+    attack_batch: int = field(default=16, metadata={"help": "Forget images per inner-attack step, >= 1."})
+    mix: float = field(default=0.5, metadata={"help": "Share of the forget images whose prompt is the adversarial "
+                                              "one after each inner attack (drawn anew each time), in (0, 1]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "attack": (one_of(*ROBUST_ATTACKS),),
+        "tokens": (at_least(1),),
+        "every": (at_least(1),),
+        "warmup": (at_least(0),),
+        "attack_steps": (at_least(1),),
+        "attack_lr": (above(0),),
+        "attack_batch": (at_least(1),),
+        "mix": (between(0, 1, open_lo=True),),
+    }
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a command needs besides file paths. Add a method's section as one more field here."""
@@ -537,6 +581,8 @@ class Recipe:
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,
                                  metadata={"help": "Attacks on an erasure (section)."})
+    robust: RobustConfig = field(default_factory=RobustConfig,
+                                 metadata={"help": "Robust erasure: adversarial training (section)."})
     defaults: str = field(
         default="auto",
         metadata={"help": "Where the values no recipe file, option or --set gives come from: 'auto' (with no "

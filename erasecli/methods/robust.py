@@ -1,0 +1,284 @@
+"""Robust erasure: adversarial training against the concept coming back (the recipe's `robust` section), and the
+text-encoder LoRA (`lora.text_encoder`). docs/methods.md, "Robust erasure".
+
+After AdvUnlearn (Zhang et al., NeurIPS 2024): a min-max game between an inner attack and the method's step.
+Every `robust.every` steps after `robust.warmup`, on the model being trained (theta, the base + the adapter):
+
+    inner:  P* = argmin_P  E_{(x_0, j), t, eps} || eps_theta(gamma_t x_0 + sigma_t eps, t, te(c_j[P])) - eps ||^2
+    outer:  the method's own step, with a share `robust.mix` of the forget images conditioned on te(c_j[P*])
+            instead of te(c_j); the method's retain term keeps the other prompts
+
+where x_0 are the base's forget images of forget prompt j (the training data), and c_j[P] is prompt j's tokens
+with soft (continuous) token embeddings P put in: `robust.attack: prefix` puts `robust.tokens` of them before
+the prompt, one set per prompt (AdvUnlearn's attack, UnlearnDiffAtk's objective); `inversion` puts one vector,
+shared by all prompts, in place of the concept's words (concept inversion's attack). The loss is the attacks'
+own `denoising_loss` (erasecli.attacks), so the inner attack is the prompt / inversion attack's objective, kept
+soft (no projection to real tokens: the worst case in embedding space) and warm-started from the last P, for
+`robust.attack_steps` Adam steps at `robust.attack_lr`.
+
+Conditions are token ids plus soft-token overrides; row i < len(data.prompts) is prompt i as is, row
+len(data.prompts) + j the adversarial version of forget prompt j. With the adapter on the UNet alone and cached
+text embeddings, each inner attack writes its rows' states into `data.embeds` and the methods run unchanged;
+with `lora.text_encoder` every step encodes its conditions through the text encoder (and its adapter) afresh.
+
+Code names: `S` (rows, L) the override map (-1: the token's own embedding; else a row of the soft tokens `P`),
+`row_prompt` (N,) which forget prompt each forget image belongs to, `plain_c` the forget images' own prompts.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from erasecli.errors import RecipeError
+
+FILLERS = ("cat", "dog")  # two one-token words: where their tokenisations differ is where a soft token goes
+
+
+def te_modules(recipe) -> list[str]:
+    return list(recipe.lora.text_encoder_modules)
+
+
+def add_text_encoder_lora(recipe, text_encoder) -> None:
+    """A fresh trainable peft LoRA on the text encoder's attention projections (lora_B zero: a no-op at first).
+    peft's own injection, not transformers' `add_adapter`: transformers 5.24 wants a peft (>= 0.22) that the
+    package index does not have yet, while diffusers' loader reads the result either way."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=recipe.lora.rank, lora_alpha=recipe.lora.alpha,
+                                       target_modules=te_modules(recipe), init_lora_weights=True),
+                            text_encoder, adapter_name="default")
+
+
+def has_adapter(module) -> bool:
+    """Whether a model carries LoRA layers (ours, or ones diffusers' loader put there)."""
+    return any("lora_" in n for n, _ in module.named_parameters())
+
+
+def remove_text_encoder_lora(text_encoder) -> None:
+    """Take the training adapter off again (a base passed in by the caller goes back as it came)."""
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    delete_adapter_layers(text_encoder, "default")
+    cfg = getattr(text_encoder, "peft_config", None)
+    if cfg is not None:
+        cfg.pop("default", None)
+        if not cfg:  # as it came: peft warns of "multiple adapters" when a leftover empty dict is found
+            del text_encoder.peft_config
+
+
+def check(recipe, method: str) -> None:
+    """What robust training and the text-encoder adapter cannot do, before any model loads."""
+    from erasecli.methods import get_method
+
+    cls = get_method(method)
+    r = recipe.robust
+    if cls.closed_form and (r.enabled or recipe.lora.text_encoder):
+        what = "robust.enabled" if r.enabled else "lora.text_encoder"
+        raise RecipeError(f"{what} is for training methods; {method} is a closed-form edit of the UNet",
+                          hint="rece is uce with its own closed-form adversarial rounds (uce.rounds); or train "
+                               "with siss, adaptive-siss, ppo-alpha or esd")
+    if method == "critic-rl" and (r.enabled or recipe.lora.text_encoder):
+        what = "robust.enabled" if r.enabled else "lora.text_encoder"
+        raise RecipeError(
+            f"{what} is not supported by critic-rl: its forget term is the critic's reward on rollouts of plain "
+            "prompts, and a critic trained on the base's plain-prompt trajectories has never seen adversarial "
+            "conditions (nor a changing text encoder), so its reward there would not be trusted",
+            hint="use siss, adaptive-siss, ppo-alpha or esd for robust erasure")
+
+
+class Conditions:
+    """Token ids and soft-token overrides of every condition a step may use; `encode(rows, P)` -> (B, L, D)."""
+
+    def __init__(self, base, prompts: list):
+        pipe = base.pipe
+        self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
+        self.L = self.tok.model_max_length
+        self.ids = self.tokenize(prompts)  # (P, L)
+        self.S = torch.full_like(self.ids, -1)
+        self.P = None  # (n, D) soft tokens, when there are adversarial rows
+        self._slot = None
+        self._hook = self.te.get_input_embeddings().register_forward_hook(self._override)
+
+    def tokenize(self, texts: list) -> torch.Tensor:
+        return self.tok(list(texts), padding="max_length", max_length=self.L, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+
+    def _override(self, module, args, out):  # out: (B, L, D) token embeddings
+        if self._slot is None:
+            return out
+        mask, vals = self._slot
+        return torch.where(mask[..., None], vals.to(out.dtype), out)
+
+    def encode_ids(self, ids, S, P):
+        """Text-encoder states of ids (B, L) with the soft tokens P put where S >= 0."""
+        mask = S >= 0
+        if P is None or not bool(mask.any()):
+            return self.te(ids)[0]
+        self._slot = (mask, P[S.clamp(min=0)])
+        try:
+            return self.te(ids)[0]
+        finally:
+            self._slot = None
+
+    def encode(self, c):
+        """Condition rows c (B,) with the current soft tokens (no gradient to them; the adapters' flows)."""
+        c = c.to(self.ids.device)
+        P = None if self.P is None else self.P.detach()
+        grad = any(p.requires_grad for p in self.te.parameters())
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.encode_ids(self.ids[c], self.S[c], P)
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def _soft_positions(cond: Conditions, texts: list, concept, recipe):
+    """Adversarial token ids (J, L), the override map S (J, L) and the soft tokens' count, per robust.attack."""
+    from erasecli.attacks.inversion import inverted_prompt
+    from erasecli.attacks.prompt import prefixed_ids
+
+    r, tok = recipe.robust, cond.tok
+    rows, maps = [], []
+    if r.attack == "prefix":
+        k = r.tokens
+        for j, text in enumerate(texts):
+            ids = prefixed_ids(tok, text, k, filler=tok.bos_token_id)[0]
+            S = torch.full_like(ids, -1)
+            S[1 : 1 + k] = torch.arange(j * k, (j + 1) * k)
+            rows.append(ids)
+            maps.append(S)
+        return torch.stack(rows), torch.stack(maps), len(texts) * k
+    for text in texts:  # inversion: one shared vector where the concept's words were
+        a, b = (cond.tokenize([inverted_prompt(text, concept, w)])[0].cpu() for w in FILLERS)
+        where = a != b
+        if not where.any():  # a prompt without the concept's words (a user folder's caption): a prefix
+            a = prefixed_ids(tok, text, 1, filler=tok.bos_token_id)[0]
+            where = torch.zeros_like(a, dtype=torch.bool)
+            where[1] = True
+        S = torch.where(where, torch.zeros_like(a), torch.full_like(a, -1))
+        rows.append(a)
+        maps.append(S)
+    return torch.stack(rows), torch.stack(maps), 1
+
+
+class Adversary:
+    """The inner attack and what it changes in the data; `before_step(k)` runs it when it is due."""
+
+    def __init__(self, ctx, cond: Conditions):
+        from erasecli.attacks.prompt import pasteable_tokens
+
+        self.ctx, self.cond, self.cfg = ctx, cond, ctx.recipe.robust
+        d, concept = ctx.data, ctx.data.sets
+        if self.cfg.attack == "inversion" and concept.together:
+            raise RecipeError("robust.attack inversion learns one token for one concept; "
+                              f"{len(concept.names)} concepts are erased here", hint="set robust.attack=prefix")
+        self.plain_c = d.forget_c.clone()
+        self.n_plain = len(d.prompts)
+        texts = list(dict.fromkeys(d.prompts[int(i)] for i in self.plain_c))
+        index = {t: j for j, t in enumerate(texts)}
+        self.row_prompt = torch.tensor([index[d.prompts[int(i)]] for i in self.plain_c], device=d.forget_c.device)
+        ids, S, n = _soft_positions(cond, texts, concept, ctx.recipe)
+        cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
+        cond.S = torch.cat([cond.S, S.to(cond.S.device)])
+        E = cond.te.get_input_embeddings().weight.detach().float()
+        if self.cfg.attack == "prefix":  # random whole-word tokens, as the prompt attack starts
+            allowed = pasteable_tokens(cond.tok)
+            start = torch.tensor(allowed)[torch.randint(len(allowed), (n,), generator=ctx.gen)]
+            cond.P = E[start.to(E.device)].clone()
+        else:  # the word the inversion attack starts from
+            init = cond.tok(ctx.recipe.attack.inversion_init, add_special_tokens=False).input_ids
+            cond.P = E[init].mean(0, keepdim=True).clone()
+        self.rows_adv = self.n_plain + torch.arange(len(texts), device=cond.ids.device)  # condition rows
+        if ctx.encode is None:  # cached states: the adversarial rows live in data.embeds too
+            d.embeds = torch.cat([d.embeds, d.embeds[self.plain_c[self._first_rows()]]])
+        self.log: list[dict] = []
+        self.seconds = 0.0
+
+    def _first_rows(self):
+        """For each forget prompt j, one forget image of it (its plain condition is that image's prompt)."""
+        J = int(self.row_prompt.max()) + 1
+        first = torch.zeros(J, dtype=torch.long, device=self.row_prompt.device)
+        for r in reversed(range(len(self.row_prompt))):
+            first[self.row_prompt[r]] = r
+        return first
+
+    def due(self, k: int) -> bool:
+        return k >= self.cfg.warmup and (k - self.cfg.warmup) % self.cfg.every == 0
+
+    def before_step(self, k: int) -> dict:
+        """Run the inner attack if step k is due; returns the log row's additions."""
+        if not self.due(k):
+            return {}
+        from erasecli.attacks import denoising_loss
+        from erasecli.attacks.prompt import frozen
+
+        t0 = time.perf_counter()
+        ctx, cfg, cond, d = self.ctx, self.cfg, self.cond, self.ctx.data
+        P = cond.P.clone().requires_grad_(True)
+        opt = torch.optim.Adam([P], lr=cfg.attack_lr)
+        losses = []
+        with frozen(ctx.unet, cond.te):  # only the soft tokens take gradients
+            for _ in range(cfg.attack_steps):
+                rows = torch.randint(len(self.row_prompt), (cfg.attack_batch,), generator=ctx.gen).to(ctx.device)
+                c = self.rows_adv[self.row_prompt[rows]]
+                emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
+                loss = denoising_loss(ctx.unet, ctx.alphas_cumprod, d.forget[rows], emb.to(d.forget.dtype), ctx.gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        cond.P = P.detach()
+        if ctx.encode is None:
+            with torch.no_grad():
+                d.embeds[self.rows_adv] = cond.encode_ids(cond.ids[self.rows_adv], cond.S[self.rows_adv],
+                                                          cond.P).float()
+        pick = (torch.rand(len(self.plain_c), generator=ctx.gen) < cfg.mix).to(self.plain_c.device)
+        d.forget_c = torch.where(pick, self.rows_adv[self.row_prompt], self.plain_c)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        entry = {"step": k + 1, "adv_loss_start": round(losses[0], 5), "adv_loss_end": round(losses[-1], 5),
+                 "seconds": round(dt, 3)}
+        self.log.append(entry)
+        return {"adv_loss_start": losses[0], "adv_loss_end": losses[-1]}
+
+    def summary(self) -> dict:
+        cfg = self.cfg
+        return {"robust": {"attack": cfg.attack, "tokens": cfg.tokens if cfg.attack == "prefix" else 1,
+                           "refreshes": len(self.log), "attack_seconds": round(self.seconds, 2),
+                           "text_encoder_lora": has_adapter(self.cond.te), "first": self.log[:1],
+                           "last": self.log[-1:]}}
+
+    def state_dict(self) -> dict:
+        d = self.ctx.data
+        out = {"P": self.cond.P.cpu(), "forget_c": d.forget_c.cpu(), "log": list(self.log), "seconds": self.seconds}
+        if self.ctx.encode is None:
+            out["embeds"] = d.embeds[self.rows_adv].cpu()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        d, dev = self.ctx.data, self.ctx.device
+        self.cond.P = state["P"].to(dev)
+        d.forget_c = state["forget_c"].to(dev)
+        self.log, self.seconds = list(state["log"]), state["seconds"]
+        if "embeds" in state:
+            d.embeds[self.rows_adv] = state["embeds"].to(dev)
+
+
+@contextmanager
+def base_only(unet, text_encoder):
+    """theta*: the frozen base, every adapter of the UNet and the text encoder off while inside."""
+    from diffusers.utils.peft_utils import set_adapter_layers
+
+    te = text_encoder if has_adapter(text_encoder) else None
+    unet.disable_adapters()
+    if te is not None:
+        set_adapter_layers(te, enabled=False)
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+        if te is not None:
+            set_adapter_layers(te, enabled=True)
