@@ -99,6 +99,7 @@ class Conditions:
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
         self.P = None  # (n, D) soft tokens, when there are adversarial rows
+        self.trains = any(p.requires_grad for p in self.te.parameters())  # a text-encoder LoRA is being trained
         self._slot = None
         self._hook = self.te.get_input_embeddings().register_forward_hook(self._override)
 
@@ -127,8 +128,7 @@ class Conditions:
         """Condition rows c (B,) with the current soft tokens (no gradient to them; the adapters' flows)."""
         c = c.to(self.ids.device)
         P = None if self.P is None else self.P.detach()
-        grad = any(p.requires_grad for p in self.te.parameters())
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.trains and torch.is_grad_enabled()):
             return self.encode_ids(self.ids[c], self.S[c], P)
 
     def close(self) -> None:
@@ -177,9 +177,10 @@ class Adversary:
                               f"{len(concept.names)} concepts are erased here", hint="set robust.attack=prefix")
         self.plain_c = d.forget_c.clone()
         self.n_plain = len(d.prompts)
-        texts = list(dict.fromkeys(d.prompts[int(i)] for i in self.plain_c))
-        index = {t: j for j, t in enumerate(texts)}
-        self.row_prompt = torch.tensor([index[d.prompts[int(i)]] for i in self.plain_c], device=d.forget_c.device)
+        plain_rows = list(dict.fromkeys(int(i) for i in self.plain_c))  # each forget prompt's own condition row
+        texts = [d.prompts[i] for i in plain_rows]
+        index = {i: j for j, i in enumerate(plain_rows)}
+        self.row_prompt = torch.tensor([index[int(i)] for i in self.plain_c], device=d.forget_c.device)
         ids, S, n = _soft_positions(cond, texts, concept, ctx.recipe)
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
@@ -193,17 +194,9 @@ class Adversary:
             cond.P = E[init].mean(0, keepdim=True).clone()
         self.rows_adv = self.n_plain + torch.arange(len(texts), device=cond.ids.device)  # condition rows
         if ctx.encode is None:  # cached states: the adversarial rows live in data.embeds too
-            d.embeds = torch.cat([d.embeds, d.embeds[self.plain_c[self._first_rows()]]])
+            d.embeds = torch.cat([d.embeds, d.embeds[plain_rows]])
         self.log: list[dict] = []
         self.seconds = 0.0
-
-    def _first_rows(self):
-        """For each forget prompt j, one forget image of it (its plain condition is that image's prompt)."""
-        J = int(self.row_prompt.max()) + 1
-        first = torch.zeros(J, dtype=torch.long, device=self.row_prompt.device)
-        for r in reversed(range(len(self.row_prompt))):
-            first[self.row_prompt[r]] = r
-        return first
 
     def due(self, k: int) -> bool:
         return k >= self.cfg.warmup and (k - self.cfg.warmup) % self.cfg.every == 0
