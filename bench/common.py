@@ -24,10 +24,12 @@ def emit(bench: str, metric: str, value, unit: str, **extra) -> None:
     sys.stdout.flush()
 
 
-def method_args(method: str, root) -> list:
-    """How a bench runs a method: its shipped tiny recipe when there is one, else the plain command (the
-    method's tiny preset or paper settings, as `erase unlearn --method M` chooses)."""
+def method_args(method: str, root, base: str = "tiny") -> list:
+    """How a bench runs a method on a bundled base (tiny, tiny-xl): its shipped recipe for that base when there
+    is one, else the plain command (the method's preset or paper settings, as `erase unlearn --method M`
+    chooses)."""
     from pathlib import Path
 
-    recipe = Path(root) / "recipes" / f"tiny-digit-{method}.yaml"
-    return ["--recipe", str(recipe)] if recipe.is_file() else ["--method", method]
+    recipe = Path(root) / "recipes" / f"{base}-digit-{method}.yaml"
+    args = ["--recipe", str(recipe)] if recipe.is_file() else ["--method", method]
+    return args + (["--base", base] if base != "tiny" else [])

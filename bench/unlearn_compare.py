@@ -7,7 +7,7 @@ Then one `erase evaluate` judges every delta beside the base on the same prompts
 stdout (one per method and figure), a Markdown table to stderr.
 
     python -m bench.unlearn_compare [--concept "digit 3"] [--seed 0] [--methods siss,esd] [--keep DIR]
-                                    [--samples-per-prompt 4]
+                                    [--samples-per-prompt 4] [--base tiny|tiny-xl]
 
 Every prompt's image i uses seed 1000 + i, so the forget prompts' images share their noise: with 4 per prompt
 UA rests on 4 draws of the starting noise (a noise that keeps the concept tends to keep it on several of the
@@ -47,6 +47,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m bench.unlearn_compare")
     ap.add_argument("--concept", default="digit 3")
+    ap.add_argument("--base", default="tiny", help="a bundled tiny-world base: tiny or tiny-xl (SDXL)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
     ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")
@@ -60,12 +61,12 @@ def main(argv=None) -> None:
     results = {}
     for m in methods:
         t0 = time.time()
-        res = erase("unlearn", *method_args(m, ROOT), *common,
+        res = erase("unlearn", *method_args(m, ROOT, a.base), *common,
                     "--out", str(work / m))
         results[m] = res["summary"]
         results[m]["command_seconds"] = round(time.time() - t0, 2)  # the whole command: imports, base load
         results[m]["delta_bytes"] = (work / m / "pytorch_lora_weights.safetensors").stat().st_size
-    report = erase("evaluate", "--concept", a.concept, *sum([["--delta", str(work / m)] for m in methods], []),
+    report = erase("evaluate", "--concept", a.concept, "--base", a.base, *sum([["--delta", str(work / m)] for m in methods], []),
                    "--metrics", "ua,ira,cra,cra_forget,fid,kid,fid_forget,clip_score", "--samples-per-prompt", str(a.samples_per_prompt))
     metrics = {row["name"]: row["metrics"] for row in report["models"]}
     n_images = report["protocol"]["images_per_model"]
@@ -87,8 +88,8 @@ def main(argv=None) -> None:
             if key == "command_seconds":
                 target = COMMAND_SECONDS_TARGETS.get(m)
             extra = {"target": target} if target is not None else {}
-            emit("unlearn_compare", key, row[key], unit, method=m, concept=a.concept, seed=a.seed,
-                 how=" ".join(method_args(m, ROOT)).replace(str(ROOT) + "/", ""), eval_images_per_model=n_images, **extra)
+            emit("unlearn_compare", key, row[key], unit, method=m, base=a.base, concept=a.concept, seed=a.seed,
+                 how=" ".join(method_args(m, ROOT, a.base)).replace(str(ROOT) + "/", ""), eval_images_per_model=n_images, **extra)
     base = metrics["base"]
     head = ("| method | UA | IRA | CRA | CRA forget | FID | KID | FID forget | CLIP score | train s | peak RSS MiB "
             "| delta KiB |")

@@ -70,7 +70,7 @@ def load_recipe(path=None, overrides: Sequence[str] = (), **values):
                     from erasecli.concepts import parse_tiny_concept
 
                     kind = parse_tiny_concept(r.concept.name, r.concept.kind)[0]
-                name = tiny_preset(r.method, kind) or "paper"
+                name = tiny_preset(r.method, kind, r.base) or "paper"
     if name == "paper":
         return replace(r, defaults="paper")
     return replace(load(path, overrides, preset=preset_path(name), **values), defaults=name)
@@ -274,6 +274,7 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
     cls = get_method(recipe.method)
     cls.check(recipe)
     from erasecli.methods.robust import check as check_robust
+    from erasecli.methods.robust import check_base as check_robust_base
 
     check_robust(recipe, recipe.method)
     from erasecli.dist import launched
@@ -286,6 +287,7 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
     if resume is None:
         check_out(out, overwrite)
     ref = resolve_base(recipe.base)
+    check_robust_base(recipe, ref)
     if not recipe.concept.name:
         raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "digit 3"')
     sets = concept_of(recipe, ref)  # a concept the tiny world lacks fails here
@@ -418,15 +420,19 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         if not world().is_main:  # every process holds the same adapter; one writes it
             return {"out": str(out), "delta": None, "summary": summary}
         te = base.pipe.text_encoder if recipe.lora.text_encoder else None
+        te2 = base.pipe.text_encoder_2 if recipe.lora.text_encoder and base.xl else None
         info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=data.sets.name,
                                concepts=data.sets.names, recipe=recipe_to_dict(recipe),
-                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra, text_encoder=te)
+                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra, text_encoder=te,
+                               text_encoder_2=te2)
     finally:  # a base passed in by the caller goes back without our adapters
         base.pipe.unet.delete_adapters("default")
         if recipe.lora.text_encoder:
             from erasecli.methods.robust import remove_text_encoder_lora
 
             remove_text_encoder_lora(base.pipe.text_encoder)
+            if base.xl:
+                remove_text_encoder_lora(base.pipe.text_encoder_2)
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}

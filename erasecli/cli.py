@@ -39,8 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Options shared by the commands (typer reads them as defaults; one definition, one help text).
-BASE = typer.Option(None, "--base", help="tiny (default), sd-1.4, sd-1.5, sd-2.1-base, a local diffusers folder "
-                    "or a hub id.")
+BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, sd-1.4, sd-1.5, sd-2.1-base, sdxl-1.0, a local "
+                    "diffusers folder (SD or SDXL) or a hub id.")
 DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
 RECIPE = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/).")
 SET = typer.Option([], "--set", help="Override a recipe field, e.g. --set sample.eta=0.5 (repeatable).")

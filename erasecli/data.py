@@ -177,9 +177,10 @@ def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainD
         anchor, a_texts = anchor[idx], [a_texts[i] for i in idx.tolist()]
     prompts = list(dict.fromkeys(["", *f_texts, *a_texts, *r_texts, *sets.anchor]))
     index = {p: i for i, p in enumerate(prompts)}
+    from erasecli.diffusion.cond import encode_prompts
+
     with torch.inference_mode():
-        embeds = torch.cat([base.pipe.encode_prompt(prompts[i : i + 64], base.device, 1, False)[0]
-                            for i in range(0, len(prompts), 64)])  # (P, L, D)
+        embeds = encode_prompts(base.pipe, prompts, base.device)  # (P, L, D); SDXL: (P, L + 1, D)
     dev = base.device
     return TrainData(
         prompts=prompts, embeds=embeds.float().clone(),

@@ -3,7 +3,9 @@
 - `kohya`: one safetensors file in the kohya / webui key layout (`lora_unet_<module>.lora_down.weight`,
   `.lora_up.weight`, `.alpha`; `lora_te_text_model_<module>...` for a trained text encoder), made with
   diffusers' own `convert_state_dict_to_kohya`; ComfyUI, AUTOMATIC1111 and diffusers' `load_lora_weights` read
-  it. The alpha of every module is the delta's LoRA alpha, so the scale alpha / rank is kept.
+  it. The alpha of every module is the delta's LoRA alpha, so the scale alpha / rank is kept. An SDXL delta
+  is written as kohya's sd-scripts write SDXL LoRAs: UNet modules under their original (SGM) names
+  (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k`), the encoders as `lora_te1_` / `lora_te2_`.
 - `merged`: a full diffusers pipeline folder whose UNet has the delta fused into its weights
   (`fuse_lora`), for tools that take a model and no LoRA.
 """
@@ -32,6 +34,46 @@ def check_export(delta: str, fmt: str, out: Path | None, overwrite: bool) -> Non
     read_delta_info(delta)
 
 
+def sgm_name(module: str, layers_per_block: int) -> str:
+    """A diffusers UNet module name in the original SDXL (SGM) layout kohya's SDXL LoRAs use:
+    'down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'input_blocks.4.1.transformer_blocks.0.attn2.to_k'
+    (layers_per_block 2). diffusers' kohya loader maps these back with the same arithmetic."""
+    import re
+
+    n = layers_per_block
+    resnet = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+              "conv_shortcut": "skip_connection"}
+
+    def inner(kind: str, rest: str) -> str:
+        if kind == "resnets":
+            head, _, tail = rest.partition(".")
+            return ".".join(filter(None, [resnet.get(head, head), tail]))
+        return rest
+
+    fixed = {"conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+             "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0"}
+    if module in fixed:
+        return fixed[module]
+    m = re.fullmatch(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)", module)
+    if m:
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        return f"input_blocks.{1 + b * (n + 1) + j}.{0 if kind == 'resnets' else 1}.{inner(kind, rest)}"
+    m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", module)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op"
+    m = re.fullmatch(r"mid_block\.(attentions|resnets)\.(\d+)\.(.+)", module)
+    if m:
+        at = 1 if m[1] == "attentions" else 2 * int(m[2])
+        return f"middle_block.{at}.{inner(m[1], m[3])}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)", module)
+    if m:
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        return f"output_blocks.{b * (n + 1) + j}.{0 if kind == 'resnets' else 1}.{inner(kind, rest)}"
+    raise UsageError(f"UNet module {module} has no SDXL (SGM) name erasecli knows for a kohya export",
+                     hint="train the LoRA on attention, feed-forward or resnet modules, or use --format merged")
+
+
 def _peft_state(delta_file: Path):
     """The delta's diffusers keys ('unet.<module>.lora.down.weight', and 'text_encoder.<module>.lora_linear_layer.
     down.weight' when the text encoder was trained) as peft keys ('...lora_A.weight'), which is what diffusers'
@@ -42,11 +84,47 @@ def _peft_state(delta_file: Path):
 
     sd = load_file(str(delta_file))
     out = convert_unet_state_dict_to_peft({k: v for k, v in sd.items() if k.startswith("unet.")})
-    te = {k.removeprefix("text_encoder."): v for k, v in sd.items() if k.startswith("text_encoder.")}
-    if te:
-        te = convert_state_dict_to_peft(te)
-        out |= {"text_encoder." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in te.items()}
+    for part in ("text_encoder", "text_encoder_2"):
+        te = {k.removeprefix(part + "."): v for k, v in sd.items() if k.startswith(part + ".")}
+        if te:
+            te = convert_state_dict_to_peft(te)
+            out |= {f"{part}." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in te.items()}
     return out
+
+
+def _sgm_keys(state: dict, layers_per_block: int) -> dict:
+    """Peft keys 'unet.<diffusers module>.lora_A.weight' renamed to 'unet.<SGM module>.lora_A.weight'."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("unet."):
+            module, _, leaf = k.removeprefix("unet.").rpartition(".lora_")
+            k = f"unet.{sgm_name(module, layers_per_block)}.lora_{leaf}"
+        out[k] = v
+    return out
+
+
+def _xl_unet_config(info) -> dict | None:
+    """The UNet config of the delta's base when that base is an SDXL pipeline (read from its folder or the hub
+    cache, no weights loaded); None for SD bases."""
+    from erasecli.errors import BaseNotFoundError
+    from erasecli.models.registry import pipeline_class_name, resolve_base
+
+    try:
+        ref = resolve_base(info.base)
+    except BaseNotFoundError:  # a base this machine does not know: named as SD 1.x (the layout kohya gives it)
+        return None
+    if pipeline_class_name(ref) != "StableDiffusionXLPipeline":
+        return None
+    if ref.kind != "hub":
+        return json.loads((Path(ref.location) / "unet" / "config.json").read_text())
+    try:
+        from diffusers import UNet2DConditionModel
+
+        return dict(UNet2DConditionModel.load_config(ref.location, subfolder="unet"))
+    except OSError as err:
+        raise BaseNotFoundError(f"the UNet config of SDXL base {ref.location} (for the kohya module names) is "
+                                "not in the local Hugging Face cache", hint=f"run `hf download {ref.location} "
+                                "unet/config.json` on a machine with internet") from err
 
 
 def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
@@ -63,13 +141,21 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
     with safe_open(str(file), framework="pt") as f:
         header = f.metadata() or {}
     peft_cfg = json.loads(header.get("lora_adapter_metadata", "{}"))
-    alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0) for part in ("unet", "text_encoder")}
-    kohya = convert_state_dict_to_kohya(_peft_state(file))
-    # SD 1.x kohya files name the text encoder lora_te_ (lora_te1_ / lora_te2_ are SDXL's two encoders)
-    kohya = {("lora_te_" + k.removeprefix("lora_te1_")) if k.startswith("lora_te1_") else k: v for k, v in kohya.items()}
+    alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0)
+              for part in ("unet", "text_encoder", "text_encoder_2")}
+    state = _peft_state(file)
+    xl_cfg = _xl_unet_config(info)
+    if xl_cfg is not None:
+        state = _sgm_keys(state, int(xl_cfg["layers_per_block"]))
+    kohya = convert_state_dict_to_kohya(state)  # text_encoder -> lora_te1_, text_encoder_2 -> lora_te2_
+    if xl_cfg is None:  # SD 1.x kohya files name the text encoder lora_te_ (lora_te1_ / lora_te2_ are SDXL's two)
+        kohya = {("lora_te_" + k.removeprefix("lora_te1_")) if k.startswith("lora_te1_") else k: v
+                 for k, v in kohya.items()}
 
     def alpha_of(key: str) -> float:
-        return alphas["text_encoder" if key.startswith("lora_te_") else "unet"]
+        if key.startswith("lora_te2_"):
+            return alphas["text_encoder_2"]
+        return alphas["text_encoder" if key.startswith(("lora_te_", "lora_te1_")) else "unet"]
 
     # the converter sets alpha = rank; the delta's own alpha keeps its scale
     kohya = {k: (torch.tensor(alpha_of(k)) if k.endswith(".alpha") and alpha_of(k) else v) for k, v in kohya.items()}

@@ -27,10 +27,12 @@ def slug(text: str, limit: int = 40) -> str:
 
 def make_scheduler(pipe, name: str):
     """A fresh scheduler of the recipe's kind, from the base's own config (so the beta schedule is the base's)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDPMScheduler
+
+    from erasecli.diffusion.ddim import ddim_from
 
     if name == "ddim":
-        return DDIMScheduler.from_config(pipe.scheduler.config)
+        return ddim_from(pipe.scheduler.config)
     if name == "ddpm":
         return DDPMScheduler.from_config(pipe.scheduler.config)
     raise UsageError(f"unknown scheduler {name!r}", hint="use ddim or ddpm")

@@ -32,6 +32,12 @@ def test_the_preset_sets_how_not_what():
     assert tiny_preset("no-such-method", "digit") is None
 
 
+def test_tiny_xl_starts_from_its_own_presets_and_keeps_the_kinds_choice():
+    assert plain("esd", "digit 3", "tiny-xl").defaults == "tiny-xl-digit-esd"
+    assert plain("critic-rl", "red", "tiny-xl").defaults == "tiny-colour-critic-rl"  # the kind's preset first
+    assert tiny_preset("siss", "colour", "tiny-oracle-digit-3") == "tiny-digit-siss"
+
+
 def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):
     paper = Recipe()
     r = plain("esd", "van gogh", "sd-1.4")

@@ -28,7 +28,9 @@ def denoising_loss(unet, alphas_cumprod, z0, c, gen):
     t = torch.randint(len(alphas_cumprod), (len(z0),), generator=gen).to(z0.device)
     eps = torch.randn(z0.shape, generator=gen).to(z0.device)
     ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-    e = unet(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, encoder_hidden_states=c).sample
+    from erasecli.diffusion.cond import unet_eps
+
+    e = unet_eps(unet, ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, c)
     return (e.float() - eps).pow(2).mean()
 
 

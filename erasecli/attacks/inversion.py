@@ -7,7 +7,9 @@ over the base's target images x_0 of each forget prompt c, with the concept's wo
 token. The token is added with diffusers' own `load_textual_inversion` (so the prompts that score it are what
 `pipe.load_textual_inversion(file)` gives a user) and starts from the embedding of `attack.inversion_init`;
 only its vector(s) are trained. Then each forget prompt, with the concept's words replaced by the token, is
-sampled and judged. The embedding is returned in diffusers' textual-inversion format ({token: (n, D)}).
+sampled and judged. The embedding is returned in diffusers' textual-inversion format ({token: (n, D)}); on
+SDXL the token has a vector in each text encoder, learned together, returned as {"clip_l": (n, D1),
+"clip_g": (n, D2)} (the layout SDXL embeddings are shared in).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
 from erasecli.attacks.prompt import frozen
+from erasecli.diffusion.cond import encode_ids, text_encoders, tokenizers
+from erasecli.errors import UsageError
 
 
 def token_name(concept) -> str:
@@ -47,57 +51,73 @@ class Inversion(Attack):
     def run(self, ctx: AttackContext) -> AttackOutcome:
         t0 = time.time()
         a, pipe = ctx.recipe.attack, ctx.base.pipe
-        tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
+        tok, unet, encs, toks = pipe.tokenizer, pipe.unet, text_encoders(pipe), tokenizers(pipe)
         token = token_name(ctx.concept)
         init_ids = tok(a.inversion_init, add_special_tokens=False).input_ids or [tok.bos_token_id]
-        init = te.get_input_embeddings().weight[init_ids].detach().float().mean(0)  # (D,)
-        pipe.load_textual_inversion({token: init.repeat(a.num_vectors, 1)}, token=token)
+        inits = [te.get_input_embeddings().weight[init_ids].detach().float().mean(0) for te in encs]  # (D_i,)
+        names = [token] + [f"{token}_{i}" for i in range(1, a.num_vectors)]
+        loaded = []
         try:
-            emb = te.get_input_embeddings()  # resized by the load: a new module
-            ids_new = tok.convert_tokens_to_ids([token] + [f"{token}_{i}" for i in range(1, a.num_vectors)])
+            for te, tk, init in zip(encs, toks, inits):
+                pipe.load_textual_inversion({token: init.repeat(a.num_vectors, 1)}, token=token, tokenizer=tk,
+                                            text_encoder=te)
+                loaded.append((te, tk))
+            embs = [te.get_input_embeddings() for te in encs]  # resized by the load: new modules
+            ids_new = tok.convert_tokens_to_ids(names)
+            if any(tk.convert_tokens_to_ids(names) != ids_new for tk in toks):
+                raise UsageError("the base's two tokenizers gave the inverted token different ids",
+                                 hint="the inversion attack needs SDXL tokenizers with one vocabulary")
             ids_new = torch.tensor(ids_new, device=ctx.device)
             prompts = [pipe.maybe_convert_prompt(inverted_prompt(p, ctx.concept, token), tok) for p in ctx.forget]
             ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.to(ctx.device)  # (N, L)
             z0 = ctx.targets.to(ctx.device)  # (N, n_t, C, h, w)
             n, n_t = z0.shape[:2]
-            v = init.repeat(a.num_vectors, 1).clone().to(ctx.device).requires_grad_(True)  # (n_vec, D)
-            opt = torch.optim.Adam([v], lr=a.inversion_lr)
+            vs = [init.repeat(a.num_vectors, 1).clone().to(ctx.device).requires_grad_(True)
+                  for init in inits]  # (n_vec, D_i) per encoder
+            opt = torch.optim.Adam(vs, lr=a.inversion_lr)
             gen = torch.Generator("cpu").manual_seed(a.seed + 1)
             steps = ctx.steps(a.inversion_steps)
 
-            def hook(module, args, out):  # the new tokens' rows come from v, so only v takes the gradient
-                mask = (args[0][..., None] == ids_new).any(-1)  # (B, L)
-                if not mask.any():
-                    return out
-                which = (args[0][..., None] == ids_new).float().argmax(-1)  # (B, L) index into v
-                return torch.where(mask[..., None], v[which].to(out.dtype), out)
+            def hook_for(v):
+                def hook(module, args, out):  # the new tokens' rows come from v, so only v takes the gradient
+                    mask = (args[0][..., None] == ids_new).any(-1)  # (B, L)
+                    if not mask.any():
+                        return out
+                    which = (args[0][..., None] == ids_new).float().argmax(-1)  # (B, L) index into v
+                    return torch.where(mask[..., None], v[which].to(out.dtype), out)
+                return hook
 
-            handle = emb.register_forward_hook(hook)
+            handles = [emb.register_forward_hook(hook_for(v)) for emb, v in zip(embs, vs)]
             losses = []
             try:
-                with frozen(unet, te):
+                with frozen(unet, *encs):
                     for _ in range(steps):
                         rows = torch.randint(n * n_t, (a.inversion_batch,), generator=gen)
                         j, i = rows // n_t, rows % n_t
                         x0 = z0[j.to(ctx.device), i.to(ctx.device)]  # (B, C, h, w)
-                        c = te(ids[j.to(ctx.device)])[0]  # (B, L, D)
+                        c = encode_ids(pipe, ids[j.to(ctx.device)])  # (B, L, D); SDXL (B, L + 1, D)
                         loss = ctx.denoising_loss(x0, c, gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
                         losses.append(loss.item())
             finally:
-                handle.remove()
+                for h in handles:
+                    h.remove()
             with torch.no_grad():
-                emb.weight[ids_new] = v.detach().to(emb.weight.dtype)
+                for emb, v in zip(embs, vs):
+                    emb.weight[ids_new] = v.detach().to(emb.weight.dtype)
             texts = [inverted_prompt(p, ctx.concept, token) for p in ctx.forget]
             drawn = ctx.draw(texts)  # through the pipeline, which expands a multi-vector token itself
             success = [bool(p) or ctx.succeeds(imgs) for p, imgs in zip(ctx.pre, drawn)]
         finally:
-            pipe.unload_textual_inversion()
+            for te, tk in loaded:
+                pipe.unload_textual_inversion(tokenizer=tk, text_encoder=te)
+        vecs = [v.detach().float().cpu() for v in vs]
+        embedding = {token: vecs[0]} if len(vecs) == 1 else {"clip_l": vecs[0], "clip_g": vecs[1]}
         return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, texts, drawn,
-                             seconds=time.time() - t0, embedding={token: v.detach().float().cpu()},
+                             seconds=time.time() - t0, embedding=embedding,
                              extra={"token": token, "num_vectors": a.num_vectors, "steps": steps,
                                     "lr": a.inversion_lr, "init": a.inversion_init,
                                     "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 5),

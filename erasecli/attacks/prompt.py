@@ -17,16 +17,20 @@ c, sampled and judged; the attack stops at its first success. Restarts begin fro
 
 Code names: `cont` the continuous prefix, `E` the token embedding table, `ids` the projected tokens, `z0` the
 target latents (x_0), `ab` alpha_bar_t.
+
+On SDXL a token has an embedding in each text encoder: `cont` is the two side by side (k, D1 + D2), the
+nearest token is the one nearest in both (the mean of the two cosines), and each encoder's prefix is its half.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
+from erasecli.diffusion.cond import encode_ids, text_encoders
 
 
 @contextmanager
@@ -83,9 +87,18 @@ def pasteable_tokens(tokenizer) -> list[int]:
     return [i for i, b in zip(ids, back) if b == [i]]
 
 
-def nearest_tokens(cont: torch.Tensor, E_unit: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The real token nearest (by cosine) to each row of `cont` among `allowed` ids.  (k,)"""
-    sim = torch.nn.functional.normalize(cont, dim=-1) @ E_unit[allowed].T  # (k, |allowed|)
+def unit_parts(x: torch.Tensor, widths) -> torch.Tensor:
+    """Rows with each encoder's part (widths along the last dim) scaled to unit length, the whole divided by
+    sqrt(parts): the dot product of two such rows is the mean of the parts' cosines (one part: the cosine)."""
+    parts = [torch.nn.functional.normalize(p, dim=-1) for p in x.split(list(widths), dim=-1)]
+    return torch.cat(parts, dim=-1) / len(parts) ** 0.5
+
+
+def nearest_tokens(cont: torch.Tensor, E_unit: torch.Tensor, allowed: torch.Tensor, widths=None) -> torch.Tensor:
+    """The real token nearest (by cosine; on SDXL the mean of the two encoders' cosines) to each row of `cont`
+    among `allowed` ids; E_unit is `unit_parts` of the embedding table.  (k,)"""
+    widths = widths or [cont.shape[-1]]
+    sim = unit_parts(cont, widths) @ E_unit[allowed].T  # (k, |allowed|)
     return allowed[sim.argmax(-1)]
 
 
@@ -95,15 +108,23 @@ class PromptAttack(Attack):
     def run(self, ctx: AttackContext) -> AttackOutcome:
         t0 = time.time()
         a, pipe = ctx.recipe.attack, ctx.base.pipe
-        tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
-        E = te.get_input_embeddings().weight.detach().float()  # (V, D)
-        E_unit = torch.nn.functional.normalize(E, dim=-1)
+        tok, unet, encs = pipe.tokenizer, pipe.unet, text_encoders(pipe)
+        Es = [te.get_input_embeddings().weight.detach().float() for te in encs]  # (V, D_i) each
+        E = torch.cat(Es, dim=-1)  # (V, D); SDXL: D1 + D2
+        widths = [e.shape[1] for e in Es]
+        E_unit = unit_parts(E, widths)
         allowed = torch.tensor(pasteable_tokens(tok), device=E.device)
         k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every
         restarts = ctx.steps(a.prompt_restarts)
         success, adversarial, images = list(ctx.pre), [""] * len(ctx.forget), list(ctx.pre_images)
         tried = 0
-        with frozen(unet, te), prefix_embeddings(te, k) as slot:
+        with frozen(unet, *encs), ExitStack() as stack:
+            slots = [stack.enter_context(prefix_embeddings(te, k)) for te in encs]
+
+            def put(v):  # (k, D) -> each encoder's share; None clears
+                for s, part in zip(slots, v.split(widths, dim=-1) if v is not None else [None] * len(slots)):
+                    s[0] = part
+
             for j, prompt in enumerate(ctx.forget):
                 if ctx.pre[j]:
                     continue
@@ -116,23 +137,23 @@ class PromptAttack(Attack):
                     cont = E[start].clone().requires_grad_(True)  # (k, D)
                     opt = torch.optim.Adam([cont], lr=a.prompt_lr)
                     for step in range(steps):
-                        ids = nearest_tokens(cont.detach(), E_unit, allowed)
-                        slot[0] = cont + (E[ids] - cont).detach()  # forward at real tokens, gradient to cont
-                        c_adv = te(ids_in)[0]  # (1, L, D)
+                        ids = nearest_tokens(cont.detach(), E_unit, allowed, widths)
+                        put(cont + (E[ids] - cont).detach())  # forward at real tokens, gradient to cont
+                        c_adv = encode_ids(pipe, ids_in)  # (1, L, D); SDXL (1, L + 1, D)
                         loss = ctx.denoising_loss(z0, c_adv.expand(len(z0), -1, -1), gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        slot[0] = None
+                        put(None)
                         if (step + 1) % every == 0 or step == steps - 1:
-                            ids = nearest_tokens(cont.detach(), E_unit, allowed)
+                            ids = nearest_tokens(cont.detach(), E_unit, allowed, widths)
                             text = f"{tok.decode(ids.tolist()).strip()} {prompt}"
                             imgs = ctx.draw([text])[0]  # judged as pasted: the text, not the ids
                             adversarial[j], images[j] = text, imgs
                             if ctx.succeeds(imgs):
                                 success[j] = True
                                 break
-                    slot[0] = None
+                    put(None)
                     if success[j]:
                         break
         return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, adversarial, images,

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from erasecli.diffusion.cond import encode_prompts, is_xl, pooled_dim
 from erasecli.data import base_latent_shape
 from erasecli.errors import EraseError
 
@@ -56,8 +57,7 @@ class RolloutEnv:
         self.prompts = list(dict.fromkeys(["", *sets.forget, *sets.retain]))
         self.index = {p: i for i, p in enumerate(self.prompts)}
         with torch.no_grad():
-            self.embeds = torch.cat([base.pipe.encode_prompt(self.prompts[i : i + 64], base.device, 1, False)[0]
-                                     for i in range(0, len(self.prompts), 64)]).float()  # (P, L, D)
+            self.embeds = encode_prompts(base.pipe, self.prompts, base.device).float()  # (P, L, D)
         self.pooled = pooled_text(base, self.prompts)  # (P, D)
         self.sampler = Sampler(base, cfg.steps, cfg.eta, recipe.sample.guidance)
         self.reward = make_reward(cfg.reward, recipe, base, sets)
@@ -102,7 +102,8 @@ def new_critic(recipe, base):
     from erasecli.critic.model import Critic, CriticConfig
 
     ucfg = base.pipe.unet.config
-    cfg = CriticConfig(latent_channels=ucfg.in_channels, text_dim=base.pipe.text_encoder.config.hidden_size,
+    text_dim = pooled_dim(base.pipe.unet) if is_xl(base.pipe.unet) else base.pipe.text_encoder.config.hidden_size
+    cfg = CriticConfig(latent_channels=ucfg.in_channels, text_dim=text_dim,
                        width=recipe.critic.width, blocks=recipe.critic.blocks,
                        num_train_timesteps=base.pipe.scheduler.config.num_train_timesteps)
     return Critic(cfg).to(base.device)

@@ -155,3 +155,13 @@ def ddim_timesteps(scheduler, steps: int, device: torch.device | str | None = No
 def final_alpha_cumprod(scheduler) -> float:
     """alpha_bar used after the last step: 1.0 if `set_alpha_to_one`, else alphas_cumprod[0] (diffusers' rule)."""
     return float(scheduler.final_alpha_cumprod)
+
+
+def ddim_from(config):
+    """A DDIMScheduler with the base's noise schedule. Where the base's config is silent (SDXL-style Euler
+    configs may be), `clip_sample` and `set_alpha_to_one` take Stable Diffusion's values (False, False) rather
+    than DDIMScheduler's own pixel-space defaults: clipping a latent x0 to [-1, 1] ruins every image."""
+    from diffusers import DDIMScheduler
+
+    sd_defaults = {k: False for k in ("clip_sample", "set_alpha_to_one") if k not in config}
+    return DDIMScheduler.from_config(config, **sd_defaults)

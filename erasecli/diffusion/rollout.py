@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from erasecli.diffusion.ddim import ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod
+from erasecli.diffusion.cond import encode_prompts, is_xl, pooled_dim, unet_eps
+from erasecli.diffusion.ddim import ddim_from, ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod
 
 
 @dataclass
@@ -27,10 +28,10 @@ class Trajectories:
 def guided_eps(unet, x, t, emb_c, emb_u, guidance: float):
     """e = e_u + g (e_c - e_u) in one batched UNet pass (g <= 1: the conditional prediction alone)."""
     if guidance <= 1.0:
-        return unet(x, t, encoder_hidden_states=emb_c).sample
+        return unet_eps(unet, x, t, emb_c)
     tt = t.expand(len(x)) if t.ndim == 0 else t
-    e_c, e_u = unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([emb_c, emb_u])
-                    ).sample.chunk(2)  # (B, C, h, w) each
+    e_c, e_u = unet_eps(unet, torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([emb_c, emb_u])
+                        ).chunk(2)  # (B, C, h, w) each
     return e_u + guidance * (e_c - e_u)
 
 
@@ -38,9 +39,7 @@ class Sampler:
     """DDIM with eta > 0 over a fixed K-step schedule, from the base pipeline's scheduler config."""
 
     def __init__(self, base, steps: int, eta: float, guidance: float):
-        from diffusers import DDIMScheduler
-
-        sched = DDIMScheduler.from_config(base.pipe.scheduler.config)
+        sched = ddim_from(base.pipe.scheduler.config)
         self.timesteps, self.prevs = ddim_timesteps(sched, steps, device=base.device)
         self.final_ab = final_alpha_cumprod(sched)
         self.ab = sched.alphas_cumprod.to(base.device, torch.float32)
@@ -80,8 +79,11 @@ def decode(base, latents):
 
 @torch.no_grad()
 def pooled_text(base, prompts) -> torch.Tensor:
-    """The text encoder's pooled (end-of-text) embedding per prompt: the critic's c.  (P, D)"""
+    """The text encoder's pooled (end-of-text) embedding per prompt: the critic's c.  (P, D); on SDXL the
+    second encoder's pooled projection, the one the UNet itself receives."""
     pipe = base.pipe
+    if is_xl(pipe.unet):
+        return encode_prompts(pipe, prompts, base.device)[:, -1, : pooled_dim(pipe.unet)].float()
     out = []
     for i in range(0, len(prompts), 64):
         ids = pipe.tokenizer(list(prompts[i : i + 64]), padding="max_length", truncation=True,

@@ -51,8 +51,10 @@ class Context:
 
     def eps(self, x_t, t, c):
         """eps_theta(x_t, t, c): the UNet's noise prediction, c an index tensor into data.embeds."""
+        from erasecli.diffusion.cond import unet_eps
+
         emb = self.data.embeds[c] if self.encode is None else self.encode(c)
-        return self.unet(x_t, t, encoder_hidden_states=emb).sample
+        return unet_eps(self.unet, x_t, t, emb)
 
     def retain_batch(self, n: int):
         """n retain examples (x_r, c_r); a share `data.uncond_fraction` gets the empty prompt (index 0)."""

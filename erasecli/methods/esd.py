@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
 from erasecli.methods.losses import grad_norm, mse
 from erasecli.methods.robust import base_only
@@ -39,9 +40,9 @@ class Esd(Unlearner):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        from diffusers import DDIMScheduler
+        from erasecli.diffusion.ddim import ddim_from
 
-        self.sched = DDIMScheduler.from_config(ctx.base.pipe.scheduler.config)
+        self.sched = ddim_from(ctx.base.pipe.scheduler.config)
         self.sched.set_timesteps(ctx.recipe.sample.steps, device=ctx.device)
 
     @torch.no_grad()
@@ -71,7 +72,7 @@ class Esd(Unlearner):
             x_t = ctx.world.local(ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape))
             t = ctx.world.local(t)
         empty = torch.zeros_like(c)
-        with base_only(ctx.unet, ctx.base.pipe.text_encoder), torch.no_grad():  # theta*: the frozen base
+        with base_only(ctx.unet, *text_encoders(ctx.base.pipe)), torch.no_grad():  # theta*: the frozen base
             if cfg.anchor == "prompt":
                 e_c, e_0, e_anchor = ctx.eps(torch.cat([x_t] * 3), torch.cat([t] * 3),
                                              torch.cat([c, empty, c_anchor])).chunk(3)

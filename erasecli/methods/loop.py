@@ -114,6 +114,8 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
         "recipe": recipe_to_dict(ctx.recipe),
         "adapter": _adapter_state(ctx.base.pipe.unet),
         "adapter_text_encoder": _adapter_state(ctx.base.pipe.text_encoder) if ctx.recipe.lora.text_encoder else None,
+        "adapter_text_encoder_2": (_adapter_state(ctx.base.pipe.text_encoder_2)
+                                   if ctx.recipe.lora.text_encoder and ctx.base.xl else None),
         "method": method.state_dict(),
         "gen": ctx.gen.get_state(),
         "robust": adversary.state_dict() if adversary is not None else None,
@@ -142,13 +144,22 @@ def setup_adapter(recipe, base) -> list:
     from erasecli.methods.robust import add_text_encoder_lora
 
     pipe = base.pipe
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if m is not None:
+            m.requires_grad_(False)
     torch.manual_seed(recipe.train.seed)  # peft's lora_A init draws from the global generator
     add_lora(pipe.unet, recipe.lora.rank, recipe.lora.alpha, expand_targets(recipe.lora.target_modules))
-    if recipe.lora.text_encoder:
-        add_text_encoder_lora(recipe, pipe.text_encoder)
-    params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
+    from erasecli.diffusion.cond import text_encoders
+
+    if recipe.lora.text_encoder:  # SDXL: one adapter on each encoder
+        for te in text_encoders(pipe):
+            add_text_encoder_lora(recipe, te)
+        if base.xl:  # SDXL reads the first encoder's penultimate states: its last layer's adapter never acts
+            last = f"layers.{pipe.text_encoder.config.num_hidden_layers - 1}."
+            for n, p in pipe.text_encoder.named_parameters():
+                if last in n and "lora_" in n:
+                    p.requires_grad_(False)
+    params = [p for m in (pipe.unet, *text_encoders(pipe)) for p in m.parameters() if p.requires_grad]
     for p in params:  # trainable weights in fp32, whatever the base's dtype (docs/methods.md, "Training rules")
         p.data = p.data.float()
     return params
@@ -165,8 +176,10 @@ def _text_encoder(base, prompts: list):
     """train.cache_text_embeds false: prompt indices -> fresh text-encoder states, every call."""
 
     def encode(c):
+        from erasecli.diffusion.cond import encode_prompts
+
         with torch.no_grad():
-            return base.pipe.encode_prompt([prompts[int(i)] for i in c], base.device, 1, False)[0]
+            return encode_prompts(base.pipe, [prompts[int(i)] for i in c], base.device)
 
     return encode
 
@@ -272,6 +285,8 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
         _load_adapter_state(base.pipe.unet, resume_state["adapter"])
         if resume_state.get("adapter_text_encoder"):
             _load_adapter_state(base.pipe.text_encoder, resume_state["adapter_text_encoder"])
+        if resume_state.get("adapter_text_encoder_2"):
+            _load_adapter_state(base.pipe.text_encoder_2, resume_state["adapter_text_encoder_2"])
         if adversary is not None and resume_state.get("robust"):
             adversary.load_state_dict(resume_state["robust"])
         method.load_state_dict(resume_state["method"])

@@ -69,6 +69,17 @@ def remove_text_encoder_lora(text_encoder) -> None:
             del text_encoder.peft_config
 
 
+def check_base(recipe, ref) -> None:
+    """Robust training's inner attack drives SD's one text encoder; not yet SDXL's two (lora.text_encoder,
+    which puts an adapter on each of SDXL's encoders, is supported)."""
+    from erasecli.models.registry import pipeline_class_name
+
+    if recipe.robust.enabled and pipeline_class_name(ref) == "StableDiffusionXLPipeline":
+        raise RecipeError(f"robust.enabled is not supported on SDXL bases yet ({ref.name}): its inner attack "
+                          "drives one text encoder, and SDXL has two", hint="erase without it on SDXL (lora."
+                          "text_encoder=true works there), or use an SD 1.x/2.x base for robust erasure")
+
+
 def check(recipe, method: str) -> None:
     """What robust training and the text-encoder adapter cannot do, before any model loads."""
     from erasecli.methods import get_method
@@ -93,13 +104,16 @@ class Conditions:
     """Token ids and soft-token overrides of every condition a step may use; `encode(rows, P)` -> (B, L, D)."""
 
     def __init__(self, base, prompts: list):
-        pipe = base.pipe
+        from erasecli.diffusion.cond import text_encoders
+
+        pipe = self.pipe = base.pipe
         self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
         self.L = self.tok.model_max_length
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
         self.P = None  # (n, D) soft tokens, when there are adversarial rows
-        self.trains = any(p.requires_grad for p in self.te.parameters())  # a text-encoder LoRA is being trained
+        # a text-encoder LoRA is being trained (on SDXL: on either encoder)
+        self.trains = any(p.requires_grad for te in text_encoders(pipe) for p in te.parameters())
         self._slot = None
         self._hook = self.te.get_input_embeddings().register_forward_hook(self._override)
 
@@ -115,12 +129,14 @@ class Conditions:
 
     def encode_ids(self, ids, S, P):
         """Text-encoder states of ids (B, L) with the soft tokens P put where S >= 0."""
+        from erasecli.diffusion.cond import encode_ids
+
         mask = S >= 0
         if P is None or not bool(mask.any()):
-            return self.te(ids)[0]
+            return encode_ids(self.pipe, ids)
         self._slot = (mask, P[S.clamp(min=0)])
         try:
-            return self.te(ids)[0]
+            return encode_ids(self.pipe, ids)
         finally:
             self._slot = None
 
@@ -261,17 +277,17 @@ class Adversary:
 
 
 @contextmanager
-def base_only(unet, text_encoder):
-    """theta*: the frozen base, every adapter of the UNet and the text encoder off while inside."""
+def base_only(unet, *text_encoders):
+    """theta*: the frozen base, every adapter of the UNet and the text encoders off while inside."""
     from diffusers.utils.peft_utils import set_adapter_layers
 
-    te = text_encoder if has_adapter(text_encoder) else None
+    tes = [te for te in text_encoders if te is not None and has_adapter(te)]
     unet.disable_adapters()
-    if te is not None:
+    for te in tes:
         set_adapter_layers(te, enabled=False)
     try:
         yield
     finally:
         unet.enable_adapters()
-        if te is not None:
+        for te in tes:
             set_adapter_layers(te, enabled=True)

@@ -72,9 +72,10 @@ def _ids(base, prompts):
 @torch.no_grad()
 def _states(base, prompts):
     """(P, L, D) text-encoder states, as the UNet receives them, in double precision on the CPU."""
-    out = [base.pipe.encode_prompt(list(prompts[i : i + 64]), base.device, 1, False)[0]
-           for i in range(0, len(prompts), 64)]
-    return torch.cat(out).to(solve_device(base), DTYPE)
+    from erasecli.diffusion.cond import encode_prompts, token_states
+
+    states = token_states(base.pipe.unet, encode_prompts(base.pipe, prompts, base.device))
+    return states.to(solve_device(base), DTYPE)
 
 
 def erase_pairs(base, forget, guides, tokens: str):

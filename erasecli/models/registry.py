@@ -1,7 +1,9 @@
 """Bases: a registry of known names, plus any local diffusers folder or hub id, and `load_base()`.
 
-`tiny` is the bundled Stable Diffusion pipeline trained on the tiny world (see tiny_world.py); the `sd-*`
-names are the hub repositories users run on their GPUs. Hub bases are looked up in the local Hugging Face
+`tiny` is the bundled Stable Diffusion pipeline trained on the tiny world (see tiny_world.py), `tiny-xl` its
+SDXL counterpart; the `sd-*` and `sdxl-*` names are the hub repositories users run on their GPUs. A base is
+loaded as the pipeline class its `model_index.json` names (StableDiffusionPipeline or
+StableDiffusionXLPipeline). Hub bases are looked up in the local Hugging Face
 cache first, and downloaded only when the hub can be reached; when it cannot, the error names the model
 and how to get it.
 """
@@ -19,6 +21,7 @@ from erasecli.errors import BaseNotFoundError, UsageError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_DIR = ASSETS / "tiny"
+TINY_XL_DIR = ASSETS / "tiny-xl"
 ORACLE_DIR = ASSETS / "tiny-oracle-digit-3"  # the tiny base retrained without any image of a 3
 JUDGES_DIR = ASSETS / "judges"
 
@@ -38,6 +41,9 @@ BASES: dict[str, BaseSpec] = {
     "sd-1.4": BaseSpec("sd-1.4", "CompVis/stable-diffusion-v1-4", 512, "Stable Diffusion 1.4"),
     "sd-1.5": BaseSpec("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, "Stable Diffusion 1.5"),
     "sd-2.1-base": BaseSpec("sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", 512, "Stable Diffusion 2.1 base"),
+    "tiny-xl": BaseSpec("tiny-xl", None, 32, "bundled: an SDXL pipeline (two text encoders, pooled and time-id "
+                        "conditioning) trained on the tiny world, 32x32, runs on a CPU", TINY_XL_DIR),
+    "sdxl-1.0": BaseSpec("sdxl-1.0", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "Stable Diffusion XL 1.0 base"),
     "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
                                     "UNet retrained without any image of a 3 (exact unlearning, the reference "
                                     "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
@@ -125,7 +131,10 @@ def unet_arch(config: dict) -> str:
     """A short fingerprint of the UNet's architecture: deltas fit only a UNet of the same shape."""
     keys = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
             "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "transformer_layers_per_block")
-    canon = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=list)
+    arch = {k: config.get(k) for k in keys}
+    if config.get("addition_embed_type"):  # SDXL's added conditioning (absent keys keep SD fingerprints as they were)
+        arch |= {k: config.get(k) for k in ("addition_embed_type", "projection_class_embeddings_input_dim")}
+    canon = json.dumps(arch, sort_keys=True, default=list)
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
@@ -134,9 +143,14 @@ class Base:
     """A loaded base: the diffusers pipeline plus what deltas and reports need to know about it."""
 
     ref: BaseRef
-    pipe: object  # diffusers.StableDiffusionPipeline
+    pipe: object  # diffusers.StableDiffusionPipeline or StableDiffusionXLPipeline
     device: object
     dtype: object
+
+    @property
+    def xl(self) -> bool:
+        """An SDXL pipeline: two text encoders, pooled and time-id conditioning (erasecli.diffusion.cond)."""
+        return type(self.pipe).__name__ == "StableDiffusionXLPipeline"
 
     @property
     def name(self) -> str:
@@ -169,31 +183,63 @@ def quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def pipeline_class_name(ref: BaseRef) -> str:
+    """The pipeline class a base's model_index.json names (registry hub bases: known; other hub ids: read from
+    the local cache or the hub, StableDiffusionPipeline when neither answers, so loading reports what is missing)."""
+    if ref.kind == "hub":
+        spec = next((s for s in BASES.values() if s.repo == ref.location), None)
+        if spec is not None:
+            return "StableDiffusionXLPipeline" if spec.name.startswith("sdxl") else "StableDiffusionPipeline"
+        try:
+            from diffusers import DiffusionPipeline
+
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            index = DiffusionPipeline.load_config(ref.location, local_files_only=offline)
+        except Exception:  # not resolvable: load as SD, whose error names the missing weights
+            return "StableDiffusionPipeline"
+    else:
+        index = json.loads((Path(ref.location) / "model_index.json").read_text())
+    name = index.get("_class_name", "")
+    if name not in PIPELINES:
+        raise BaseNotFoundError(f"base {ref.name} is a {name or 'pipeline of no class'}, which erasecli does not "
+                                "train or sample", hint="use a Stable Diffusion 1.x/2.x or SDXL pipeline folder")
+    return name
+
+
 def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base:
-    """Load a base as a StableDiffusionPipeline on the chosen device and dtype."""
-    from diffusers import StableDiffusionPipeline
+    """Load a base as the pipeline its model_index.json names, on the chosen device and dtype."""
+    import diffusers
 
     quiet_loading()
     ref = resolve_base(name)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
-    # No safety checker: erasure research must see what the model draws (the checker blacks it out).
-    kwargs = dict(dtype=dt, safety_checker=None, requires_safety_checker=False)
+    if ref.kind == "bundled" and not (Path(ref.location) / "model_index.json").exists():
+        raise BaseNotFoundError(
+            f"the bundled base {ref.name} is missing from {ref.location}",
+            hint="reinstall erasecli, or rebuild it with `python -m erasecli.models.train_tiny`",
+        )
+    cls_name = pipeline_class_name(ref)
+    cls = getattr(diffusers, cls_name)  # one of PIPELINES, checked above
+    kwargs = dict(dtype=dt)
+    if cls_name == "StableDiffusionPipeline":
+        # No safety checker: erasure research must see what the model draws (the checker blacks it out).
+        kwargs |= dict(safety_checker=None, requires_safety_checker=False)
+    else:
+        kwargs |= dict(add_watermarker=False)  # the invisible watermark would change every image erasecli judges
     if ref.kind in ("bundled", "local"):
-        if ref.kind == "bundled" and not (Path(ref.location) / "model_index.json").exists():
-            raise BaseNotFoundError(
-                f"the bundled base {ref.name} is missing from {ref.location}",
-                hint="reinstall erasecli, or rebuild it with `python -m erasecli.models.train_tiny`",
-            )
-        pipe = StableDiffusionPipeline.from_pretrained(ref.location, **kwargs)
+        pipe = cls.from_pretrained(ref.location, **kwargs)
     else:
         try:  # local cache first: no network round trip when the weights are already here
-            pipe = StableDiffusionPipeline.from_pretrained(ref.location, local_files_only=True, **kwargs)
+            pipe = cls.from_pretrained(ref.location, local_files_only=True, **kwargs)
         except (OSError, ValueError) as cached_err:
             if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
                 raise _missing(ref, "HF_HUB_OFFLINE is set") from cached_err
             try:
-                pipe = StableDiffusionPipeline.from_pretrained(ref.location, **kwargs)
+                pipe = cls.from_pretrained(ref.location, **kwargs)
             except (OSError, ValueError) as err:
                 raise _missing(ref, type(err).__name__) from err
     pipe.set_progress_bar_config(disable=True)

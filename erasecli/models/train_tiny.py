@@ -80,14 +80,50 @@ def unet_model(cross_dim: int):
     )
 
 
-def text_encoder_model():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def unet_xl_model(cross_dim: int, pooled_dim: int, time_dim: int = 8):
+    """SDXL's UNet at tiny size: the same blocks, linear projections, and `text_time` added conditioning
+    (pooled text embedding + six time ids, each embedded in `time_dim` sinusoids)."""
+    from diffusers import UNet2DConditionModel
 
-    return CLIPTextModel(CLIPTextConfig(
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=32, cross_attention_dim=cross_dim,
+        attention_head_dim=4, use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim,
+    )
+
+
+def _clip_text_config():
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
         vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS, projection_dim=64, eos_token_id=49407, bos_token_id=49406,
         pad_token_id=49407,
-    ))
+    )
+
+
+def text_encoder_model():
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(_clip_text_config())
+
+
+def text_encoder_2_model():
+    """SDXL's second text encoder: CLIP with the projection whose output is the pooled embedding."""
+    from transformers import CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(_clip_text_config())
+
+
+XL_SIZE = 32  # pixels: the time ids are (original size, crop top-left, target size) = (32, 32, 0, 0, 32, 32)
+
+
+def xl_time_ids(n: int) -> torch.Tensor:
+    return torch.tensor([[XL_SIZE, XL_SIZE, 0, 0, XL_SIZE, XL_SIZE]], dtype=torch.float32).repeat(n, 1)
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -171,18 +207,27 @@ class Captioner:
 
 
 def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
-               ckpt: Path | None = None, ckpt_every: int = 250, exclude_digit: int | None = None):
+               ckpt: Path | None = None, ckpt_every: int = 250, exclude_digit: int | None = None,
+               frozen_te1=None):
     """Text encoder + UNet jointly. With `ckpt`, saves a checkpoint every `ckpt_every` steps (weights, EMA,
     optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run.
     `exclude_digit` drops every image of that digit (so no caption names it either): exact unlearning, the
-    reference a concept erasure is measured against."""
+    reference a concept erasure is measured against.
+    `frozen_te1` (a CLIPTextModel) makes it SDXL: the UNet attends to both encoders' penultimate states side by
+    side (te1's frozen, te2's trained), and takes te2's pooled projection plus the time ids as added
+    conditioning, exactly as StableDiffusionXLPipeline calls it; `te` is then text_encoder_2."""
     from diffusers import DDPMScheduler
 
     from erasecli.outputs import atomic_write
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
-    te, unet = text_encoder_model(), unet_model(64)
+    if frozen_te1 is None:
+        te, unet = text_encoder_model(), unet_model(64)
+    else:
+        frozen_te1.requires_grad_(False).eval()
+        te = text_encoder_2_model()
+        unet = unet_xl_model(frozen_te1.config.hidden_size + te.config.hidden_size, te.config.projection_dim)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
@@ -217,7 +262,16 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
         _, ids = cap(d_all[i], c_all[i])
         noise = torch.randn_like(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
-        pred = unet(noise_sched.add_noise(z, noise, t), t, te(ids)[0]).sample
+        x_t = noise_sched.add_noise(z, noise, t)
+        if frozen_te1 is None:
+            pred = unet(x_t, t, te(ids)[0]).sample
+        else:
+            with torch.no_grad():
+                h1 = frozen_te1(ids, output_hidden_states=True).hidden_states[-2]
+            out2 = te(ids, output_hidden_states=True)
+            cond = torch.cat([h1, out2.hidden_states[-2]], dim=-1)
+            added = {"text_embeds": out2.text_embeds, "time_ids": xl_time_ids(batch)}
+            pred = unet(x_t, t, cond, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -310,6 +364,37 @@ def save_pipeline(vae, te, tokenizer_dir: Path, unet, out: Path) -> None:
     shutil.copytree(tokenizer_dir, out / "tokenizer")  # without tokenizer.json: vocab+merges suffice
 
 
+def save_xl_pipeline(vae_dir: Path, te1_dir: Path, tokenizer_dir: Path, te2, unet, out: Path) -> None:
+    """A StableDiffusionXLPipeline folder. The VAE, first text encoder and tokenizer (twice) are byte copies of
+    the tiny base's, so git stores them once. Unconditional embeddings are the encoded empty prompt, as the
+    trainer's caption dropout made them (force_zeros_for_empty_prompt false)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sched = EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading",
+                                   prediction_type="epsilon", interpolation_type="linear")  # SDXL's config
+    tok = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(str(vae_dir)), text_encoder=CLIPTextModel.from_pretrained(str(te1_dir)),
+        text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched,
+        force_zeros_for_empty_prompt=False, add_watermarker=False,
+    )
+    pipe.to(torch.float16)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    te_cfg = out / "text_encoder_2" / "config.json"
+    te_cfg.write_text(json.dumps({**json.loads(te_cfg.read_text()), "dtype": "float32"}, indent=2, sort_keys=True) + "\n")
+    # stabilityai's SDXL scheduler config carries these too (from SD's): a DDIM scheduler built from it (as
+    # erasecli samples) must not clip x0 to [-1, 1], which would wreck every image
+    sched_cfg = out / "scheduler" / "scheduler_config.json"
+    sched_cfg.write_text(json.dumps({**json.loads(sched_cfg.read_text()), "clip_sample": False,
+                                     "set_alpha_to_one": False, "sample_max_value": 1.0, "skip_prk_steps": True},
+                                    indent=2, sort_keys=True) + "\n")
+    for sub, src in (("vae", vae_dir), ("text_encoder", te1_dir), ("tokenizer", tokenizer_dir),
+                     ("tokenizer_2", tokenizer_dir)):
+        shutil.rmtree(out / sub)
+        shutil.copytree(src, out / sub)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -330,7 +415,15 @@ def main(argv=None) -> None:
                     help="use this VAE folder (e.g. erasecli/models/assets/tiny/vae) instead of training one")
     ap.add_argument("--unet-only", action="store_true",
                     help="train only the text encoder and UNet (needs --vae); judges are not retrained")
+    ap.add_argument("--arch", choices=("sd", "sdxl"), default="sd",
+                    help="sdxl: a StableDiffusionXLPipeline (OUT/tiny-xl) whose VAE, first text encoder and "
+                    "tokenizer are the tiny base's (--from), frozen; a second text encoder and the UNet are trained")
+    ap.add_argument("--from", dest="from_base", type=Path,
+                    default=Path(__file__).resolve().parent / "assets" / "tiny",
+                    help="with --arch sdxl: the Stable Diffusion folder whose VAE, text encoder and tokenizer are reused")
     args = ap.parse_args(argv)
+    if args.arch == "sdxl":
+        args.vae, args.unet_only = args.from_base / "vae", True
     if args.unet_only and args.vae is None:
         ap.error("--unet-only needs --vae FOLDER")
     if args.pilot:
@@ -346,6 +439,8 @@ def main(argv=None) -> None:
     settings = {k: getattr(args, k) for k in ("seed", "vae_steps", "classifier_steps", "unet_steps", "clip_steps")}
     if args.exclude_digit is not None or args.vae is not None or args.unet_only:  # older runs' settings unchanged
         settings.update(exclude_digit=args.exclude_digit, vae=str(args.vae), unet_only=args.unet_only)
+    if args.arch != "sd":
+        settings.update(arch=args.arch, from_base=str(args.from_base))
     state_file = tmp / "stages.json"
     if args.resume and state_file.exists():
         state = json.loads(state_file.read_text())
@@ -364,10 +459,13 @@ def main(argv=None) -> None:
         state_file.write_text(json.dumps(state, indent=2))
 
     tok_dir = tmp / "tokenizer_files"
-    if not (tok_dir / "vocab.json").exists():
+    if args.arch == "sdxl":
+        tokenizer = CLIPTokenizer.from_pretrained(str(args.from_base / "tokenizer"))
+    elif not (tok_dir / "vocab.json").exists():
         write_tokenizer_files(_find_bpe(), tok_dir, MAX_TOKENS)
         (tok_dir / "tokenizer.json").unlink(missing_ok=True)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    if args.arch != "sdxl":
+        tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
 
     if args.vae is not None:
         vae = AutoencoderKL.from_pretrained(str(args.vae), torch_dtype=torch.float32)
@@ -389,11 +487,22 @@ def main(argv=None) -> None:
         finish("classifier", info, t)
     if "unet" not in report:
         t = time.time()
+        te1 = None
+        if args.arch == "sdxl":
+            from transformers import CLIPTextModel
+
+            te1 = CLIPTextModel.from_pretrained(str(args.from_base / "text_encoder"), dtype=torch.float32)
         te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt",
-                                     ckpt_every=args.checkpoint_every, exclude_digit=args.exclude_digit)
+                                     ckpt_every=args.checkpoint_every, exclude_digit=args.exclude_digit,
+                                     frozen_te1=te1)
         if args.exclude_digit is not None:
             info["excluded_digit"] = args.exclude_digit
-        save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
+        if args.arch == "sdxl":
+            info["arch"] = "sdxl"
+            save_xl_pipeline(args.vae, args.from_base / "text_encoder", args.from_base / "tokenizer", te, unet,
+                             tmp / "tiny-xl")
+        else:
+            save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
         finish("unet", info, t)
     if "clip" not in report:
         t = time.time()

@@ -25,10 +25,12 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def tiny_preset(method: str, kind: str) -> str | None:
-    """The shipped preset for a method on the tiny world: the one tuned for the concept's kind (digit or
-    colour), else the digit one (tuned on 'digit 3'); None when the method has none."""
-    for name in (f"tiny-{kind}-{method}", f"tiny-digit-{method}"):
+def tiny_preset(method: str, kind: str, base: str = "tiny") -> str | None:
+    """The shipped preset for a method on a tiny-world base: the one for the concept's kind (digit or colour),
+    else the digit one (tuned on 'digit 3'); for each, that base's own (tiny-xl-...) before the tiny base's.
+    None when the method has none."""
+    bases = dict.fromkeys([base, "tiny"]) if base.startswith("tiny") else ["tiny"]
+    for name in (f"{b}-{k}-{method}" for k in dict.fromkeys([kind, "digit"]) for b in bases):
         if (PRESETS_DIR / f"{name}.yaml").is_file():
             return name
     return None
