@@ -120,11 +120,11 @@ def test_every_shipped_recipe_loads_validates_and_plans(path):
     if r.method:
         out = Path("/nonexistent-erasecli-test") / path.stem
         assert api.check_unlearn(r, out=out) is METHODS[r.method]
-        if r.base != "tiny":
+        if not r.base.startswith("tiny"):
             s = concept_for(r, tiny_world=False)
             assert s.forget and len(s.anchor) == len(s.forget) and s.retain
             assert all(r.concept.name in p for p in s.forget) and not any(r.concept.name in p for p in s.anchor)
-    if r.concept.name and r.base != "tiny":
+    if r.concept.name and not r.base.startswith("tiny"):
         assert api.check_evaluate(r).group("retain")
 
 
