@@ -82,7 +82,9 @@ def test_sdxl_delta_round_trips_through_plain_diffusers_kohya_and_merged(xl_delt
     p = erase("sample", "--base", "tiny-xl", "--delta", str(xl_delta), "--prompt", PROMPT, "-n", "1", "--seed", "7",
               "--steps", "10", "--guidance", "5", "--out", str(tmp_path / "s"))
     assert p.returncode == 0, p.stderr
-    ours = np.asarray(__import__("PIL.Image").Image.open(next((tmp_path / "s").glob("000-*/*.png"))))
+    from PIL import Image
+
+    ours = np.asarray(Image.open(next((tmp_path / "s").glob("000-*/*.png"))))
 
     pipe = _plain()
     base_img = _image(pipe)

@@ -86,12 +86,10 @@ def encode_prompts(pipe, prompts, device, batch: int = 64) -> torch.Tensor:
             continue
         states, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
-        c = pack(states, pooled, time_ids(pipe))
-        if pipe.config.get("force_zeros_for_empty_prompt", False):
-            empty = torch.tensor([p == "" for p in chunk], device=c.device)
-            c = torch.where(empty[:, None, None], torch.zeros_like(c), c)
-            c = pack(c[:, :-1], c[:, -1, : pooled.shape[-1]], time_ids(pipe))  # the time ids stay
-        out.append(c)
+        if pipe.config.get("force_zeros_for_empty_prompt", False):  # zero states and pooled; the time ids stay
+            keep = torch.tensor([p != "" for p in chunk], device=states.device)
+            states, pooled = states * keep[:, None, None], pooled * keep[:, None]
+        out.append(pack(states, pooled, time_ids(pipe)))
     return torch.cat(out)
 
 
