@@ -68,6 +68,8 @@ def xl_delta(tmp_path_factory):
     out = tmp_path_factory.mktemp("xl") / "siss"
     p = erase("unlearn", "--base", "tiny-xl", "--concept", "digit 3", "--out", str(out), "--set", "train.steps=8",
               "--set", "lora.text_encoder=true",  # an adapter on each of SDXL's two text encoders too
+              "--set", "robust.enabled=true", "--set", "robust.warmup=2", "--set", "robust.every=4",
+              "--set", "robust.attack_steps=2",  # robust training's inner attack through both encoders
               "--set", "data.images_per_prompt=1", "--set", "data.retain_images_per_prompt=1")
     assert p.returncode == 0, p.stderr
     return out
@@ -77,6 +79,7 @@ def xl_delta(tmp_path_factory):
 def test_sdxl_delta_round_trips_through_plain_diffusers_kohya_and_merged(xl_delta, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
+    assert json.loads((xl_delta / "train_summary.json").read_text())["robust"]["refreshes"] == 2  # steps 3, 7
     sd = load_file(str(xl_delta / "pytorch_lora_weights.safetensors"))
     assert {k.split(".")[0] for k in sd} == {"unet", "text_encoder", "text_encoder_2"}  # SDXL's diffusers keys
     p = erase("sample", "--base", "tiny-xl", "--delta", str(xl_delta), "--prompt", PROMPT, "-n", "1", "--seed", "7",
@@ -142,11 +145,51 @@ def test_sgm_names_match_diffusers_own_mapping_back():
         assert sorted(back) == sorted(("lora_unet_" + n).replace(".", "_") + ".lora_down.weight" for n in att)
 
 
-def test_robust_on_sdxl_is_refused_up_front(tmp_path):
-    p = erase("unlearn", "--base", "tiny-xl", "--concept", "digit 3", "--set", "robust.enabled=true",
-              "--out", str(tmp_path / "x"))
-    assert "SDXL" in one_line_error(p, 1)
-    assert not (tmp_path / "x").exists()
+def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
+    """The inner attack's soft tokens are one row per token split across SDXL's two encoders; its steps lower the
+    denoising loss of the base's threes on both encoders' shares, and the step's forget images then use them."""
+    from erasecli import api
+    from erasecli.attacks import denoising_loss
+    from erasecli.data import build_train_data
+    from erasecli.methods import Context
+    from erasecli.methods.robust import Adversary, Conditions
+    from erasecli.models.registry import load_base
+
+    xl = load_base("tiny-xl", device="cpu")
+    r = api.load_recipe(None, ["robust.enabled=true", "robust.attack=prefix", "robust.tokens=2", "robust.warmup=0",
+                               "robust.attack_steps=30", "robust.attack_lr=0.02", "data.images_per_prompt=2",
+                               "data.retain_images_per_prompt=1"], method="siss", concept={"name": "digit 3"},
+                        base="tiny-xl")
+    data = build_train_data(r, xl)
+    ctx = Context(recipe=r, base=xl, unet=xl.pipe.unet, params=[], data=data, gen=torch.Generator("cpu").manual_seed(0),
+                  alphas_cumprod=xl.pipe.scheduler.alphas_cumprod.float(), device=xl.device)
+    cond = Conditions(xl, data.prompts)
+    try:
+        adv = Adversary(ctx, cond)
+        assert cond.widths == [xl.pipe.text_encoder.config.hidden_size, xl.pipe.text_encoder_2.config.hidden_size]
+        rows = torch.arange(len(data.forget_c))
+        c = adv.rows_adv[adv.row_prompt[rows]]
+
+        def fixed_loss(P):
+            g = torch.Generator("cpu").manual_seed(123)
+            with torch.no_grad():
+                emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
+                return sum(denoising_loss(ctx.unet, ctx.alphas_cumprod, data.forget[rows], emb, g).item()
+                           for _ in range(4))
+
+        start = cond.P.clone()
+        before = fixed_loss(start)
+        adv.before_step(0)
+        assert fixed_loss(cond.P) < before
+        d1 = cond.widths[0]
+        for part in (slice(0, d1), slice(d1, None)):  # each encoder's share moved, and matters
+            assert not torch.equal(cond.P[:, part], start[:, part])
+            mixed = cond.P.clone()
+            mixed[:, part] = start[:, part]
+            assert fixed_loss(mixed) != fixed_loss(cond.P)
+        assert bool((data.forget_c >= len(data.prompts)).any())  # robust.mix of the forget images use them
+    finally:
+        cond.close()
 
 
 def test_sdxl_hub_base_offline_and_an_unknown_pipeline_class_are_one_line_errors(tmp_path):

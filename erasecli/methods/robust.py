@@ -21,7 +21,8 @@ len(data.prompts) + j the adversarial version of forget prompt j. With the adapt
 text embeddings, each inner attack writes its rows' states into `data.embeds` and the methods run unchanged;
 with `lora.text_encoder` every step encodes its conditions through the text encoder (and its adapter) afresh.
 
-Code names: `S` (rows, L) the override map (-1: the token's own embedding; else a row of the soft tokens `P`),
+Code names: `S` (rows, L) the override map (-1: the token's own embedding; else a row of the soft tokens `P`, which
+on SDXL is both encoders' embeddings side by side, D1 + D2, each encoder taking its share),
 `row_prompt` (N,) which forget prompt each forget image belongs to, `plain_c` the forget images' own prompts.
 """
 
@@ -69,17 +70,6 @@ def remove_text_encoder_lora(text_encoder) -> None:
             del text_encoder.peft_config
 
 
-def check_base(recipe, ref) -> None:
-    """Robust training's inner attack drives SD's one text encoder; not yet SDXL's two (lora.text_encoder,
-    which puts an adapter on each of SDXL's encoders, is supported)."""
-    from erasecli.models.registry import pipeline_class_name
-
-    if recipe.robust.enabled and pipeline_class_name(ref) == "StableDiffusionXLPipeline":
-        raise RecipeError(f"robust.enabled is not supported on SDXL bases yet ({ref.name}): its inner attack "
-                          "drives one text encoder, and SDXL has two", hint="erase without it on SDXL (lora."
-                          "text_encoder=true works there), or use an SD 1.x/2.x base for robust erasure")
-
-
 def check(recipe, method: str) -> None:
     """What robust training and the text-encoder adapter cannot do, before any model loads."""
     from erasecli.methods import get_method
@@ -108,24 +98,34 @@ class Conditions:
 
         pipe = self.pipe = base.pipe
         self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
+        self.tes = text_encoders(pipe)  # SDXL: both, and a soft token is one row split across them
+        self.widths = [te.get_input_embeddings().weight.shape[1] for te in self.tes]
         self.L = self.tok.model_max_length
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
-        self.P = None  # (n, D) soft tokens, when there are adversarial rows
+        self.P = None  # (n, sum(widths)) soft tokens, when there are adversarial rows
         # a text-encoder LoRA is being trained (on SDXL: on either encoder)
-        self.trains = any(p.requires_grad for te in text_encoders(pipe) for p in te.parameters())
+        self.trains = any(p.requires_grad for te in self.tes for p in te.parameters())
         self._slot = None
-        self._hook = self.te.get_input_embeddings().register_forward_hook(self._override)
+        self._hooks = [te.get_input_embeddings().register_forward_hook(self._override(i))
+                       for i, te in enumerate(self.tes)]
+
+    def embedding_table(self) -> torch.Tensor:
+        """Every token's input embedding, the encoders' side by side.  (V, sum(widths))"""
+        return torch.cat([te.get_input_embeddings().weight.detach().float() for te in self.tes], dim=-1)
 
     def tokenize(self, texts: list) -> torch.Tensor:
         return self.tok(list(texts), padding="max_length", max_length=self.L, truncation=True,
                         return_tensors="pt").input_ids.to(self.device)
 
-    def _override(self, module, args, out):  # out: (B, L, D) token embeddings
-        if self._slot is None:
-            return out
-        mask, vals = self._slot
-        return torch.where(mask[..., None], vals.to(out.dtype), out)
+    def _override(self, i: int):
+        def hook(module, args, out):  # out: (B, L, D_i), encoder i's token embeddings
+            if self._slot is None:
+                return out
+            mask, vals = self._slot
+            vals = vals.split(self.widths, dim=-1)[i]
+            return torch.where(mask[..., None], vals.to(out.dtype), out)
+        return hook
 
     def encode_ids(self, ids, S, P):
         """Text-encoder states of ids (B, L) with the soft tokens P put where S >= 0."""
@@ -148,7 +148,8 @@ class Conditions:
             return self.encode_ids(self.ids[c], self.S[c], P)
 
     def close(self) -> None:
-        self._hook.remove()
+        for h in self._hooks:
+            h.remove()
 
 
 def _soft_positions(cond: Conditions, texts: list, concept, recipe):
@@ -200,7 +201,7 @@ class Adversary:
         ids, S, n = _soft_positions(cond, texts, concept, ctx.recipe)
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
-        E = cond.te.get_input_embeddings().weight.detach().float()
+        E = cond.embedding_table()
         if self.cfg.attack == "prefix":  # random whole-word tokens, as the prompt attack starts
             allowed = pasteable_tokens(cond.tok)
             start = torch.tensor(allowed)[torch.randint(len(allowed), (n,), generator=ctx.gen)]
@@ -229,7 +230,7 @@ class Adversary:
         P = cond.P.clone().requires_grad_(True)
         opt = torch.optim.Adam([P], lr=cfg.attack_lr)
         losses = []
-        with frozen(ctx.unet, cond.te):  # only the soft tokens take gradients
+        with frozen(ctx.unet, *cond.tes):  # only the soft tokens take gradients
             for _ in range(cfg.attack_steps):
                 rows = torch.randint(len(self.row_prompt), (cfg.attack_batch,), generator=ctx.gen).to(ctx.device)
                 c = self.rows_adv[self.row_prompt[rows]]
