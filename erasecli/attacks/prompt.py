@@ -87,6 +87,13 @@ def pasteable_tokens(tokenizer) -> list[int]:
     return [i for i, b in zip(ids, back) if b == [i]]
 
 
+def joint_embeddings(encoders) -> tuple:
+    """Every token's input embedding with the encoders' side by side, and each encoder's width: (V, D), [D_i].
+    A soft token is one row of it; encoder i reads its own share (SDXL: D1 + D2)."""
+    Es = [te.get_input_embeddings().weight.detach().float() for te in encoders]
+    return torch.cat(Es, dim=-1), [e.shape[1] for e in Es]
+
+
 def unit_parts(x: torch.Tensor, widths) -> torch.Tensor:
     """Rows with each encoder's part (widths along the last dim) scaled to unit length, the whole divided by
     sqrt(parts): the dot product of two such rows is the mean of the parts' cosines (one part: the cosine)."""
@@ -109,9 +116,7 @@ class PromptAttack(Attack):
         t0 = time.time()
         a, pipe = ctx.recipe.attack, ctx.base.pipe
         tok, unet, encs = pipe.tokenizer, pipe.unet, text_encoders(pipe)
-        Es = [te.get_input_embeddings().weight.detach().float() for te in encs]  # (V, D_i) each
-        E = torch.cat(Es, dim=-1)  # (V, D); SDXL: D1 + D2
-        widths = [e.shape[1] for e in Es]
+        E, widths = joint_embeddings(encs)  # (V, D); SDXL: D1 + D2
         E_unit = unit_parts(E, widths)
         allowed = torch.tensor(pasteable_tokens(tok), device=E.device)
         k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every

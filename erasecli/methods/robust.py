@@ -99,7 +99,7 @@ class Conditions:
         pipe = self.pipe = base.pipe
         self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
         self.tes = text_encoders(pipe)  # SDXL: both, and a soft token is one row split across them
-        self.widths = [te.get_input_embeddings().weight.shape[1] for te in self.tes]
+        self.widths = [te.get_input_embeddings().embedding_dim for te in self.tes]  # joint_embeddings' order
         self.L = self.tok.model_max_length
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
@@ -109,10 +109,6 @@ class Conditions:
         self._slot = None
         self._hooks = [te.get_input_embeddings().register_forward_hook(self._override(i))
                        for i, te in enumerate(self.tes)]
-
-    def embedding_table(self) -> torch.Tensor:
-        """Every token's input embedding, the encoders' side by side.  (V, sum(widths))"""
-        return torch.cat([te.get_input_embeddings().weight.detach().float() for te in self.tes], dim=-1)
 
     def tokenize(self, texts: list) -> torch.Tensor:
         return self.tok(list(texts), padding="max_length", max_length=self.L, truncation=True,
@@ -185,7 +181,7 @@ class Adversary:
     """The inner attack and what it changes in the data; `before_step(k)` runs it when it is due."""
 
     def __init__(self, ctx, cond: Conditions):
-        from erasecli.attacks.prompt import pasteable_tokens
+        from erasecli.attacks.prompt import joint_embeddings, pasteable_tokens
 
         self.ctx, self.cond, self.cfg = ctx, cond, ctx.recipe.robust
         d, concept = ctx.data, ctx.data.sets
@@ -201,7 +197,7 @@ class Adversary:
         ids, S, n = _soft_positions(cond, texts, concept, ctx.recipe)
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
-        E = cond.embedding_table()
+        E = joint_embeddings(cond.tes)[0]
         if self.cfg.attack == "prefix":  # random whole-word tokens, as the prompt attack starts
             allowed = pasteable_tokens(cond.tok)
             start = torch.tensor(allowed)[torch.randint(len(allowed), (n,), generator=ctx.gen)]
