@@ -31,7 +31,7 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
     from erasecli.critic.train import RolloutEnv, train_critic, values
     from erasecli.concepts import tiny_concept
     from erasecli.methods.critic_rl import gae_over_steps, normalise_per_prompt
-    from erasecli.methods.loop import setup_adapter
+    from erasecli.methods.adapter import attached_for
     from erasecli.models.registry import load_base
     from erasecli.recipes import load_recipe
 
@@ -40,7 +40,8 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
     base = load_base("tiny", device="cpu")
     sets = tiny_concept(r.concept.name, r.concept.kind)
     critic, report = train_critic(r, base, sets)
-    params = setup_adapter(r, base)
+    attached_ctx = attached_for(r, base)  # held until the function returns: the adapter stays on meanwhile
+    params = attached_ctx.__enter__().params
     with torch.no_grad():  # a non-zero adapter, as mid-training: lora_B starts at 0, which zeroes lora_A's grads
         g = torch.Generator().manual_seed(seed)
         for n, p in base.pipe.unet.named_parameters():

@@ -324,7 +324,12 @@ def recipe_for(method: str, plan: Plan, extra=()):
     return load_recipe(path, o), shipped, o
 
 
+_ATTACHED: list = []  # the adapter contexts run_method entered: they stay on for the follow-up measurements
+
+
 def remove_adapter(unet) -> None:
+    while _ATTACHED:
+        _ATTACHED.pop().__exit__(None, None, None)
     cfg = getattr(unet, "peft_config", None)
     if cfg:
         unet.delete_adapters(list(cfg))
@@ -334,6 +339,8 @@ def run_method(recipe, base, data, plan: Plan, count_flops: bool) -> dict:
     """loop.run with step 1 as warm-up (FLOPs counted from its first UNet call) and the rest timed."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from erasecli.methods import get_method
+    from erasecli.methods.adapter import attached_for
     from erasecli.methods.loop import run
 
     counter = FlopCounterMode(display=False) if count_flops else None
@@ -353,7 +360,10 @@ def run_method(recipe, base, data, plan: Plan, count_flops: bool) -> dict:
     handle = base.pipe.unet.register_forward_pre_hook(start_counting) if count_flops else None
     mem.start()
     try:
-        result = run(recipe, base, data, out=plan.work / "out", progress=progress)
+        # entered here, left by remove_adapter: the follow-up measurements run with the adapter on
+        _ATTACHED.append(attached_for(recipe, base))
+        adapter = _ATTACHED[-1].__enter__()
+        result = run(recipe, base, data, get_method(recipe.method), adapter, out=plan.work / "out", progress=progress)
         peak = mem.read_mb()
     finally:
         if handle is not None:

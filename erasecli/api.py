@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from erasecli.errors import UsageError
+from erasecli.recipes.presets import load_with_defaults as load_recipe  # noqa: F401 - the library's recipe loader
 
 
 def _check_model_request(recipe, deltas, out, overwrite: bool, force: bool, verb: str):
@@ -45,45 +45,6 @@ def _judged_concept(recipe, ref):
     return concept_for(recipe, ref.tiny_world and judge_kind(recipe, ref) == "classifier")
 
 
-def load_recipe(path=None, overrides: Sequence[str] = (), **values):
-    """The recipe of a command: defaults < its `defaults` preset < file < options < --set (erasecli.recipes).
-
-    `defaults: auto` resolves to the shipped tiny preset of the method (recipes.presets.tiny_preset) when no
-    file is given and the base draws the tiny world, else to 'paper' (the recipe's own defaults, the methods'
-    published settings). The returned recipe names what it resolved to, so the recipe written beside a delta
-    says where its values came from."""
-    from dataclasses import replace
-
-    from erasecli.recipes import load_recipe as load
-    from erasecli.recipes.presets import preset_path, tiny_preset
-
-    r = load(path, overrides, **values)
-    name = r.defaults
-    if name == "auto":
-        name = "paper"
-        if path is None and r.method:
-            from erasecli.models.registry import resolve_base
-
-            if resolve_base(r.base).tiny_world:
-                kind = "digit"
-                if r.concept.name:
-                    from erasecli.concepts import parse_tiny_concept
-
-                    kind = parse_tiny_concept(r.concept.name, r.concept.kind)[0]
-                name = tiny_preset(r.method, kind, r.base) or "paper"
-    if name == "paper":
-        return replace(r, defaults="paper")
-    return replace(load(path, overrides, preset=preset_path(name), **values), defaults=name)
-
-
-@dataclass(frozen=True)
-class SampleRecord:
-    prompt: str
-    seed: int
-    file: str  # relative to the output folder
-    image: object  # PIL.Image
-
-
 def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
                  overwrite: bool = False) -> None:
     """Everything about a sample request that can be wrong, checked before any model loads."""
@@ -103,7 +64,7 @@ def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str
 
 def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
            overwrite: bool = False, force: bool = False, device: str | None = None, dtype: str = "auto",
-           progress: Callable[[int, int], None] | None = None, base=None) -> list[SampleRecord]:
+           progress: Callable[[int, int], None] | None = None, base=None) -> list:
     """`erase sample`: n images per prompt from the base (plus deltas), seeds recipe.sample.seed + i.
 
     With `out`, writes PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl` and the resolved
@@ -111,8 +72,6 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     """
     from erasecli.delta import apply_deltas
     from erasecli.models.registry import load_base
-    from erasecli.outputs import replace_dir, staging_dir
-    from erasecli.recipes import recipe_to_dict, write_recipe
 
     check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite)
     out = Path(out) if out is not None else None
@@ -129,7 +88,7 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
         if progress:
             progress(done, len(jobs))
 
-    from erasecli.sampling import generate_with, image_grid, slug
+    from erasecli.sampling import SampleRecord, generate_with, slug, write_samples
 
     try:
         images = generate_with(base, [j[0] for j in jobs], [j[1] for j in jobs], cfg, on_batch=tick)
@@ -144,26 +103,8 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
             records.append(SampleRecord(p, seed, f"{folder}/{seed:06d}.png", images[pi * n + i]))
     from erasecli.dist import world
 
-    if out is None or not world().is_main:
-        return records
-    tmp = staging_dir(out)
-    try:
-        delta_meta = [d.to_dict() for d in infos]
-        with open(tmp / "manifest.jsonl", "w") as f:
-            for r in records:
-                (tmp / r.file).parent.mkdir(exist_ok=True)
-                r.image.save(tmp / r.file)
-                f.write(json.dumps({"prompt": r.prompt, "seed": r.seed, "file": r.file, "base": base.name,
-                                    "deltas": [d["path"] for d in delta_meta]}) + "\n")
-        for pi, p in enumerate(prompts):
-            grid = image_grid([r.image for r in records[pi * n : (pi + 1) * n]], cols=min(n, 8))
-            grid.save(tmp / f"grid-{pi:03d}-{slug(p)}.png")
-        write_recipe(recipe, tmp / "recipe.yaml")
-        (tmp / "run.json").write_text(json.dumps({"command": "sample", "base": base.name, "deltas": delta_meta,
-                                                  "recipe": recipe_to_dict(recipe), "n": n}, indent=2))
-        replace_dir(tmp, out, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if out is not None and world().is_main:
+        write_samples(out, records, prompts, n, recipe, base.name, [d.to_dict() for d in infos], overwrite)
     return records
 
 
@@ -275,12 +216,14 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
     cls.check(recipe)
     from erasecli.methods.robust import check as check_robust
 
-    check_robust(recipe, recipe.method)
+    check_robust(recipe, cls)
     from erasecli.dist import launched
+    from erasecli.methods import METHODS
 
     if launched() and not cls.data_parallel:
-        raise UsageError(f"{recipe.method} runs in one process; several processes train siss, adaptive-siss, "
-                         "ppo-alpha and esd", hint="launch this method without accelerate launch / torchrun")
+        can = ", ".join(n for n, m in METHODS.items() if m.data_parallel)
+        raise UsageError(f"{recipe.method} runs in one process; several processes train {can}",
+                         hint="launch this method without accelerate launch / torchrun")
     if out is None:
         raise UsageError("nowhere to put the delta", hint="pass --out DIR")
     if resume is None:
@@ -290,8 +233,9 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
         raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "digit 3"')
     sets = concept_of(recipe, ref)  # a concept the tiny world lacks fails here
     if sets.together and not cls.supports_together:
+        can = ", ".join(n for n, m in METHODS.items() if m.supports_together)
         raise UsageError(f"{recipe.method} erases one concept per delta, and {len(sets.names)} were given",
-                         hint="use uce, rece, siss, adaptive-siss, ppo-alpha or esd to erase several together, "
+                         hint=f"use {can} to erase several together, "
                               "or --concepts-file without --together for one delta each")
     for key in ("forget_dir", "anchor_dir", "retain_dir"):
         check_folder(getattr(recipe.data, key), f"data.{key}")
@@ -370,12 +314,15 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
 
     The folder holds the diffusers LoRA (`pytorch_lora_weights.safetensors`, with metadata), `delta.json`,
     the resolved `recipe.yaml`, `train_log.jsonl` (one row per step) and `train_plot.png`, written atomically.
-    With `resume` (a `<out>.ckpt` folder), the recipe and step come from the checkpoint.
+    With `resume` (a `<out>.ckpt` folder), the recipe and step come from the checkpoint. The method class is
+    resolved once, by the request check, and the adapter lives inside `attached` (erasecli.methods.adapter): a
+    base passed in by the caller goes back without it, whatever happens.
     """
     import time
 
     from erasecli.data import build_train_data
-    from erasecli.delta import save_lora_delta
+    from erasecli.dist import world
+    from erasecli.methods.adapter import attached_for
     from erasecli.methods.loop import peak_rss_mb, read_checkpoint, run, summarise, write_log
     from erasecli.models.registry import load_base
     from erasecli.plot import plot_training
@@ -390,22 +337,21 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         out = out if out is not None else state["out"]
         overwrite = True  # the run that made the checkpoint already claimed `out`
     out = Path(out) if out is not None else None
-    check_unlearn(recipe, out=out, overwrite=overwrite, resume=resume)
+    cls = check_unlearn(recipe, out=out, overwrite=overwrite, resume=resume)
     t0 = time.time()
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    from erasecli.methods import get_method
-
-    cls = get_method(recipe.method)
     if cls.closed_form:
-        return _unlearn_closed_form(recipe, base, out, overwrite, t0)
+        return _unlearn_closed_form(recipe, cls, base, out, overwrite, t0)
     data = build_train_data(recipe, base, progress=data_progress, images=cls.uses_images(recipe))
     peak0 = peak_rss_mb()
-    try:
-        result = run(recipe, base, data, out=out, resume_state=state, progress=progress,
+    with attached_for(recipe, base) as adapter:
+        result = run(recipe, base, data, cls, adapter, out=out, resume_state=state, progress=progress,
                      checkpoint_dir=Path(resume) if resume is not None else None)
         rows = result["rows"]
         summary = summarise(result, data, base, peak0)
+        if not world().is_main:  # every process holds the same adapter; one writes it
+            return {"out": str(out), "delta": None, "summary": summary}
 
         def extra(folder: Path):
             write_log(rows, folder / "train_log.jsonl")
@@ -413,52 +359,35 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
             (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
         train_meta = {k: summary[k] for k in ("train_seconds", "steps", "trainable_params")}
-        from erasecli.dist import world
-
-        if not world().is_main:  # every process holds the same adapter; one writes it
-            return {"out": str(out), "delta": None, "summary": summary}
-        te = base.pipe.text_encoder if recipe.lora.text_encoder else None
-        te2 = base.pipe.text_encoder_2 if recipe.lora.text_encoder and base.xl else None
-        info = save_lora_delta(base.pipe.unet, out, base=base, method=recipe.method, concept=data.sets.name,
-                               concepts=data.sets.names, recipe=recipe_to_dict(recipe),
-                               metrics={"train": train_meta}, overwrite=overwrite, extra=extra, text_encoder=te,
-                               text_encoder_2=te2)
-    finally:  # a base passed in by the caller goes back without our adapters
-        base.pipe.unet.delete_adapters("default")
-        if recipe.lora.text_encoder:
-            from erasecli.methods.robust import remove_text_encoder_lora
-
-            remove_text_encoder_lora(base.pipe.text_encoder)
-            if base.xl:
-                remove_text_encoder_lora(base.pipe.text_encoder_2)
+        info = adapter.save(out, method=recipe.method, concept=data.sets.name, concepts=data.sets.names,
+                            recipe=recipe_to_dict(recipe), metrics={"train": train_meta}, overwrite=overwrite,
+                            extra=extra)
     shutil.rmtree(result["checkpoint"], ignore_errors=True)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": info.to_dict(), "summary": summary}
 
 
-def _unlearn_closed_form(recipe, base, out: Path, overwrite: bool, t0: float) -> dict:
+def _unlearn_closed_form(recipe, cls, base, out: Path, overwrite: bool, t0: float) -> dict:
     """uce / rece: solve the edit (erasecli.methods.uce), write it as an exact LoRA delta; no loop, no images."""
     import time
 
     from erasecli.data import concept_of
-    from erasecli.delta import save_lora_delta
     from erasecli.dist import world
-    from erasecli.methods import get_method
+    from erasecli.methods.adapter import attached
     from erasecli.methods.loop import peak_rss_mb
     from erasecli.methods.uce import write_factors
     from erasecli.recipes import recipe_to_dict
 
     concept = concept_of(recipe, base.ref)
-    factors, rank, info = get_method(recipe.method).edit(recipe, base, concept)
+    factors, rank, info = cls.edit(recipe, base, concept)
     summary = {"method": recipe.method, "concept": concept.name, "concepts": list(concept.names),
                "train_seconds": info["edit_seconds"], "steps": 0, **info,
                "data": {"sampling_seconds": 0.0, "forget_prompts": len(concept.forget),
                         "retain_prompts": len(concept.retain)}}
-    unet = base.pipe.unet
-    write_factors(unet, factors, rank)
-    summary["trainable_params"] = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
-    summary["peak_rss_mb"] = peak_rss_mb()
-    try:
+    with attached(base, rank=rank, alpha=float(rank), targets=sorted(factors)) as adapter:  # alpha = rank: scale 1
+        write_factors(adapter.denoiser, factors)
+        summary["trainable_params"] = adapter.numel()
+        summary["peak_rss_mb"] = peak_rss_mb()
         if not world().is_main:
             return {"out": str(out), "delta": None, "summary": summary}
 
@@ -466,11 +395,8 @@ def _unlearn_closed_form(recipe, base, out: Path, overwrite: bool, t0: float) ->
             (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
         meta = {"train": {k: summary[k] for k in ("train_seconds", "steps", "trainable_params", "rank")}}
-        saved = save_lora_delta(unet, out, base=base, method=recipe.method, concept=concept.name,
-                                concepts=concept.names, recipe=recipe_to_dict(recipe), metrics=meta,
-                                overwrite=overwrite, extra=extra)
-    finally:
-        unet.delete_adapters("default")
+        saved = adapter.save(out, method=recipe.method, concept=concept.name, concepts=concept.names,
+                             recipe=recipe_to_dict(recipe), metrics=meta, overwrite=overwrite, extra=extra)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": saved.to_dict(), "summary": summary}
 

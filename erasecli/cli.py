@@ -327,8 +327,13 @@ def unlearn(
                             concept=_concepts(names),
                             train=_drop_none({"steps": steps, "lr": lr, "seed": seed}),
                             critic=_drop_none({"path": str(critic) if critic is not None else None}))
-        if critic is not None and (r.method or "siss") != "critic-rl":
-            raise UsageError("--critic is for --method critic-rl", hint="add --method critic-rl, or drop --critic")
+        from erasecli.methods import get_method
+
+        if critic is not None and not get_method(r.method or "siss").uses_critic:
+            from erasecli.methods import METHODS
+
+            takes = ", ".join(n for n, m in METHODS.items() if m.uses_critic)
+            raise UsageError(f"--critic is for --method {takes}", hint=f"add --method {takes}, or drop --critic")
         if concepts_file is not None:
             return _unlearn_batch(api, r, concepts_file, out, overwrite, device, dtype, as_json, shard_of)
         api.check_unlearn(r, out=out, overwrite=overwrite)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from erasecli.errors import RecipeError
 from erasecli.models import tiny_world as W
+from erasecli.models.tiny_world import parse_tiny_concept  # noqa: F401 - part of this module's face
 
 
 @dataclass(frozen=True)
@@ -96,24 +97,6 @@ _DIGIT_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}", "a {c} 
 _DIGIT_ONLY = ("a handwritten digit {w}", "the number {d}")
 _COLOUR_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}")
 _COLOUR_ONLY = ("a {c} handwritten digit", "a {c} digit")
-
-
-def parse_tiny_concept(name: str, kind: str = "") -> tuple[str, int]:
-    """'digit 3', 'the digit three', '3', 'three', 'red', 'colour red' -> (kind, index)."""
-    words = re.findall(r"[a-z0-9]+", name.lower())
-    digits = [i for i, w in enumerate(W.DIGIT_WORDS) if w in words] + [int(w) for w in words if w.isdigit() and len(w) == 1]
-    colours = [i for i, c in enumerate(W.COLOUR_NAMES) if c in words]
-    found = []
-    if len(set(digits)) == 1 and kind in ("", "digit"):
-        found.append(("digit", digits[0]))
-    if len(set(colours)) == 1 and kind in ("", "colour", "color"):
-        found.append(("colour", colours[0]))
-    if len(found) != 1:
-        raise RecipeError(
-            f"concept {name!r} is not one digit or one colour of the tiny world",
-            hint="use e.g. 'digit 3', 'seven' or 'red' (colours: " + ", ".join(W.COLOUR_NAMES) + ")",
-        )
-    return found[0]
 
 
 def tiny_concept(name, kind: str = "") -> Concept:

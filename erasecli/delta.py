@@ -55,11 +55,11 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
 
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
                     metrics: dict | None = None, overwrite: bool = False, extra=None, concepts=(),
-                    text_encoder=None, text_encoder_2=None) -> DeltaInfo:
-    """Write the UNet's peft adapter (and the text encoders', when given) as a diffusers LoRA delta folder,
-    atomically; `extra(folder)` may add files (logs, plots) to the folder before it is moved into place.
-    An SDXL base's delta is written by StableDiffusionXLPipeline's own saver (`text_encoder_2.` keys)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+                    text_encoders: dict | None = None) -> DeltaInfo:
+    """Write the UNet's peft adapter (and the text encoders', `{pipeline attribute: model}`, when given) as a
+    diffusers LoRA delta folder, atomically; `extra(folder)` may add files (logs, plots) to the folder before it
+    is moved into place. The base kind's own pipeline class writes it (SDXL: `text_encoder_2.` keys too)."""
+    import diffusers
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -75,13 +75,14 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
         return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
 
     packed = {f"unet.{k}": v for k, v in config(unet).items()}
+    kind = base.kind
     te_layers = {}
-    for name, model in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
-        if model is not None:
-            sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
-            te_layers[name] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-            packed |= {f"{name}.{k}": v for k, v in config(model).items()}
-    xl = type(getattr(base, "pipe", None)).__name__ == "StableDiffusionXLPipeline"
+    for name, model in (text_encoders or {}).items():
+        if name not in kind.text_encoders:
+            raise DeltaError(f"a {kind.name} base has no text encoder {name!r}")
+        sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        te_layers[name] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+        packed |= {f"{name}.{k}": v for k, v in config(model).items()}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info = DeltaInfo(path=out, base=base.name, base_arch=base.arch, method=method, concept=concept,
                      version=__version__, created=created, recipe=recipe, metrics=metrics or {},
@@ -99,14 +100,10 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
 
     tmp = staging_dir(out)
     try:
-        if xl:
-            StableDiffusionXLPipeline.save_lora_weights(
-                str(tmp), unet_lora_layers=layers, text_encoder_lora_layers=te_layers.get("text_encoder"),
-                text_encoder_2_lora_layers=te_layers.get("text_encoder_2"), save_function=save_with_header)
-        else:
-            StableDiffusionPipeline.save_lora_weights(
-                str(tmp), unet_lora_layers=layers, text_encoder_lora_layers=te_layers.get("text_encoder"),
-                save_function=save_with_header)
+        names = kind.lora_layers_kwargs  # {"unet": "unet_lora_layers", "text_encoder": ..., ...}
+        getattr(diffusers, kind.pipeline_class).save_lora_weights(
+            str(tmp), **{names[kind.denoiser]: layers}, **{names[a]: te_layers.get(a) for a in kind.text_encoders},
+            save_function=save_with_header)
         (tmp / "delta.json").write_text(json.dumps(info.to_dict() | {"path": None}, indent=2))
         from erasecli.recipes import recipe_from_dict, write_recipe
 

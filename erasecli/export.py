@@ -103,8 +103,8 @@ def _sgm_keys(state: dict, layers_per_block: int) -> dict:
     return out
 
 
-def _xl_unet_config(info) -> dict | None:
-    """The UNet config of the delta's base when that base is an SDXL pipeline (read from its folder or the hub
+def _sgm_unet_config(info) -> dict | None:
+    """The UNet config of the delta's base when its kind exports in the SGM (SDXL) kohya layout (read from its folder or the hub
     cache, no weights loaded); None for SD bases."""
     from erasecli.errors import BaseNotFoundError
     from erasecli.models.registry import pipeline_class_name, resolve_base
@@ -113,7 +113,9 @@ def _xl_unet_config(info) -> dict | None:
         ref = resolve_base(info.base)
     except BaseNotFoundError:  # a base this machine does not know: named as SD 1.x (the layout kohya gives it)
         return None
-    if pipeline_class_name(ref) != "StableDiffusionXLPipeline":
+    from erasecli.diffusion.kinds import kind_for_pipeline
+
+    if kind_for_pipeline(pipeline_class_name(ref)).kohya_layout != "sgm":
         return None
     if ref.kind != "hub":
         return json.loads((Path(ref.location) / "unet" / "config.json").read_text())
@@ -144,11 +146,11 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
     alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0)
               for part in ("unet", "text_encoder", "text_encoder_2")}
     state = _peft_state(file)
-    xl_cfg = _xl_unet_config(info)
-    if xl_cfg is not None:
-        state = _sgm_keys(state, int(xl_cfg["layers_per_block"]))
+    sgm_cfg = _sgm_unet_config(info)
+    if sgm_cfg is not None:
+        state = _sgm_keys(state, int(sgm_cfg["layers_per_block"]))
     kohya = convert_state_dict_to_kohya(state)  # text_encoder -> lora_te1_, text_encoder_2 -> lora_te2_
-    if xl_cfg is None:  # SD 1.x kohya files name the text encoder lora_te_ (lora_te1_ / lora_te2_ are SDXL's two)
+    if sgm_cfg is None:  # SD 1.x kohya files name the text encoder lora_te_ (lora_te1_ / lora_te2_ are SDXL's two)
         kohya = {("lora_te_" + k.removeprefix("lora_te1_")) if k.startswith("lora_te1_") else k: v
                  for k, v in kohya.items()}
 

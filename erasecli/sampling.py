@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -136,3 +138,40 @@ def cached_generate(base, prompts, seeds, cfg, on_batch=None):
             if write:
                 atomic_write(folder / f"{keys[i]}.png", im.save, suffix=".png")
     return images, len(keys) - len(missing)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One image `erase sample` made."""
+
+    prompt: str
+    seed: int
+    file: str  # relative to the output folder
+    image: object  # PIL.Image
+
+
+def write_samples(out: Path, records: list, prompts: Sequence[str], n: int, recipe, base_name: str,
+                  delta_meta: list, overwrite: bool = False) -> None:
+    """`erase sample --out`: PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl`, the resolved
+    `recipe.yaml` and `run.json`, all into a temp folder that replaces `out` only when complete."""
+    from erasecli.outputs import replace_dir, staging_dir
+    from erasecli.recipes import recipe_to_dict, write_recipe
+
+    out = Path(out)
+    tmp = staging_dir(out)
+    try:
+        with open(tmp / "manifest.jsonl", "w") as f:
+            for r in records:
+                (tmp / r.file).parent.mkdir(exist_ok=True)
+                r.image.save(tmp / r.file)
+                f.write(json.dumps({"prompt": r.prompt, "seed": r.seed, "file": r.file, "base": base_name,
+                                    "deltas": [d["path"] for d in delta_meta]}) + "\n")
+        for pi, p in enumerate(prompts):
+            grid = image_grid([r.image for r in records[pi * n : (pi + 1) * n]], cols=min(n, 8))
+            grid.save(tmp / f"grid-{pi:03d}-{slug(p)}.png")
+        write_recipe(recipe, tmp / "recipe.yaml")
+        (tmp / "run.json").write_text(json.dumps({"command": "sample", "base": base_name, "deltas": delta_meta,
+                                                  "recipe": recipe_to_dict(recipe), "n": n}, indent=2))
+        replace_dir(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -80,14 +80,15 @@ def test_inner_attack_finds_a_token_that_brings_the_concept_back(tiny):
     (lower denoising loss on the same fixed draws) than the word it starts from."""
     from erasecli.attacks import denoising_loss
     from erasecli.data import build_train_data
+    from erasecli.diffusion.noise import schedule_of
     from erasecli.methods import Context
+    from erasecli.methods.adapter import Adapter
     from erasecli.methods.robust import Adversary, Conditions
 
     r = recipe("siss", "robust.enabled=true", "robust.warmup=0", "robust.attack_steps=40", "robust.attack_lr=0.02")
     data = build_train_data(r, tiny)
-    ctx = Context(recipe=r, base=tiny, unet=tiny.pipe.unet, params=[], data=data,
-                  gen=torch.Generator("cpu").manual_seed(0),
-                  alphas_cumprod=tiny.pipe.scheduler.alphas_cumprod.float(), device=tiny.device)
+    ctx = Context(recipe=r, base=tiny, unet=tiny.pipe.unet, adapter=Adapter(tiny, {"unet": tiny.pipe.unet}, []), data=data,
+                  gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(tiny.pipe.scheduler), device=tiny.device)
     cond = Conditions(tiny, data.prompts)
     try:
         adv = Adversary(ctx, cond)
@@ -99,7 +100,7 @@ def test_inner_attack_finds_a_token_that_brings_the_concept_back(tiny):
             c = adv.rows_adv[adv.row_prompt[rows]]
             with torch.no_grad():
                 emb = cond.encode_ids(cond.ids[c], cond.S[c], cond.P)
-                return sum(denoising_loss(ctx.unet, ctx.alphas_cumprod, data.forget[rows], emb, g).item()
+                return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item()
                            for _ in range(4))
 
         before = fixed_loss()
@@ -140,7 +141,7 @@ def test_interrupted_robust_run_resumes_to_the_same_delta(method, sets, tiny, tm
 
 @pytest.mark.parametrize("args,needle", [
     (["--method", "critic-rl", "--set", "robust.enabled=true"], "robust.enabled is not supported by critic-rl"),
-    (["--method", "uce", "--set", "lora.text_encoder=true"], "lora.text_encoder is for training methods"),
+    (["--method", "uce", "--set", "lora.text_encoder=true"], "lora.text_encoder is not supported by uce"),
     (["--method", "siss", "--set", "robust.attack=pgd"], "robust.attack"),
     (["--method", "siss", "--set", "robust.mix=0"], "robust.mix"),
 ])

@@ -41,7 +41,7 @@ def test_tiny_xl_is_a_plain_sdxl_pipeline_sharing_the_tiny_base_files():
                    "tokenizer/vocab.json"):  # byte copies: git stores them once
         assert (TINY_XL_DIR / shared).read_bytes() == (TINY_DIR / shared).read_bytes()
     base = load_base("tiny-xl", device="cpu")
-    assert base.xl and base.resolution == 32
+    assert base.kind.name == "sdxl" and base.kind.added_conditioning and base.resolution == 32
     assert base.pipe.unet.config.addition_embed_type == "text_time"
 
 
@@ -151,7 +151,9 @@ def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
     from erasecli import api
     from erasecli.attacks import denoising_loss
     from erasecli.data import build_train_data
+    from erasecli.diffusion.noise import schedule_of
     from erasecli.methods import Context
+    from erasecli.methods.adapter import Adapter
     from erasecli.methods.robust import Adversary, Conditions
     from erasecli.models.registry import load_base
 
@@ -161,8 +163,8 @@ def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
                                "data.retain_images_per_prompt=1"], method="siss", concept={"name": "digit 3"},
                         base="tiny-xl")
     data = build_train_data(r, xl)
-    ctx = Context(recipe=r, base=xl, unet=xl.pipe.unet, params=[], data=data, gen=torch.Generator("cpu").manual_seed(0),
-                  alphas_cumprod=xl.pipe.scheduler.alphas_cumprod.float(), device=xl.device)
+    ctx = Context(recipe=r, base=xl, unet=xl.pipe.unet, adapter=Adapter(xl, {"unet": xl.pipe.unet}, []), data=data,
+                  gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(xl.pipe.scheduler), device=xl.device)
     cond = Conditions(xl, data.prompts)
     try:
         adv = Adversary(ctx, cond)
@@ -174,7 +176,7 @@ def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
             g = torch.Generator("cpu").manual_seed(123)
             with torch.no_grad():
                 emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
-                return sum(denoising_loss(ctx.unet, ctx.alphas_cumprod, data.forget[rows], emb, g).item()
+                return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item()
                            for _ in range(4))
 
         start = cond.P.clone()

@@ -14,7 +14,8 @@ import torch
 from erasecli import api
 from erasecli.concepts import concept_for, strip_concept, tiny_concept
 from erasecli.methods import METHODS
-from erasecli.methods.loop import TrainingDiverged, checkpoint_dir_for, expand_targets
+from erasecli.methods.adapter import expand_targets
+from erasecli.methods.loop import TrainingDiverged, checkpoint_dir_for
 from erasecli.methods.siss import SissBatch, siss_log_weights
 from erasecli.recipes import METHOD_NAMES, load_recipe
 from test_sample_cli import erase, one_line_error

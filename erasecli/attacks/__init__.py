@@ -19,19 +19,19 @@ from typing import ClassVar
 from erasecli.errors import UsageError
 
 
-def denoising_loss(unet, alphas_cumprod, z0, c, gen):
+def denoising_loss(unet, noise, z0, c, gen):
     """A model's denoising MSE on target latents z0 (B, C, h, w) under conditions c (B, L, D), t uniform over the
-    whole schedule, one draw per row from the CPU generator `gen`: what the prompt and inversion attacks (and
-    robust training's inner attack, erasecli.methods.robust) minimise to bring a concept back."""
+    whole schedule `noise` (erasecli.diffusion.noise.Schedule), one draw per row from the CPU generator `gen`:
+    what the prompt and inversion attacks (and robust training's inner attack, erasecli.methods.robust) minimise
+    to bring a concept back."""
     import torch
 
-    t = torch.randint(len(alphas_cumprod), (len(z0),), generator=gen).to(z0.device)
+    t = torch.randint(noise.num_timesteps, (len(z0),), generator=gen).to(z0.device)
     eps = torch.randn(z0.shape, generator=gen).to(z0.device)
-    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
     from erasecli.diffusion.cond import unet_eps
 
-    e = unet_eps(unet, ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t, c)
-    return (e.float() - eps).pow(2).mean()
+    pred = unet_eps(unet, noise.add_noise(z0, eps, t), t, c)
+    return (pred.float() - noise.target(z0, eps, t)).pow(2).mean()
 
 
 @dataclass
@@ -74,10 +74,10 @@ class AttackContext:
 
     def denoising_loss(self, z0, c, gen):
         """What the prompt and inversion attacks minimise on the model under attack (`denoising_loss`)."""
-        import torch
+        from erasecli.diffusion.noise import schedule_of
 
         pipe = self.base.pipe
-        return denoising_loss(pipe.unet, pipe.scheduler.alphas_cumprod.to(self.device, torch.float32), z0, c, gen)
+        return denoising_loss(pipe.unet, schedule_of(pipe.scheduler, self.device), z0, c, gen)
 
     def succeeds(self, images: list) -> bool:
         h = self.hits(images)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from erasecli.diffusion.cond import encode_prompts, is_xl, pooled_dim
+from erasecli.diffusion.cond import added_conditioning, encode_prompts, pooled_dim
 from erasecli.data import base_latent_shape
 from erasecli.errors import EraseError
 
@@ -102,7 +102,7 @@ def new_critic(recipe, base):
     from erasecli.critic.model import Critic, CriticConfig
 
     ucfg = base.pipe.unet.config
-    text_dim = pooled_dim(base.pipe.unet) if is_xl(base.pipe.unet) else base.pipe.text_encoder.config.hidden_size
+    text_dim = pooled_dim(base.pipe.unet) if added_conditioning(base.pipe.unet) else base.pipe.text_encoder.config.hidden_size
     cfg = CriticConfig(latent_channels=ucfg.in_channels, text_dim=text_dim,
                        width=recipe.critic.width, blocks=recipe.critic.blocks,
                        num_train_timesteps=base.pipe.scheduler.config.num_train_timesteps)

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import torch
 
+from erasecli.diffusion.kinds import denoiser_config, kind_of
+
 TIME_IDS = 6
 
 
-def _config(unet):
-    return getattr(unet, "module", unet).config  # through a DistributedDataParallel wrapper
-
-
-def is_xl(unet) -> bool:
-    """The UNet takes SDXL's added text-and-time conditioning."""
-    return _config(unet).get("addition_embed_type") == "text_time"
+def added_conditioning(unet) -> bool:
+    """The denoiser takes a pooled text embedding and time ids besides the token states (its kind says)."""
+    return kind_of(unet).added_conditioning
 
 
 def pooled_dim(unet) -> int:
-    cfg = _config(unet)
+    cfg = denoiser_config(unet)
     return cfg["projection_class_embeddings_input_dim"] - TIME_IDS * cfg["addition_time_embed_dim"]
 
 
@@ -54,7 +52,7 @@ def pack(states, pooled, ids) -> torch.Tensor:
 
 def unpack(unet, c) -> tuple:
     """(states, added_cond_kwargs or None) of a condition tensor from `encode_prompts`."""
-    if not is_xl(unet):
+    if not added_conditioning(unet):
         return c, None
     dp = pooled_dim(unet)
     extra = c[:, -1]  # (B, D)
@@ -63,7 +61,7 @@ def unpack(unet, c) -> tuple:
 
 def token_states(unet, c):
     """The token states alone (B, L, D): what the cross-attention keys and values read."""
-    return c[:, :-1] if is_xl(unet) else c
+    return c[:, :-1] if added_conditioning(unet) else c
 
 
 def unet_eps(unet, x, t, c):
@@ -81,7 +79,7 @@ def encode_prompts(pipe, prompts, device, batch: int = 64) -> torch.Tensor:
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        if not is_xl(pipe.unet):
+        if not added_conditioning(pipe.unet):
             out.append(pipe.encode_prompt(chunk, device, 1, False)[0])
             continue
         states, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
@@ -95,11 +93,11 @@ def encode_prompts(pipe, prompts, device, batch: int = 64) -> torch.Tensor:
 
 def text_encoders(pipe) -> list:
     """The encoders whose input embeddings a soft-token attack overrides: [te] for SD, [te1, te2] for SDXL."""
-    return [pipe.text_encoder, pipe.text_encoder_2] if is_xl(pipe.unet) else [pipe.text_encoder]
+    return [getattr(pipe, a) for a in kind_of(pipe).text_encoders]
 
 
 def tokenizers(pipe) -> list:
-    return [pipe.tokenizer, pipe.tokenizer_2] if is_xl(pipe.unet) else [pipe.tokenizer]
+    return [getattr(pipe, a) for a in kind_of(pipe).tokenizers]
 
 
 def encode_ids(pipe, ids) -> torch.Tensor:
@@ -107,7 +105,7 @@ def encode_ids(pipe, ids) -> torch.Tensor:
     text (forward hooks on the encoders' input embeddings, as the attacks set, apply). On SDXL both encoders
     read the first tokenizer's ids: the same words and positions, though stabilityai's second tokenizer pads
     with another token, so the padded positions' states differ slightly from the pipeline's."""
-    if not is_xl(pipe.unet):
+    if not added_conditioning(pipe.unet):
         return pipe.text_encoder(ids)[0]
     h1 = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     out2 = pipe.text_encoder_2(ids, output_hidden_states=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erasecli.diffusion.cond import encode_prompts, is_xl, pooled_dim, unet_eps
+from erasecli.diffusion.cond import added_conditioning, encode_prompts, pooled_dim, unet_eps
 from erasecli.diffusion.ddim import ddim_from, ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod
 
 
@@ -82,7 +82,7 @@ def pooled_text(base, prompts) -> torch.Tensor:
     """The text encoder's pooled (end-of-text) embedding per prompt: the critic's c.  (P, D); on SDXL the
     second encoder's pooled projection, the one the UNet itself receives."""
     pipe = base.pipe
-    if is_xl(pipe.unet):
+    if added_conditioning(pipe.unet):
         return encode_prompts(pipe, prompts, base.device)[:, -1, : pooled_dim(pipe.unet)].float()
     out = []
     for i in range(0, len(prompts), 64):

@@ -9,30 +9,44 @@ adapter (its optimisers, inference or policy networks). The shared loop (`erasec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from erasecli.dist import World
 from erasecli.errors import RecipeError
+
+if TYPE_CHECKING:  # types only: torch and the models load lazily, inside the commands that need them
+    import torch
+
+    from erasecli.data import TrainData
+    from erasecli.diffusion.noise import Schedule
+    from erasecli.methods.adapter import Adapter
+    from erasecli.models.registry import Base
+    from erasecli.recipes import Recipe
 
 
 @dataclass
 class Context:
     """What every method's step needs. All randomness comes from `gen` (CPU), whose state checkpoints save."""
 
-    recipe: object
-    base: object  # models.registry.Base
-    unet: object  # the base UNet with the trainable adapter attached
-    params: list  # the trainable parameters (the adapter), fp32
-    data: object  # data.TrainData
-    gen: object  # torch.Generator on the CPU
-    alphas_cumprod: object  # (T,) on the device, fp32
-    device: object
-    encode: object = None  # prompt indices -> text embeddings, when train.cache_text_embeds is false
+    recipe: Recipe
+    base: Base
+    unet: torch.nn.Module  # the base's denoiser with the trainable adapter attached (or its torch.compile)
+    adapter: Adapter  # the LoRA being trained (erasecli.methods.adapter)
+    data: TrainData
+    gen: torch.Generator  # on the CPU
+    noise: Schedule  # forward noising and targets (erasecli.diffusion.noise)
+    device: torch.device
+    encode: Callable | None = None  # prompt indices -> text embeddings, when train.cache_text_embeds is false
     world: World = field(default_factory=World)  # this process's share of each batch (erasecli.dist)
 
     @property
+    def params(self) -> list:
+        """The trainable parameters (the adapter's), fp32."""
+        return self.adapter.params
+
+    @property
     def num_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+        return self.noise.num_timesteps
 
     def randint(self, high: int, n: int):
         import torch
@@ -54,7 +68,7 @@ class Context:
         from erasecli.diffusion.cond import unet_eps
 
         emb = self.data.embeds[c] if self.encode is None else self.encode(c)
-        return unet_eps(self.unet, x_t, t, emb)
+        return self.noise.eps_from(unet_eps(self.unet, x_t, t, emb), x_t, t)
 
     def retain_batch(self, n: int):
         """n retain examples (x_r, c_r); a share `data.uncond_fraction` gets the empty prompt (index 0)."""
@@ -70,19 +84,37 @@ class Context:
         """n retain examples noised to random t: (x_r_t, t_r, c_r, eps_r), for a retain-preservation term."""
         x_r, c_r = self.retain_batch(n)
         t_r = self.randint(self.num_timesteps, n)
-        ab = self.alphas_cumprod[t_r].view(-1, 1, 1, 1)
         eps_r = self.randn(x_r.shape)
-        return ab.sqrt() * x_r + (1 - ab).sqrt() * eps_r, t_r, c_r, eps_r
+        return self.noise.add_noise(x_r, eps_r, t_r), t_r, c_r, eps_r
 
 
-class Unlearner:
-    """The interface. Subclasses set `name` and implement `step`; the defaults suit methods that own only an
-    optimiser over `ctx.params`."""
+class Method:
+    """What every method class says about itself: its name and capabilities, as class flags that the checks,
+    the CLI and the loop read (never a test of the method's name)."""
 
     name: ClassVar[str] = ""
-    data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
     closed_form: ClassVar[bool] = False  # True: no loop; the class's `edit` solves the delta (methods.uce)
+    data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
     supports_together: ClassVar[bool] = True  # erases several concepts (concept.also) into one delta
+    supports_robust: ClassVar[bool] = True  # trains against an inner attack (robust.enabled, methods.robust)
+    supports_text_encoder: ClassVar[bool] = True  # trains text-encoder LoRAs too (lora.text_encoder)
+    uses_critic: ClassVar[bool] = False  # takes a trained critic (--critic, critic.path)
+    why_not_robust: ClassVar[str] = ""  # the reason, when supports_robust / supports_text_encoder is False
+
+    @classmethod
+    def uses_images(cls, recipe) -> bool:
+        """Whether the run needs the sampled forget / anchor / retain latents (data.*); False: the method samples
+        its own (critic-rl) or needs none (closed form), and no data sets are built."""
+        return True
+
+    @classmethod
+    def check(cls, recipe) -> None:
+        """Method-specific recipe checks that span fields (single-field ranges are the recipe's CHECKS)."""
+
+
+class Unlearner(Method):
+    """The interface of a training method. Subclasses set `name` and implement `step`; the defaults suit methods
+    that own only an optimiser over `ctx.params`."""
 
     def __init__(self, ctx: Context):
         import torch
@@ -91,18 +123,8 @@ class Unlearner:
         self.opt = torch.optim.AdamW(ctx.params, lr=ctx.recipe.train.lr, weight_decay=0.0)
 
     @classmethod
-    def uses_images(cls, recipe) -> bool:
-        """Whether the run needs the sampled forget / anchor / retain latents (data.*); False: the method samples
-        its own (critic-rl) and no data sets are built."""
-        return True
-
-    @classmethod
     def total_steps(cls, recipe) -> int:
         return recipe.train.steps
-
-    @classmethod
-    def check(cls, recipe) -> None:
-        """Method-specific recipe checks that span fields (single-field ranges are the recipe's CHECKS)."""
 
     def step(self, k: int) -> dict:
         raise NotImplementedError
@@ -140,7 +162,9 @@ _CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 
-def get_method(name: str) -> type[Unlearner]:
+def get_method(name: str) -> type[Method]:
+    """The method class of a name; the request checks (api.check_unlearn) call it once per run and pass the
+    class down."""
     if name not in METHODS:
         raise RecipeError(f"unknown method {name!r}" if name else "no method given",
                           hint="valid methods: " + ", ".join(METHODS))

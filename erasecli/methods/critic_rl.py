@@ -61,6 +61,11 @@ class CriticRl(Unlearner):
     name = "critic-rl"
     supports_together = False  # its reward scores one concept
     data_parallel = False  # rollouts and per-prompt advantages are not split over processes yet
+    uses_critic = True
+    supports_robust = supports_text_encoder = False
+    why_not_robust = ("its forget term is the critic's reward on rollouts of plain prompts, and a critic trained "
+                      "on the base's plain-prompt trajectories has never seen adversarial conditions (nor a changing "
+                      "text encoder), so its reward there would not be trusted")
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -24,7 +24,7 @@ import torch
 from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
 from erasecli.methods.losses import grad_norm, mse
-from erasecli.methods.robust import base_only
+from erasecli.methods.adapter import base_only
 
 
 class Esd(Unlearner):
@@ -68,8 +68,7 @@ class Esd(Unlearner):
             x_t, t = self._partial_sample(c, n_stop, B)
         else:
             t = ctx.randint(ctx.num_timesteps, B)
-            ab = ctx.alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = ctx.world.local(ab.sqrt() * d.forget[i] + (1 - ab).sqrt() * ctx.randn(d.forget[i].shape))
+            x_t = ctx.world.local(ctx.noise.add_noise(d.forget[i], ctx.randn(d.forget[i].shape), t))
             t = ctx.world.local(t)
         empty = torch.zeros_like(c)
         with base_only(ctx.unet, *text_encoders(ctx.base.pipe)), torch.no_grad():  # theta*: the frozen base

@@ -41,22 +41,6 @@ def checkpoint_dir_for(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
-def expand_targets(targets) -> list[str]:
-    """LoRA target modules; the words attn / xattn / noxattn expand to ESD's parameter subsets [ours as LoRA]:
-    xattn = cross-attention (attn2) projections (ESD-x); noxattn = self-attention (attn1) and feed-forward
-    (ESD-u without the convolutions); attn = both attentions' projections (the default set)."""
-    proj = ("to_q", "to_k", "to_v", "to_out.0")
-    presets = {
-        "xattn": [f"attn2.{p}" for p in proj],
-        "noxattn": [f"attn1.{p}" for p in proj] + ["ff.net.0.proj", "ff.net.2"],
-        "attn": list(proj),
-    }
-    out: list[str] = []
-    for t in targets:
-        out += presets.get(t, [t])
-    return list(dict.fromkeys(out))
-
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send before preempting a job
 
 
@@ -84,21 +68,6 @@ def _deferred_sigint():
             signal.signal(s, h)
 
 
-def _adapter_state(model) -> dict:
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def _load_adapter_state(model, state: dict) -> None:
-    from peft.utils import set_peft_model_state_dict
-
-    res = set_peft_model_state_dict(model, state)
-    unexpected = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
-    if unexpected:
-        raise EraseError(f"checkpoint adapter does not fit: unexpected keys {unexpected[:3]}")
-
-
 def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_seconds: float, out: Path,
                     adversary=None) -> None:
     from erasecli import __version__
@@ -112,10 +81,7 @@ def save_checkpoint(folder: Path, *, step: int, ctx, method, rows: list, train_s
         "step": step,
         "out": str(out),
         "recipe": recipe_to_dict(ctx.recipe),
-        "adapter": _adapter_state(ctx.base.pipe.unet),
-        "adapter_text_encoder": _adapter_state(ctx.base.pipe.text_encoder) if ctx.recipe.lora.text_encoder else None,
-        "adapter_text_encoder_2": (_adapter_state(ctx.base.pipe.text_encoder_2)
-                                   if ctx.recipe.lora.text_encoder and ctx.base.xl else None),
+        **ctx.adapter.state_dict(),  # adapter, adapter_<text encoder> (erasecli.methods.adapter)
         "method": method.state_dict(),
         "gen": ctx.gen.get_state(),
         "robust": adversary.state_dict() if adversary is not None else None,
@@ -135,34 +101,6 @@ def read_checkpoint(folder: Path) -> dict:
         return torch.load(f, map_location="cpu", weights_only=False)
     except Exception as err:
         raise EraseError(f"checkpoint {f} cannot be read: {err}".splitlines()[0]) from err
-
-
-def setup_adapter(recipe, base) -> list:
-    """Freeze the base, attach a fresh LoRA (seeded, so its init is the same on resume) to the UNet, and with
-    lora.text_encoder to the text encoder too; return the trainable params."""
-    from erasecli.delta import add_lora
-    from erasecli.methods.robust import add_text_encoder_lora
-
-    pipe = base.pipe
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if m is not None:
-            m.requires_grad_(False)
-    torch.manual_seed(recipe.train.seed)  # peft's lora_A init draws from the global generator
-    add_lora(pipe.unet, recipe.lora.rank, recipe.lora.alpha, expand_targets(recipe.lora.target_modules))
-    from erasecli.diffusion.cond import text_encoders
-
-    if recipe.lora.text_encoder:  # SDXL: one adapter on each encoder
-        for te in text_encoders(pipe):
-            add_text_encoder_lora(recipe, te)
-        if base.xl:  # SDXL reads the first encoder's penultimate states: its last layer's adapter never acts
-            last = f"layers.{pipe.text_encoder.config.num_hidden_layers - 1}."
-            for n, p in pipe.text_encoder.named_parameters():
-                if last in n and "lora_" in n:
-                    p.requires_grad_(False)
-    params = [p for m in (pipe.unet, *text_encoders(pipe)) for p in m.parameters() if p.requires_grad]
-    for p in params:  # trainable weights in fp32, whatever the base's dtype (docs/methods.md, "Training rules")
-        p.data = p.data.float()
-    return params
 
 
 def _finite(row: dict) -> bool:
@@ -205,7 +143,7 @@ def compute_knobs(recipe, base, ctx) -> tuple:
     import contextlib
 
     cfg = recipe.train
-    unet = base.pipe.unet
+    unet = ctx.adapter.denoiser
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if not cfg.cache_text_embeds:
@@ -226,20 +164,18 @@ def compute_knobs(recipe, base, ctx) -> tuple:
     return autocast, undo
 
 
-def run(recipe, base, data, *, out: Path, resume_state: dict | None = None, progress=None,
+def run(recipe, base, data, cls, adapter, *, out: Path, resume_state: dict | None = None, progress=None,
         checkpoint_dir: Path | None = None) -> dict:
-    """Train `recipe.method` on `data`; returns {"rows", "train_seconds", "method", "params"} with the adapter
-    left on base.pipe.unet. Raises TrainingDiverged / Interrupted after saving what can be resumed."""
-    from erasecli.methods import Context, get_method
-
-    cls = get_method(recipe.method)
-    params = setup_adapter(recipe, base)
-    gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
-    ab = base.pipe.scheduler.alphas_cumprod.to(base.device, torch.float32)
+    """Train method class `cls` (recipe.method's, resolved once by the request check) on `data`, updating the
+    attached `adapter` (erasecli.methods.adapter.attached); returns {"rows", "train_seconds", "method", "params"}
+    with the adapter trained. Raises TrainingDiverged / Interrupted after saving what can be resumed."""
+    from erasecli.diffusion.noise import schedule_of
     from erasecli.dist import world
+    from erasecli.methods import Context
 
-    ctx = Context(recipe=recipe, base=base, unet=base.pipe.unet, params=params, data=data, gen=gen,
-                  alphas_cumprod=ab, device=base.device, world=world())
+    gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
+    ctx = Context(recipe=recipe, base=base, unet=adapter.denoiser, adapter=adapter, data=data, gen=gen,
+                  noise=schedule_of(base.pipe.scheduler, base.device), device=base.device, world=world())
     autocast, undo = compute_knobs(recipe, base, ctx)
     cond = adversary = None
     if recipe.lora.text_encoder or recipe.robust.enabled:
@@ -275,18 +211,14 @@ def _set_lr(opt, schedule: str, k: int, total: int) -> None:
 
 
 def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, checkpoint_dir, adversary) -> dict:
-    gen, params = ctx.gen, ctx.params
+    gen = ctx.gen
     with autocast():  # a method may sample (critic-rl trains its critic here)
         method = cls(ctx)
     total = cls.total_steps(recipe)
     rows: list[dict] = []
     start, train_seconds = 0, 0.0
     if resume_state is not None:
-        _load_adapter_state(base.pipe.unet, resume_state["adapter"])
-        if resume_state.get("adapter_text_encoder"):
-            _load_adapter_state(base.pipe.text_encoder, resume_state["adapter_text_encoder"])
-        if resume_state.get("adapter_text_encoder_2"):
-            _load_adapter_state(base.pipe.text_encoder_2, resume_state["adapter_text_encoder_2"])
+        ctx.adapter.load_state_dict(resume_state)
         if adversary is not None and resume_state.get("robust"):
             adversary.load_state_dict(resume_state["robust"])
         method.load_state_dict(resume_state["method"])
@@ -296,7 +228,7 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
     ckpt = checkpoint_dir or checkpoint_dir_for(out)
     every = recipe.train.checkpoint_every
     last_saved = start if resume_state is not None else None
-    base.pipe.unet.train()
+    ctx.adapter.denoiser.train()
     with _deferred_sigint() as sigint:
         for k in range(start, total):
             _set_lr(method.opt, recipe.train.lr_schedule, *method.run_position(k))
@@ -329,10 +261,10 @@ def _run(recipe, base, ctx, cls, autocast, *, out, resume_state, progress, check
                 by = " by SIGTERM" if sigint["hit"] == "SIGTERM" else ""
                 raise Interrupted(f"interrupted{by} after step {k + 1} of {total}; checkpoint saved to {ckpt}",
                                   hint=f"continue with `erase unlearn --resume {ckpt}`")
-    base.pipe.unet.eval()
+    ctx.adapter.denoiser.eval()
     return {"rows": rows, "train_seconds": train_seconds, "method": method, "checkpoint": ckpt,
             "extra": {**method.extra_summary(), **(adversary.summary() if adversary is not None else {})},
-            "params": sum(p.numel() for p in params), "processes": ctx.world.size}
+            "params": ctx.adapter.numel(), "processes": ctx.world.size}
 
 
 def write_log(rows: list, path: Path) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from erasecli import rl
 from erasecli.methods.adaptive_siss import mlp
-from erasecli.methods.loop import _adapter_state, _load_adapter_state
+from erasecli.methods.adapter import load_peft_state, peft_state
 from erasecli.methods.siss import Siss, SissBatch, log_scaled
 
 STATE_DIM = 6
@@ -51,7 +51,7 @@ class PpoAlpha(Siss):
         self.pi.to(ctx.device)
         self.v.to(ctx.device)
         self.opt_pv = torch.optim.Adam([*self.pi.parameters(), *self.v.parameters()], lr=cfg.lr)
-        self.init_adapter = _adapter_state(ctx.base.pipe.unet)
+        self.init_adapter = peft_state(ctx.adapter.denoiser)
         self.lam_prev = ctx.recipe.siss.lam
         self.feat = [0.0, 0.0, 0.0, 0.0]
         self.buffer: list[tuple] = []  # (s, z, logp, v, r, done)
@@ -71,7 +71,7 @@ class PpoAlpha(Siss):
 
     def _reset_run(self) -> None:
         """A new episode (or the final run): the initial adapter, a fresh optimiser, the start lambda."""
-        _load_adapter_state(self.ctx.base.pipe.unet, self.init_adapter)
+        load_peft_state(self.ctx.adapter.denoiser, self.init_adapter)
         self.opt = torch.optim.AdamW(self.ctx.params, lr=self.ctx.recipe.train.lr, weight_decay=0.0)
         self.lam_prev = self.ctx.recipe.siss.lam
         self.feat = [0.0, 0.0, 0.0, 0.0]

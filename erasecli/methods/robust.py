@@ -29,65 +29,28 @@ on SDXL is both encoders' embeddings side by side, D1 + D2, each encoder taking 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 
 from erasecli.errors import RecipeError
+from erasecli.methods.adapter import has_adapter
 
 FILLERS = ("cat", "dog")  # two one-token words: where their tokenisations differ is where a soft token goes
 
 
-def te_modules(recipe) -> list[str]:
-    return list(recipe.lora.text_encoder_modules)
-
-
-def add_text_encoder_lora(recipe, text_encoder) -> None:
-    """A fresh trainable peft LoRA on the text encoder's attention projections (lora_B zero: a no-op at first).
-    peft's own injection, not transformers' `add_adapter`: transformers 5.24 wants a peft (>= 0.22) that the
-    package index does not have yet, while diffusers' loader reads the result either way."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    inject_adapter_in_model(LoraConfig(r=recipe.lora.rank, lora_alpha=recipe.lora.alpha,
-                                       target_modules=te_modules(recipe), init_lora_weights=True),
-                            text_encoder, adapter_name="default")
-
-
-def has_adapter(module) -> bool:
-    """Whether a model carries LoRA layers (ours, or ones diffusers' loader put there)."""
-    return any("lora_" in n for n, _ in module.named_parameters())
-
-
-def remove_text_encoder_lora(text_encoder) -> None:
-    """Take the training adapter off again (a base passed in by the caller goes back as it came)."""
-    from diffusers.utils.peft_utils import delete_adapter_layers
-
-    delete_adapter_layers(text_encoder, "default")
-    cfg = getattr(text_encoder, "peft_config", None)
-    if cfg is not None:
-        cfg.pop("default", None)
-        if not cfg:  # as it came: peft warns of "multiple adapters" when a leftover empty dict is found
-            del text_encoder.peft_config
-
-
-def check(recipe, method: str) -> None:
-    """What robust training and the text-encoder adapter cannot do, before any model loads."""
-    from erasecli.methods import get_method
-
-    cls = get_method(method)
+def check(recipe, cls) -> None:
+    """What robust training and the text-encoder adapter cannot do, before any model loads: the method class's
+    capability flags decide (erasecli.methods.Method)."""
     r = recipe.robust
-    if cls.closed_form and (r.enabled or recipe.lora.text_encoder):
-        what = "robust.enabled" if r.enabled else "lora.text_encoder"
-        raise RecipeError(f"{what} is for training methods; {method} is a closed-form edit of the UNet",
-                          hint="rece is uce with its own closed-form adversarial rounds (uce.rounds); or train "
-                               "with siss, adaptive-siss, ppo-alpha or esd")
-    if method == "critic-rl" and (r.enabled or recipe.lora.text_encoder):
-        what = "robust.enabled" if r.enabled else "lora.text_encoder"
-        raise RecipeError(
-            f"{what} is not supported by critic-rl: its forget term is the critic's reward on rollouts of plain "
-            "prompts, and a critic trained on the base's plain-prompt trajectories has never seen adversarial "
-            "conditions (nor a changing text encoder), so its reward there would not be trusted",
-            hint="use siss, adaptive-siss, ppo-alpha or esd for robust erasure")
+    for asked, what, able in ((r.enabled, "robust.enabled", cls.supports_robust),
+                              (recipe.lora.text_encoder, "lora.text_encoder", cls.supports_text_encoder)):
+        if asked and not able:
+            from erasecli.methods import METHODS
+
+            can = [n for n, m in METHODS.items() if m.supports_robust and m.supports_text_encoder]
+            hint = (f"rece is uce with its own closed-form adversarial rounds (uce.rounds); or train with {', '.join(can)}"
+                    if cls.closed_form else f"use {', '.join(can)} for robust erasure")
+            raise RecipeError(f"{what} is not supported by {cls.name}: {cls.why_not_robust}", hint=hint)
 
 
 class Conditions:
@@ -231,7 +194,7 @@ class Adversary:
                 rows = torch.randint(len(self.row_prompt), (cfg.attack_batch,), generator=ctx.gen).to(ctx.device)
                 c = self.rows_adv[self.row_prompt[rows]]
                 emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
-                loss = denoising_loss(ctx.unet, ctx.alphas_cumprod, d.forget[rows], emb.to(d.forget.dtype), ctx.gen)
+                loss = denoising_loss(ctx.unet, ctx.noise, d.forget[rows], emb.to(d.forget.dtype), ctx.gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -271,20 +234,3 @@ class Adversary:
         self.log, self.seconds = list(state["log"]), state["seconds"]
         if "embeds" in state:
             d.embeds[self.rows_adv] = state["embeds"].to(dev)
-
-
-@contextmanager
-def base_only(unet, *text_encoders):
-    """theta*: the frozen base, every adapter of the UNet and the text encoders off while inside."""
-    from diffusers.utils.peft_utils import set_adapter_layers
-
-    tes = [te for te in text_encoders if te is not None and has_adapter(te)]
-    unet.disable_adapters()
-    for te in tes:
-        set_adapter_layers(te, enabled=False)
-    try:
-        yield
-    finally:
-        unet.enable_adapters()
-        for te in tes:
-            set_adapter_layers(te, enabled=True)

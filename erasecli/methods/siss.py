@@ -52,8 +52,7 @@ class SissBatch:
         i = ctx.randint(len(d.forget), B)
         self.a, self.x, self.c = d.forget[i], d.anchor[i], d.forget_c[i]  # (B, C, h, w), (B,)
         self.t = ctx.randint(ctx.num_timesteps, B)  # (B,)
-        ab = ctx.alphas_cumprod[self.t].view(-1, 1, 1, 1)
-        self.gamma, self.sigma = ab.sqrt(), (1 - ab).sqrt()  # (B, 1, 1, 1)
+        self.gamma, self.sigma = ctx.noise.coefficients(self.t)  # (B, 1, 1, 1)
         eps = ctx.randn(self.a.shape)
         from_a = (ctx.rand(B) < lam).view(-1, 1, 1, 1)  # the Bernoulli draw: not differentiable in lam
         self.m = self.gamma * torch.where(from_a, self.a, self.x) + self.sigma * eps  # (B, C, h, w)

@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from erasecli.errors import RecipeError
+from erasecli.methods import Method
 
 DTYPE = torch.float64  # the solves run in double precision; the LoRA factors are stored in fp32
 
@@ -37,13 +38,14 @@ def solve_device(base):
     return base.device if getattr(base.device, "type", "cpu") == "cuda" else torch.device("cpu")
 
 
-class ClosedForm:
+class ClosedForm(Method):
     """The interface of a method with no training loop: `edit` returns the factors of each edited module."""
 
-    name: ClassVar[str] = ""
     closed_form: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = False
-    supports_together: ClassVar[bool] = True
+    supports_robust: ClassVar[bool] = False
+    supports_text_encoder: ClassVar[bool] = False
+    why_not_robust: ClassVar[str] = "it is a closed-form edit of the UNet"
 
     @classmethod
     def uses_images(cls, recipe) -> bool:
@@ -201,13 +203,11 @@ def edit(recipe, base, concept, rounds: int = 0):
     return factors, rank, summary
 
 
-def write_factors(unet, factors: dict, rank: int, dtype=torch.float32) -> None:
-    """Attach a LoRA of `rank` (alpha = rank: scale 1) on the edited modules and set its factors."""
+def write_factors(unet, factors: dict, dtype=torch.float32) -> None:
+    """Set the factors of the LoRA attached on the edited modules (erasecli.methods.adapter.attached, alpha =
+    rank: scale 1): lora_B = up, lora_A = down."""
     from peft.tuners.lora import LoraLayer
 
-    from erasecli.delta import add_lora
-
-    add_lora(unet, rank, float(rank), sorted(factors))
     for n, m in unet.named_modules():
         if isinstance(m, LoraLayer) and n in factors:
             up, down = factors[n]

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from erasecli.diffusion.kinds import KINDS, Kind, kind_for_pipeline, kind_of, pipeline_classes
 from erasecli.errors import BaseNotFoundError, UsageError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -34,6 +35,7 @@ class BaseSpec:
     description: str
     folder: Path | None = None  # a bundled base's folder
     reference: str | None = None  # a retrained base: the base it was retrained from (attack targets come from it)
+    kind: str = "sd"  # erasecli.diffusion.kinds.KINDS: the family a hub base's pipeline is
 
 
 BASES: dict[str, BaseSpec] = {
@@ -43,7 +45,8 @@ BASES: dict[str, BaseSpec] = {
     "sd-2.1-base": BaseSpec("sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", 512, "Stable Diffusion 2.1 base"),
     "tiny-xl": BaseSpec("tiny-xl", None, 32, "bundled: an SDXL pipeline (two text encoders, pooled and time-id "
                         "conditioning) trained on the tiny world, 32x32, runs on a CPU", TINY_XL_DIR),
-    "sdxl-1.0": BaseSpec("sdxl-1.0", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "Stable Diffusion XL 1.0 base"),
+    "sdxl-1.0": BaseSpec("sdxl-1.0", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "Stable Diffusion XL 1.0 base",
+                         kind="sdxl"),
     "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
                                     "UNet retrained without any image of a 3 (exact unlearning, the reference "
                                     "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
@@ -132,7 +135,7 @@ def unet_arch(config: dict) -> str:
     keys = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
             "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "transformer_layers_per_block")
     arch = {k: config.get(k) for k in keys}
-    if config.get("addition_embed_type"):  # SDXL's added conditioning (absent keys keep SD fingerprints as they were)
+    if kind_of(config).added_conditioning:  # SDXL's (absent keys keep SD fingerprints as they were)
         arch |= {k: config.get(k) for k in ("addition_embed_type", "projection_class_embeddings_input_dim")}
     canon = json.dumps(arch, sort_keys=True, default=list)
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
@@ -148,9 +151,9 @@ class Base:
     dtype: object
 
     @property
-    def xl(self) -> bool:
-        """An SDXL pipeline: two text encoders, pooled and time-id conditioning (erasecli.diffusion.cond)."""
-        return type(self.pipe).__name__ == "StableDiffusionXLPipeline"
+    def kind(self) -> Kind:
+        """The model family (erasecli.diffusion.kinds): text encoders, conditioning, LoRA layout, schedule."""
+        return kind_of(self.pipe)
 
     @property
     def name(self) -> str:
@@ -183,27 +186,24 @@ def quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-
-
 def pipeline_class_name(ref: BaseRef) -> str:
     """The pipeline class a base's model_index.json names (registry hub bases: known; other hub ids: read from
     the local cache or the hub, StableDiffusionPipeline when neither answers, so loading reports what is missing)."""
     if ref.kind == "hub":
         spec = next((s for s in BASES.values() if s.repo == ref.location), None)
         if spec is not None:
-            return "StableDiffusionXLPipeline" if spec.name.startswith("sdxl") else "StableDiffusionPipeline"
+            return KINDS[spec.kind].pipeline_class
         try:
             from diffusers import DiffusionPipeline
 
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
             index = DiffusionPipeline.load_config(ref.location, local_files_only=offline)
         except Exception:  # not resolvable: load as SD, whose error names the missing weights
-            return "StableDiffusionPipeline"
+            return KINDS["sd"].pipeline_class
     else:
         index = json.loads((Path(ref.location) / "model_index.json").read_text())
     name = index.get("_class_name", "")
-    if name not in PIPELINES:
+    if name not in pipeline_classes():
         raise BaseNotFoundError(f"base {ref.name} is a {name or 'pipeline of no class'}, which erasecli does not "
                                 "train or sample", hint="use a Stable Diffusion 1.x/2.x or SDXL pipeline folder")
     return name
@@ -223,13 +223,8 @@ def load_base(name: str, device: str | None = None, dtype: str = "auto") -> Base
             hint="reinstall erasecli, or rebuild it with `python -m erasecli.models.train_tiny`",
         )
     cls_name = pipeline_class_name(ref)
-    cls = getattr(diffusers, cls_name)  # one of PIPELINES, checked above
-    kwargs = dict(dtype=dt)
-    if cls_name == "StableDiffusionPipeline":
-        # No safety checker: erasure research must see what the model draws (the checker blacks it out).
-        kwargs |= dict(safety_checker=None, requires_safety_checker=False)
-    else:
-        kwargs |= dict(add_watermarker=False)  # the invisible watermark would change every image erasecli judges
+    cls = getattr(diffusers, cls_name)  # one of the kinds' pipeline classes, checked above
+    kwargs = dict(dtype=dt, **kind_for_pipeline(cls_name).load_kwargs)
     if ref.kind in ("bundled", "local"):
         pipe = cls.from_pretrained(ref.location, **kwargs)
     else:

@@ -9,9 +9,12 @@ model (base, judges) ever trains on; the judges are scored on it.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from erasecli.errors import RecipeError
 
 IMAGE_SIZE = 32
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -129,3 +132,21 @@ def render_split(split: str, seed: int, copies: int = 1, max_shift: int = 2):
     shift = torch.randint(-max_shift, max_shift + 1, (len(digits), 2), generator=g)
     bright = 0.75 + 0.25 * torch.rand(len(digits), generator=g)
     return render(grey, colours, shift, bright), digits, colours
+
+
+def parse_tiny_concept(name: str, kind: str = "") -> tuple[str, int]:
+    """'digit 3', 'the digit three', '3', 'three', 'red', 'colour red' -> (kind, index)."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    digits = [i for i, w in enumerate(DIGIT_WORDS) if w in words] + [int(w) for w in words if w.isdigit() and len(w) == 1]
+    colours = [i for i, c in enumerate(COLOUR_NAMES) if c in words]
+    found = []
+    if len(set(digits)) == 1 and kind in ("", "digit"):
+        found.append(("digit", digits[0]))
+    if len(set(colours)) == 1 and kind in ("", "colour", "color"):
+        found.append(("colour", colours[0]))
+    if len(found) != 1:
+        raise RecipeError(
+            f"concept {name!r} is not one digit or one colour of the tiny world",
+            hint="use e.g. 'digit 3', 'seven' or 'red' (colours: " + ", ".join(COLOUR_NAMES) + ")",
+        )
+    return found[0]

@@ -6,6 +6,7 @@ The repository's `recipes/tiny-*.yaml` are these same files."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from erasecli.errors import RecipeError
 
@@ -34,3 +35,33 @@ def tiny_preset(method: str, kind: str, base: str = "tiny") -> str | None:
         if (PRESETS_DIR / f"{name}.yaml").is_file():
             return name
     return None
+
+
+def load_with_defaults(path=None, overrides: Sequence[str] = (), **values):
+    """The recipe of a command: defaults < its `defaults` preset < file < options < --set (erasecli.recipes).
+
+    `defaults: auto` resolves to the shipped tiny preset of the method (`tiny_preset`) when no file is given and
+    the base draws the tiny world, else to 'paper' (the recipe's own defaults, the methods' published settings).
+    The returned recipe names what it resolved to, so the recipe written beside a delta says where its values
+    came from."""
+    from dataclasses import replace
+
+    from erasecli.recipes.loader import load_recipe
+
+    r = load_recipe(path, overrides, **values)
+    name = r.defaults
+    if name == "auto":
+        name = "paper"
+        if path is None and r.method:
+            from erasecli.models.registry import resolve_base
+
+            if resolve_base(r.base).tiny_world:
+                kind = "digit"
+                if r.concept.name:
+                    from erasecli.models.tiny_world import parse_tiny_concept
+
+                    kind = parse_tiny_concept(r.concept.name, r.concept.kind)[0]
+                name = tiny_preset(r.method, kind, r.base) or "paper"
+    if name == "paper":
+        return replace(r, defaults="paper")
+    return replace(load_recipe(path, overrides, preset=preset_path(name), **values), defaults=name)

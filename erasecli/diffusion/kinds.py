@@ -1,0 +1,88 @@
+"""Base kinds: what differs between model families, decided once per base and read everywhere else.
+
+A kind is a plain record: the diffusers pipeline class, the denoiser's attribute (`unet`), the text encoders
+and tokenizers a prompt goes through, whether the denoiser takes added conditioning (SDXL's pooled embedding and
+time ids, packed as one extra row of the condition tensor: erasecli.diffusion.cond), the LoRA key prefixes a
+delta holds and the kohya layout its export uses, the noise schedule and prediction (erasecli.diffusion.noise),
+and which layers a closed-form edit (uce, rece) may re-solve. `kind_of` is the one test of "which family is
+this": every module that must know asks it, or reads a field of the kind it returns.
+
+Adding a family (a flow-matching transformer such as Flux or SD3) is one new entry in KINDS plus its
+conditioning in cond.py (how prompts are encoded and how the denoiser is called) and its schedule in noise.py;
+`kind_of` learns to recognise its denoiser's config and `pipeline_classes` its pipeline class. The rest of
+erasecli reads the fields below (docs/methods.md, "Base kinds").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # "sd", "sdxl"
+    pipeline_class: str  # the diffusers class that loads, samples and saves LoRA for this family
+    denoiser: str = "unet"  # the pipeline attribute holding the denoiser the adapter goes on
+    text_encoders: tuple = ("text_encoder",)  # pipeline attributes, in the order their states are concatenated
+    tokenizers: tuple = ("tokenizer",)
+    added_conditioning: bool = False  # the denoiser also takes a pooled text embedding and time ids (SDXL)
+    penultimate_only: tuple = ()  # encoders whose last layer's output the denoiser never reads (SDXL's first)
+    lora_prefixes: tuple = ("unet", "text_encoder")  # diffusers LoRA key prefixes a delta may hold
+    kohya_layout: str = "sd"  # "sd": lora_unet_<diffusers module>, lora_te_; "sgm": SDXL's original layout, lora_te1_/2_
+    schedule: str = "ddpm"  # erasecli.diffusion.noise: "ddpm" (alphas_cumprod) or "flow" (rectified flow)
+    closed_form_targets: tuple = ("attn2.to_k", "attn2.to_v")  # the projections of the text states uce may re-solve
+    load_kwargs: dict = field(default_factory=dict)  # what from_pretrained gets besides dtype
+
+    @property
+    def lora_layers_kwargs(self) -> dict:
+        """{pipeline attribute: save_lora_weights keyword} for the denoiser and each text encoder."""
+        return {a: f"{a}_lora_layers" for a in (self.denoiser, *self.text_encoders)}
+
+
+KINDS: dict[str, Kind] = {
+    # No safety checker: erasure research must see what the model draws (the checker blacks it out).
+    "sd": Kind("sd", "StableDiffusionPipeline",
+               load_kwargs={"safety_checker": None, "requires_safety_checker": False}),
+    # The invisible watermark would change every image erasecli judges.
+    "sdxl": Kind("sdxl", "StableDiffusionXLPipeline", text_encoders=("text_encoder", "text_encoder_2"),
+                 tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, penultimate_only=("text_encoder",),
+                 lora_prefixes=("unet", "text_encoder", "text_encoder_2"), kohya_layout="sgm",
+                 load_kwargs={"add_watermarker": False}),
+}
+
+
+def pipeline_classes() -> tuple:
+    return tuple(k.pipeline_class for k in KINDS.values())
+
+
+def kind_for_pipeline(class_name: str) -> Kind:
+    """The kind of a pipeline class named in a model_index.json."""
+    for k in KINDS.values():
+        if k.pipeline_class == class_name:
+            return k
+    raise ValueError(f"no base kind loads {class_name or 'a pipeline of no class'}; "
+                     f"known: {', '.join(pipeline_classes())}")
+
+
+def denoiser_config(model) -> dict:
+    model = getattr(model, "module", model)  # through a DistributedDataParallel wrapper
+    cfg = getattr(model, "config", model)
+    return cfg if isinstance(cfg, dict) else dict(cfg)
+
+
+def kind_of(obj) -> Kind:
+    """The kind of a loaded pipeline, a `models.registry.Base`, a denoiser, or a denoiser's config dict.
+
+    Decided from the denoiser's own config, so a UNet handed over alone (a method's context, a wrapped model)
+    answers the same as its pipeline: SDXL's UNet takes added text-and-time conditioning, SD's does not."""
+    pipe = getattr(obj, "pipe", obj)  # a Base
+    for k in KINDS.values():
+        den = getattr(pipe, k.denoiser, None)
+        if den is not None and not isinstance(den, dict):
+            return kind_of(den)
+    cfg = denoiser_config(pipe)
+    if cfg.get("addition_embed_type") == "text_time":
+        return KINDS["sdxl"]
+    if "cross_attention_dim" in cfg:
+        return KINDS["sd"]
+    raise ValueError(f"cannot tell the base kind of {type(obj).__name__}")
