@@ -321,7 +321,9 @@ def unlearn(
                               hint=f"drop --method, or use a recipe for {method} (recipes/*-{method}.yaml)")
         names = concept
         if concepts_file is not None and together:
-            names = api.read_concepts_file(concepts_file)
+            from erasecli import batch
+
+            names = batch.read_concepts_file(concepts_file)
             concepts_file = None
         r = load_recipe_cli(recipe, set_, base=base, method=method or file_method or "siss",
                             concept=_concepts(names),
@@ -393,12 +395,13 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dtype, as_json: bool,
                    shard=None) -> None:
     """`erase unlearn --concepts-file`: one line per concept on stderr, failures listed at the end (exit 1)."""
+    from erasecli import batch
     from erasecli.methods import get_method
     from erasecli.models.registry import resolve_base
 
-    concepts = api.read_concepts_file(concepts_file)
+    concepts = batch.read_concepts_file(concepts_file)
     if shard is not None:
-        concepts = api.shard_concepts(concepts, *shard)
+        concepts = batch.shard_concepts(concepts, *shard)
         if not concepts:
             print(f"shard {shard[0]}/{shard[1]} of {concepts_file} holds no concepts: nothing to do", file=sys.stderr)
             return
@@ -420,8 +423,8 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
                 status, f"{status} in {info.get('summary', {}).get('train_seconds', 0):.1f} s")
             console.print(f"{where}: {detail}", markup=False, highlight=False, soft_wrap=True)
 
-        results = api.unlearn_batch(r, concepts, out=out, overwrite=overwrite, device=device, dtype=dtype,
-                                    on_event=on_event, summary_name=api.batch_summary_name(shard),
+        results = batch.unlearn_batch(r, concepts, out=out, overwrite=overwrite, device=device, dtype=dtype,
+                                    on_event=on_event, summary_name=batch.batch_summary_name(shard),
                                     progress=lambda k, total, row: bar.update(task, completed=k, total=total))
     failed = [x for x in results if x["status"] == "failed"]
     if as_json:
@@ -431,7 +434,7 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
         raise EraseError(f"{len(failed)} of {n} concepts failed: {listing}",
                          hint=f"fix them and rerun the same command; the {n - len(failed)} done are skipped")
     if not as_json:
-        console.print(f"all {n} concepts done in {out} (summary: {Path(out) / api.batch_summary_name(shard)})")
+        console.print(f"all {n} concepts done in {out} (summary: {Path(out) / batch.batch_summary_name(shard)})")
 
 
 @app.command("train-critic")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from erasecli import api
+from erasecli import api, batch
 from erasecli.concepts import concept_for, recipe_concept, tiny_concept
 from erasecli.errors import RecipeError, UsageError
 from erasecli.methods.uce import edited_modules, erase_pairs, plan
@@ -139,9 +139,9 @@ def test_critic_rl_refuses_several_concepts():
 
 def test_shards_split_a_concepts_file_with_no_overlap():
     concepts = [f"c{i}" for i in range(10)]
-    shards = [api.shard_concepts(concepts, i, 3) for i in range(3)]
+    shards = [batch.shard_concepts(concepts, i, 3) for i in range(3)]
     assert shards[0] == ["c0", "c3", "c6", "c9"] and sorted(sum(shards, [])) == sorted(concepts)
-    assert api.batch_summary_name((1, 3)) == "batch-1-of-3.json" and api.batch_summary_name() == "batch.json"
+    assert batch.batch_summary_name((1, 3)) == "batch-1-of-3.json" and batch.batch_summary_name() == "batch.json"
 
 
 def test_unlearn_cli_repeated_concepts_together_and_shards(tmp_path):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from erasecli import api
+from erasecli import api, batch
 from erasecli.concepts import concept_for, strip_concept, tiny_concept
 from erasecli.methods import METHODS
 from erasecli.methods.adapter import expand_targets
@@ -434,11 +434,11 @@ def test_batch_resumes_a_stopped_concept(tiny, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Exception) as err:
-        api.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny, progress=stop_at_2)
+        batch.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny, progress=stop_at_2)
     assert type(err.value).__name__ == "Interrupted"  # Ctrl-C stops the whole batch, after a checkpoint
     assert (out / "digit-7.ckpt" / "state.pt").exists() and not (out / "digit-8").exists()
     steps = []
-    res = api.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny,
+    res = batch.unlearn_batch(r, ["digit 7", "digit 8"], out=out, base=tiny,
                             progress=lambda k, total, row: steps.append(k))
     assert [x["status"] for x in res] == ["resumed", "done"]
     assert steps == [3, 4, 1, 2, 3, 4] and not (out / "digit-7.ckpt").exists()
