@@ -2,9 +2,9 @@
 
 A kind is a plain record: the diffusers pipeline class, the denoiser's attribute (`unet`), the text encoders
 and tokenizers a prompt goes through, whether the denoiser takes added conditioning (SDXL's pooled embedding and
-time ids, packed as one extra row of the condition tensor: erasecli.diffusion.cond), the LoRA key prefixes a
-delta holds and the kohya layout its export uses, the noise schedule and prediction (erasecli.diffusion.noise),
-and which layers a closed-form edit (uce, rece) may re-solve. `kind_of` is the one test of "which family is
+time ids, packed as one extra row of the condition tensor: erasecli.diffusion.cond), the kohya layout its
+export uses, and which layers a closed-form edit (uce, rece) may re-solve (the noise schedule comes from the pipeline's own
+scheduler: erasecli.diffusion.noise.schedule_of). `kind_of` is the one test of "which family is
 this": every module that must know asks it, or reads a field of the kind it returns.
 
 Adding a family (a flow-matching transformer such as Flux or SD3) is one new entry in KINDS plus its
@@ -27,9 +27,7 @@ class Kind:
     tokenizers: tuple = ("tokenizer",)
     added_conditioning: bool = False  # the denoiser also takes a pooled text embedding and time ids (SDXL)
     penultimate_only: tuple = ()  # encoders whose last layer's output the denoiser never reads (SDXL's first)
-    lora_prefixes: tuple = ("unet", "text_encoder")  # diffusers LoRA key prefixes a delta may hold
     kohya_layout: str = "sd"  # "sd": lora_unet_<diffusers module>, lora_te_; "sgm": SDXL's original layout, lora_te1_/2_
-    schedule: str = "ddpm"  # erasecli.diffusion.noise: "ddpm" (alphas_cumprod) or "flow" (rectified flow)
     closed_form_targets: tuple = ("attn2.to_k", "attn2.to_v")  # the projections of the text states uce may re-solve
     load_kwargs: dict = field(default_factory=dict)  # what from_pretrained gets besides dtype
 
@@ -46,7 +44,7 @@ KINDS: dict[str, Kind] = {
     # The invisible watermark would change every image erasecli judges.
     "sdxl": Kind("sdxl", "StableDiffusionXLPipeline", text_encoders=("text_encoder", "text_encoder_2"),
                  tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, penultimate_only=("text_encoder",),
-                 lora_prefixes=("unet", "text_encoder", "text_encoder_2"), kohya_layout="sgm",
+                 kohya_layout="sgm",
                  load_kwargs={"add_watermarker": False}),
 }
 

@@ -4,7 +4,7 @@ docs/methods.md, "Notation". A schedule maps a timestep t to the coefficients of
 
     x_t = gamma_t x_0 + sigma_t eps,        eps ~ N(0, I)
 
-DDPM / DDIM (kind schedule "ddpm"): gamma_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) from the
+DDPM / DDIM (schedule kind "ddpm"): gamma_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) from the
 scheduler's `alphas_cumprod`; what the denoiser predicts is the scheduler's `prediction_type`: epsilon, or
 v = gamma_t eps - sigma_t x_0 (v-prediction). Rectified flow ("flow", Flux / SD3): t in [0, 1], gamma_t = 1 - t,
 sigma_t = t, and the denoiser predicts the velocity u = eps - x_0. The methods work in epsilon space whatever the

@@ -60,8 +60,10 @@ class ClosedForm(Method):
 def edited_modules(unet, which) -> dict:
     """{module name: nn.Linear} of every cross-attention projection named in `which` (to_k, to_v); where an
     adapter layer (peft) wraps one, its frozen base layer."""
-    found = {n: getattr(m, "base_layer", m) for n, m in unet.named_modules()
-             if any(n.endswith(f"attn2.{w}") for w in which)}
+    from erasecli.diffusion.kinds import kind_of
+
+    targets = [t for t in kind_of(unet).closed_form_targets if t.rsplit(".", 1)[-1] in which]
+    found = {n: getattr(m, "base_layer", m) for n, m in unet.named_modules() if any(n.endswith(t) for t in targets)}
     return {n: m for n, m in found.items() if isinstance(m, torch.nn.Linear)}
 
 
