@@ -40,7 +40,7 @@ def gradient_variance(concept: str, repeats: int, seed: int) -> None:
     base = load_base("tiny", device="cpu")
     sets = tiny_concept(r.concept.name, r.concept.kind)
     critic, report = train_critic(r, base, sets)
-    attached_ctx = attached_for(r, base)  # held until the function returns: the adapter stays on meanwhile
+    attached_ctx = attached_for(r.lora, base, r.train.seed)  # held until the function returns: the adapter stays on meanwhile
     params = attached_ctx.__enter__().params
     with torch.no_grad():  # a non-zero adapter, as mid-training: lora_B starts at 0, which zeroes lora_A's grads
         g = torch.Generator().manual_seed(seed)

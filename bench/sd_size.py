@@ -361,7 +361,7 @@ def run_method(recipe, base, data, plan: Plan, count_flops: bool) -> dict:
     mem.start()
     try:
         # entered here, left by remove_adapter: the follow-up measurements run with the adapter on
-        _ATTACHED.append(attached_for(recipe, base))
+        _ATTACHED.append(attached_for(recipe.lora, base, recipe.train.seed))
         adapter = _ATTACHED[-1].__enter__()
         result = run(recipe, base, data, get_method(recipe.method), adapter, out=plan.work / "out", progress=progress)
         peak = mem.read_mb()

@@ -241,7 +241,7 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
         check_folder(getattr(recipe.data, key), f"data.{key}")
     if not sets.forget:
         raise UsageError("no forget prompts", hint="give concept.forget_templates in the recipe")
-    check_reward(recipe, ref)
+    check_reward(recipe.critic, ref)
     if recipe.critic.path:
         read_critic_meta(recipe, ref)
     return cls
@@ -264,7 +264,7 @@ def check_train_critic(recipe, *, out: Path | None, overwrite: bool = False) -> 
         raise UsageError("no concept", hint='pass --concept, e.g. --concept "digit 3"')
     ref = resolve_base(recipe.base)
     concept_of(recipe, ref)
-    check_reward(recipe, ref)
+    check_reward(recipe.critic, ref)
 
 
 def train_critic(recipe, *, out: Path, overwrite: bool = False, device: str | None = None, dtype: str = "auto",
@@ -345,7 +345,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         return _unlearn_closed_form(recipe, cls, base, out, overwrite, t0)
     data = build_train_data(recipe, base, progress=data_progress, images=cls.uses_images(recipe))
     peak0 = peak_rss_mb()
-    with attached_for(recipe, base) as adapter:
+    with attached_for(recipe.lora, base, recipe.train.seed) as adapter:
         result = run(recipe, base, data, cls, adapter, out=out, resume_state=state, progress=progress,
                      checkpoint_dir=Path(resume) if resume is not None else None)
         rows = result["rows"]

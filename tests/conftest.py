@@ -13,13 +13,6 @@ def tiny():
     return load_base("tiny", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def torch_threads():
-    import torch
-
-    torch.set_num_threads(2)
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Tests never read or fill the user's sample cache."""
@@ -90,6 +83,24 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
     return out
 
 
+def built_once(tmp_path_factory, name, build):
+    """A folder that `build(folder)` fills once per test session, also when pytest-xdist runs the session in
+    several workers (`make test`): the first worker to ask builds it under a file lock, the others wait for
+    it and read the same files. Returns the folder."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own basetemp under one shared parent
+        root = root.parent
+    folder, done = root / "built-once" / name, root / "built-once" / f"{name}.done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def remover_delta(tmp_path_factory):
-    return train_replacement_lora(tmp_path_factory.mktemp("remover") / "no-three")
+    return built_once(tmp_path_factory, "no-three", train_replacement_lora)

@@ -27,6 +27,7 @@ def digit3_report(tiny, remover_delta):
     return api.evaluate(recipe(), deltas=[str(remover_delta)], base=tiny)
 
 
+@pytest.mark.xdist_group("digit3_report")  # one worker evaluates it once
 def test_base_draws_the_digit_and_keeps_the_rest(digit3_report):
     m = metrics_of(digit3_report, "base")
     assert m["ua"] <= 0.25, m  # the base draws a three when asked: little is "unlearned"
@@ -35,6 +36,7 @@ def test_base_draws_the_digit_and_keeps_the_rest(digit3_report):
     assert m["clip_score"] > 0
 
 
+@pytest.mark.xdist_group("digit3_report")  # one worker evaluates it once
 def test_a_delta_that_removes_the_digit_raises_ua(digit3_report, remover_delta):
     base, after = metrics_of(digit3_report, "base"), metrics_of(digit3_report, remover_delta.name)
     assert after["ua"] >= 0.7 and after["ua"] - base["ua"] >= 0.5, (base, after)
@@ -43,6 +45,7 @@ def test_a_delta_that_removes_the_digit_raises_ua(digit3_report, remover_delta):
     assert after["kid_std"] is not None and after["kid_std"] >= 0  # KID comes with its spread over subsets
 
 
+@pytest.mark.xdist_group("digit3_report")  # one worker evaluates it once
 def test_forget_prompt_metrics_look_at_what_is_drawn_instead(digit3_report, remover_delta):
     base, after = metrics_of(digit3_report, "base"), metrics_of(digit3_report, remover_delta.name)
     # the replacement draws an eight in the prompt's colour: the colour of forget prompts is kept
@@ -76,6 +79,7 @@ def test_cra_forget_counts_a_changed_colour_as_a_miss():
     assert value(changed, "cra") == 1.0  # CRA, on retain prompts only, does not see it
 
 
+@pytest.mark.xdist_group("digit3_report")  # one worker evaluates it once
 def test_report_matches_the_schema_and_stores_the_protocol(digit3_report):
     import jsonschema
 

@@ -163,10 +163,10 @@ def attached(base, *, rank: int, alpha: float, targets, seed: int | None = None,
         adapter.detach()
 
 
-def attached_for(recipe, base):
-    """`attached` with the recipe's lora section and train.seed: the adapter a training method trains."""
-    lora = recipe.lora
-    return attached(base, rank=lora.rank, alpha=lora.alpha, targets=lora.target_modules, seed=recipe.train.seed,
+def attached_for(lora, base, seed: int):
+    """`attached` with a recipe's lora section (recipes.schema.LoraConfig) and the training seed: the adapter a
+    training method trains."""
+    return attached(base, rank=lora.rank, alpha=lora.alpha, targets=lora.target_modules, seed=seed,
                     text_encoder=lora if lora.text_encoder else None)
 
 

@@ -129,8 +129,9 @@ def make_reward(name: str, recipe, base, sets) -> Reward:
     return REWARDS[name](recipe, base, sets)
 
 
-def check_reward(recipe, ref) -> None:
-    """critic.reward must be one this base can compute, before any model loads."""
-    if recipe.critic.reward == "classifier" and not ref.tiny_world:
+def check_reward(critic, ref) -> None:
+    """critic.reward (critic: a recipe's critic section) must be one this base can compute, before any model
+    loads."""
+    if critic.reward == "classifier" and not ref.tiny_world:
         raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
                           hint="use --reward clip on this base")
