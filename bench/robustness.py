@@ -11,6 +11,10 @@ model's attack wall time (the first run of a model; a rerun reads the cache), tr
 
     python -m bench.robustness [--seeds 0,1] [--methods siss,esd] [--variants plain,robust] [--keep DIR]
                                [--budget 1.0] [--samples-per-prompt 4] [--set KEY=VALUE ...] [--base tiny-xl]
+                               [--attack-seeds 2000,2100,2200] [--metrics ua,ira,cra,pre_asr,asr_inversion]
+
+uce and rece take the closed form's own variants: `robust` (`uce.robust=inversion`), `project`
+(`uce.robust_project=2`) and `robust-project` (both).
 
 `--base tiny-xl` runs the same on the SDXL tiny base with its recipes (`recipes/tiny-xl-digit-<method>.yaml`);
 there is no retrained oracle for it, so its row is left out.
@@ -34,11 +38,24 @@ ORACLE = "tiny-oracle-digit-3"
 ROBUST_METHODS = ("siss", "adaptive-siss", "ppo-alpha", "esd")  # the methods with a `robust` section
 VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
             "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
+CLOSED_METHODS = ("uce", "rece")  # their robust variants are the closed form's own (uce.robust, uce.robust_project)
+CLOSED_VARIANTS = {"plain": [], "robust": ["--set", "uce.robust=inversion"],
+                   "project": ["--set", "uce.robust_project=2"],
+                   "robust-project": ["--set", "uce.robust=inversion", "--set", "uce.robust_project=2"]}
 
 
-def evaluate(base: str, deltas: list[Path], a) -> dict:
-    args = ["evaluate", "--base", base, "--concept", "digit 3", "--metrics", METRICS,
-            "--samples-per-prompt", str(a.samples_per_prompt), "--set", f"attack.budget={a.budget}"]
+def variant_args(method: str, variant: str):
+    """The unlearn options of `variant` for `method`, or None where the variant does not apply to it."""
+    table = CLOSED_VARIANTS if method in CLOSED_METHODS else VARIANTS
+    if variant not in table or (variant != "plain" and method not in ROBUST_METHODS + CLOSED_METHODS):
+        return None
+    return table[variant]
+
+
+def evaluate(base: str, deltas: list[Path], a, attack_seed: int = 2000) -> dict:
+    args = ["evaluate", "--base", base, "--concept", "digit 3", "--metrics", a.metrics,
+            "--samples-per-prompt", str(a.samples_per_prompt), "--set", f"attack.budget={a.budget}",
+            "--set", f"attack.seed={attack_seed}"]
     for d in deltas:
         args += ["--delta", str(d)]
     if base == ORACLE:  # the deltas were made for the tiny base
@@ -57,56 +74,66 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")
     ap.add_argument("--budget", type=float, default=1.0, help="attack.budget of every attack.")
     ap.add_argument("--samples-per-prompt", type=int, default=4, help="Evaluation images per prompt and model.")
-    ap.add_argument("--variants", default="plain,robust", help="Comma-separated: " + ", ".join(VARIANTS) + ".")
+    ap.add_argument("--variants", default="plain,robust", help="Comma-separated: " + ", ".join(VARIANTS) + "; uce "
+                    "and rece: " + ", ".join(CLOSED_VARIANTS) + " (robust: uce.robust=inversion; project: "
+                    "uce.robust_project=2).")
+    ap.add_argument("--metrics", default=METRICS, help="erase evaluate --metrics (columns not measured show -).")
+    ap.add_argument("--attack-seeds", default="2000", help="attack.seed of each evaluation, comma-separated: "
+                    "every model is attacked once per seed (a row per seed).")
     ap.add_argument("--base", default="tiny", help="a bundled tiny-world base: tiny or tiny-xl (no oracle row)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="Extra recipe overrides for the robust variants (e.g. robust.attack=prefix).")
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
     for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
+        if v not in VARIANTS and v not in CLOSED_VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; valid: {', '.join(dict.fromkeys([*VARIANTS, *CLOSED_VARIANTS]))}")
+    attack_seeds = [int(x) for x in a.attack_seeds.split(",") if x]
     work = Path(a.keep or tempfile.mkdtemp(prefix="erasecli-robustness-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ERASECLI_CACHE", str(work / "cache"))
     methods = [m for m in a.methods.split(",") if m]
     rows = []
-    oracle = evaluate(ORACLE, [], a)["base"] if a.base == "tiny" else None
-    for seed in [int(s) for s in a.seeds.split(",") if s]:
-        deltas, names = [], []
-        for v in variants:
-            for m in methods:
-                if v != "plain" and m not in ROBUST_METHODS:
-                    continue
-                name = m if v == "plain" else f"{m} {v}"
-                d = work / f"seed{seed}" / name.replace(" ", "-")
-                if not (d / "pytorch_lora_weights.safetensors").exists():
-                    extra = VARIANTS[v] + ([x for kv in a.sets for x in ("--set", kv)] if v != "plain" else [])
-                    erase("unlearn", *method_args(m, ROOT, a.base), "--seed", str(seed), *extra,
-                          "--out", str(d), "--overwrite")
-                deltas.append(d)
-                names.append(name)
-        figures = evaluate(a.base, deltas, a)
-        if not rows:
-            rows.append(("base", "-", figures["base"]))
-            if oracle is not None:
-                rows.append(("oracle (retrained without 3s)", "-", oracle))
-        for name, d in zip(names, deltas):
-            train = json.loads((d / "train_summary.json").read_text())["train_seconds"]
-            rows.append((name, seed, {**figures[d.name], "train_seconds": train}))
-    for name, seed, f in rows:
+    for aseed in attack_seeds:
+        oracle = evaluate(ORACLE, [], a, aseed)["base"] if a.base == "tiny" else None
+        first = True
+        for seed in [int(s) for s in a.seeds.split(",") if s]:
+            deltas, names = [], []
+            for v in variants:
+                for m in methods:
+                    extra = variant_args(m, v)
+                    if extra is None:
+                        continue
+                    name = m if v == "plain" else f"{m} {v}"
+                    d = work / f"seed{seed}" / name.replace(" ", "-")
+                    if not (d / "pytorch_lora_weights.safetensors").exists():
+                        extra = extra + ([x for kv in a.sets for x in ("--set", kv)] if v != "plain" else [])
+                        erase("unlearn", *method_args(m, ROOT, a.base), "--seed", str(seed), *extra,
+                              "--out", str(d), "--overwrite")
+                    deltas.append(d)
+                    names.append(name)
+            figures = evaluate(a.base, deltas, a, aseed)
+            if first:
+                rows.append(("base", "-", aseed, figures["base"]))
+                if oracle is not None:
+                    rows.append(("oracle (retrained without 3s)", "-", aseed, oracle))
+                first = False
+            for name, d in zip(names, deltas):
+                train = json.loads((d / "train_summary.json").read_text())["train_seconds"]
+                rows.append((name, seed, aseed, {**figures[d.name], "train_seconds": train}))
+    for name, seed, aseed, f in rows:
         for key in (*COLUMNS, "attack_seconds", "train_seconds"):
             if key == "train_seconds" and key not in f:
                 continue
             emit("robustness", key, f.get(key), "s" if key.endswith("seconds") else "fraction", model=name, base=a.base,
-                 seed=seed, concept="digit 3", budget=a.budget, samples_per_prompt=a.samples_per_prompt,
-                 robust_sets=a.sets)
-    head = "| model | seed | " + " | ".join(COLUMNS) + " | attack s | train s |"
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 4)]
-    for name, seed, f in rows:
+                 seed=seed, attack_seed=aseed, concept="digit 3", budget=a.budget,
+                 samples_per_prompt=a.samples_per_prompt, robust_sets=a.sets)
+    head = "| model | seed | attack seed | " + " | ".join(COLUMNS) + " | attack s | train s |"
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 5)]
+    for name, seed, aseed, f in rows:
         cells = ["-" if f.get(k) is None else f"{f[k]:.3f}" for k in COLUMNS]
         train = f"{f['train_seconds']:.1f}" if "train_seconds" in f else "-"
-        lines.append(f"| {name} | {seed} | " + " | ".join(cells) + f" | {f['attack_seconds']:.0f} | {train} |")
+        lines.append(f"| {name} | {seed} | {aseed} | " + " | ".join(cells) + f" | {f['attack_seconds']:.0f} | {train} |")
     print("\n".join(lines), file=sys.stderr)
     print(f"deltas in {work}", file=sys.stderr)
 

@@ -48,7 +48,8 @@ def check(recipe, cls) -> None:
             from erasecli.methods import METHODS
 
             can = [n for n, m in METHODS.items() if m.supports_robust and m.supports_text_encoder]
-            hint = (f"rece is uce with its own closed-form adversarial rounds (uce.rounds); or train with {', '.join(can)}"
+            hint = ("the closed form has its own: --set uce.robust=inversion (attack-and-re-solve rounds) or "
+                    f"uce.robust_project=2; or train with {', '.join(can)}"
                     if cls.closed_form else f"use {', '.join(can)} for robust erasure")
             raise RecipeError(f"{what} is not supported by {cls.name}: {cls.why_not_robust}", hint=hint)
 
@@ -111,15 +112,17 @@ class Conditions:
             h.remove()
 
 
-def _soft_positions(cond: Conditions, texts: list, concept, recipe):
-    """Adversarial token ids (J, L), the override map S (J, L) and the soft tokens' count, per robust.attack."""
+def soft_positions(cond: Conditions, texts: list, concept, attack: str, tokens: int = 1):
+    """Adversarial token ids (J, L), the override map S (J, L) and the soft tokens' count for `attack`: 'prefix'
+    (`tokens` soft tokens before each text, one set per text) or 'inversion' (one shared soft token in place of
+    the concept's words)."""
     from erasecli.attacks.inversion import inverted_prompt
     from erasecli.attacks.prompt import prefixed_ids
 
-    r, tok = recipe.robust, cond.tok
+    tok = cond.tok
     rows, maps = [], []
-    if r.attack == "prefix":
-        k = r.tokens
+    if attack == "prefix":
+        k = tokens
         for j, text in enumerate(texts):
             ids = prefixed_ids(tok, text, k, filler=tok.bos_token_id)[0]
             S = torch.full_like(ids, -1)
@@ -157,7 +160,7 @@ class Adversary:
         texts = [d.prompts[i] for i in plain_rows]
         index = {i: j for j, i in enumerate(plain_rows)}
         self.row_prompt = torch.tensor([index[int(i)] for i in self.plain_c], device=d.forget_c.device)
-        ids, S, n = _soft_positions(cond, texts, concept, ctx.recipe)
+        ids, S, n = soft_positions(cond, texts, concept, self.cfg.attack, self.cfg.tokens)
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
         E = joint_embeddings(cond.tes)[0]

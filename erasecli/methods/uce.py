@@ -23,6 +23,7 @@ c, weight uce.rece_scale) and the edit is solved again from W0, with the same re
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -85,16 +86,23 @@ def _states(base, prompts):
 def erase_pairs(base, forget, guides, tokens: str):
     """(C_e, G_e, rows): the erased token states of the forget prompts and the aligned guide states, (n, D)
     each, and the (n,) mask of the rows up to each prompt's end-of-text token (the concept's own tokens).
+    `aligned` says which positions."""
+    out = aligned(base, _ids(base, forget), _ids(base, guides), _states(base, forget), _states(base, guides), tokens)
+    if out is None:
+        raise RecipeError("every forget prompt equals its guide, so there is nothing to erase",
+                          hint="set uce.guide to another text, e.g. --set uce.guide=empty")
+    return out
 
-    Tokens are aligned by position: from the first one where the forget prompt's ids differ from its guide's
-    (earlier states are identical, the text encoder being causal) to the end of the sequence ('padding') or to
-    the forget prompt's end-of-text token ('concept')."""
-    ids_f, ids_g = _ids(base, forget), _ids(base, guides)
-    s_f, s_g = _states(base, forget), _states(base, guides)
+
+def aligned(base, ids_f, ids_g, s_f, s_g, tokens: str):
+    """Erased rows of states s_f (J, L, D) of token ids ids_f (J, L) and the guide's rows of s_g at the same
+    positions; None when every row equals its guide. Tokens are aligned by position: from the first one where
+    a prompt's ids differ from its guide's (earlier states are identical, the text encoder being causal) to the
+    end of the sequence ('padding') or to the prompt's end-of-text token ('concept')."""
     eos = base.pipe.tokenizer.eos_token_id
     L = ids_f.shape[1]
     cs, gs, rows = [], [], []
-    for j in range(len(forget)):
+    for j in range(len(ids_f)):
         diff = (ids_f[j] != ids_g[j]).nonzero()
         if len(diff) == 0:  # the prompt is its own guide: nothing to erase
             continue
@@ -106,8 +114,7 @@ def erase_pairs(base, forget, guides, tokens: str):
         gs.append(s_g[j, k:end])
         rows.append(torch.arange(k, end) < concept_end)
     if not cs:
-        raise RecipeError("every forget prompt equals its guide, so there is nothing to erase",
-                          hint="set uce.guide to another text, e.g. --set uce.guide=empty")
+        return None
     return torch.cat(cs), torch.cat(gs), torch.cat(rows).to(s_f.device)
 
 
@@ -147,17 +154,120 @@ def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
     return torch.linalg.solve(A, B @ C.T).T  # (n, d)
 
 
+def guides_of(u, concept) -> list:
+    """What each forget prompt should produce instead, per uce.guide."""
+    if u.guide == "anchor":
+        return list(concept.anchor)
+    return [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
+
+
 def plan(recipe, base, concept):
     """The states of one edit: erased C_e, their guides' G_e, kept C_p, and the concept-token row mask."""
     u = recipe.uce
-    if u.guide == "anchor":
-        guides = list(concept.anchor)
-    else:
-        guides = [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
-    C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides, u.tokens)
+    C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides_of(u, concept), u.tokens)
     keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
     C_p = _states(base, keep).reshape(-1, C_e.shape[1]) if keep else C_e.new_zeros(0, C_e.shape[1])
     return C_e, G_e, C_p, rows
+
+
+def projected(P, D, r: int):
+    """P' with I + P' = (I - U U^T)(I + P), U (in, r) the top right singular vectors of D (rows: erased minus
+    guide states): no text state, however found, gives an edited projection output along W0 U any more."""
+    U = torch.linalg.svd(D, full_matrices=False)[2][:r].T
+    eye = torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
+    return (eye - U @ U.T) @ (eye + P) - eye
+
+
+ROUND_ATTACKS = {"inversion": ("inversion",), "prefix": ("prefix",), "both": ("inversion", "prefix")}
+
+
+def attack_targets(recipe, base, concept) -> torch.Tensor:
+    """(J * n, C, h, w) latents of the base's own images of each forget prompt, n = uce.robust_images per
+    prompt (drawn through the base's image cache, seeds from attack.seed + 10000 as the attacks' targets): what
+    the rounds' attacks reconstruct. Row j * n + i is forget prompt j's image i."""
+    from erasecli.data import encode_images
+    from erasecli.sampling import cached_generate
+
+    seeds = [recipe.attack.seed + 10_000 + i for i in range(recipe.uce.robust_images)]
+    forget = list(concept.forget)
+    imgs, _ = cached_generate(base, [p for p in forget for _ in seeds], seeds * len(forget), recipe.sample)
+    return encode_images(base, imgs)
+
+
+@contextmanager
+def applied(mods: dict, W0s: dict, P):
+    """While inside, each edited projection's weight is W0 + W0 P: the edit in place, restored on exit."""
+    old = {n: m.weight.data for n, m in mods.items()}
+    try:
+        for n, m in mods.items():
+            m.weight.data = (W0s[n] + W0s[n] @ P).to(m.weight.device, m.weight.dtype)
+        yield
+    finally:
+        for n, m in mods.items():
+            m.weight.data = old[n]
+
+
+class RoundAttack:
+    """One soft-token attack that the robust rounds run on the edited model, warm-started from its last tokens:
+    'inversion' (one token in place of the concept's words, shared by every forget prompt) or 'prefix'
+    (uce.robust_tokens tokens before each forget prompt). `run` returns the text states it found, aligned
+    with the guides' states as the edit's own erased rows are (`aligned`)."""
+
+    def __init__(self, recipe, base, concept, attack: str, z0, gen):
+        from erasecli.attacks.prompt import joint_embeddings, pasteable_tokens
+        from erasecli.methods.robust import Conditions, soft_positions
+
+        u = recipe.uce
+        self.recipe, self.base, self.attack, self.u = recipe, base, attack, u
+        forget = list(concept.forget)
+        self.cond = Conditions(base, forget)
+        ids, self.S, n = soft_positions(self.cond, forget, concept, attack, u.robust_tokens)
+        self.ids = ids.to(base.device)
+        self.S = self.S.to(base.device)
+        E = joint_embeddings(self.cond.tes)[0]
+        if attack == "prefix":  # random whole-word tokens, as the prompt attack starts
+            allowed = torch.tensor(pasteable_tokens(self.cond.tok))
+            self.P = E[allowed[torch.randint(len(allowed), (n,), generator=gen)].to(E.device)].clone()
+        else:  # the word the inversion attack starts from
+            init = self.cond.tok(recipe.attack.inversion_init, add_special_tokens=False).input_ids
+            self.P = E[init].mean(0, keepdim=True).clone()
+        guides = guides_of(u, concept)
+        self.guide_ids, self.guide_states = _ids(base, guides), _states(base, guides)
+        self.z0 = z0
+        self.prompt_of = torch.arange(len(forget)).repeat_interleave(len(z0) // len(forget))  # (J * n,)
+
+    def run(self, gen) -> tuple:
+        """`uce.robust_steps` Adam steps on the soft tokens against the model as it is now (the edit applied);
+        returns (C (m, D), G (m, D), first loss, last loss): the found tokens' text states and their guides'."""
+        from erasecli.attacks import denoising_loss
+        from erasecli.attacks.prompt import frozen
+        from erasecli.diffusion.cond import token_states
+        from erasecli.diffusion.noise import schedule_of
+
+        u, pipe, cond = self.u, self.base.pipe, self.cond
+        noise = schedule_of(pipe.scheduler, self.base.device)
+        P = self.P.clone().requires_grad_(True)
+        opt = torch.optim.Adam([P], lr=u.robust_lr)
+        losses = []
+        with torch.enable_grad(), frozen(pipe.unet, *cond.tes):
+            for step in range(u.robust_steps):
+                rows = torch.randint(len(self.z0), (u.robust_batch,), generator=gen)
+                c = self.prompt_of[rows].to(self.ids.device)
+                emb = cond.encode_ids(self.ids[c], self.S[c], P)
+                loss = denoising_loss(pipe.unet, noise, self.z0[rows.to(self.z0.device)], emb.to(self.z0.dtype), gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+        self.P = P.detach()
+        with torch.no_grad():
+            states = token_states(pipe.unet, cond.encode_ids(self.ids, self.S, self.P))
+        C, G, _ = aligned(self.base, self.ids.cpu(), self.guide_ids, states.to(solve_device(self.base), DTYPE),
+                          self.guide_states, self.u.tokens)
+        return C, G, losses[0], losses[-1]
+
+    def close(self) -> None:
+        self.cond.close()
 
 
 def edit(recipe, base, concept, rounds: int = 0):
@@ -187,7 +297,32 @@ def edit(recipe, base, concept, rounds: int = 0):
         P = shared_map(erased, targets_of, C_p, u.lam, scales, u.preserve_scale)
         history.append({"round": r + 1, "residual": round((back / max(ref, 1e-30)) ** 0.5, 6),
                         "adv_norm": round(float(adv.norm(dim=1).mean()), 4), "erased": len(erased)})
-    rank = min(len(erased), P.shape[0])
+    robust_log = []
+    if u.robust != "none":
+        if concept.together and u.robust in ("inversion", "both"):
+            raise RecipeError(f"uce.robust {u.robust} learns one token for one concept; {len(concept.names)} "
+                              "concepts are erased here", hint="set uce.robust=prefix")
+        gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
+        z0 = attack_targets(recipe, base, concept)
+        attacks = [RoundAttack(recipe, base, concept, a, z0, gen) for a in ROUND_ATTACKS[u.robust]]
+        try:
+            for r in range(u.robust_rounds):
+                row = {"round": r + 1}
+                with applied(mods, W0s, P):
+                    found = [(a.attack, a.run(gen)) for a in attacks]
+                for name, (C, G, first, last) in found:
+                    erased, targets_of = torch.cat([erased, C]), torch.cat([targets_of, G])
+                    scales = torch.cat([scales, torch.full((len(C),), float(u.robust_scale), dtype=DTYPE, device=dev)])
+                    row[name] = {"loss_start": round(first, 5), "loss_end": round(last, 5)}
+                P = shared_map(erased, targets_of, C_p, u.lam, scales, u.preserve_scale)
+                row["erased"] = len(erased)
+                robust_log.append(row)
+        finally:
+            for a in attacks:
+                a.close()
+    if u.robust_project:  # the range of every edited projection loses the erasure's main directions
+        P = projected(P, erased - targets_of, u.robust_project)
+    rank = min(len(erased) + u.robust_project, P.shape[0])
     right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
     factors = {n: (W @ right, down) for n, W in W0s.items()}
     if dev.type == "cuda":
@@ -202,6 +337,8 @@ def edit(recipe, base, concept, rounds: int = 0):
                "relative_change": round(max(float(deltas[n].norm() / W0s[n].norm()) for n in W0s), 6)}
     if rounds:
         summary["rece_rounds"] = history
+    if robust_log:
+        summary["robust_rounds"] = robust_log
     return factors, rank, summary
 
 

@@ -310,6 +310,21 @@ class UceConfig:
     rece_lam: float = field(default=0.1, metadata={"help": "rece: ridge weight mu of that derivation, > 0 "
                                                    "(larger: adversarial embeddings of smaller norm)."})
     rece_scale: float = field(default=1.0, metadata={"help": "rece: s_e of the derived embeddings, > 0."})
+    robust: str = field(default="none", metadata={"help": "Robust closed form (uce and rece) [ours]: rounds "
+                        "that attack the edited model with soft tokens ('inversion': one token in place of the "
+                        "concept's words; 'prefix': tokens before each forget prompt; 'both') and add the text "
+                        "states they find to the erased set; 'none' is off."})
+    robust_rounds: int = field(default=3, metadata={"help": "Robust: attack-and-re-solve rounds, >= 1."})
+    robust_steps: int = field(default=40, metadata={"help": "Robust: Adam steps of each round's attack (warm-"
+                              "started from the last round's tokens), >= 1."})
+    robust_lr: float = field(default=0.02, metadata={"help": "Robust: Adam learning rate of the soft tokens, > 0."})
+    robust_batch: int = field(default=16, metadata={"help": "Robust: target images per attack step, >= 1."})
+    robust_tokens: int = field(default=3, metadata={"help": "Robust, prefix: soft tokens before each prompt, >= 1."})
+    robust_images: int = field(default=4, metadata={"help": "Robust: the base's images of each forget prompt that "
+                               "the attacks reconstruct, >= 1."})
+    robust_scale: float = field(default=1.0, metadata={"help": "Robust: s_e of the found states, > 0."})
+    robust_project: int = field(default=0, metadata={"help": "Robust: also remove from every edited projection's "
+                                "input the top this-many directions of erased-minus-guide states, >= 0 (0: off)."})
 
     CHECKS: ClassVar[Checks] = {
         "lam": (above(0),),
@@ -321,6 +336,15 @@ class UceConfig:
         "rounds": (at_least(1),),
         "rece_lam": (above(0),),
         "rece_scale": (above(0),),
+        "robust": (one_of("none", "inversion", "prefix", "both"),),
+        "robust_rounds": (at_least(1),),
+        "robust_steps": (at_least(1),),
+        "robust_lr": (above(0),),
+        "robust_batch": (at_least(1),),
+        "robust_tokens": (at_least(1),),
+        "robust_images": (at_least(1),),
+        "robust_scale": (above(0),),
+        "robust_project": (at_least(0),),
     }
 
 
