@@ -8,7 +8,12 @@ shared solve and its exact LoRA factors for every projection (`erasecli.methods.
 is the edit, on the device; the text encoding a real run adds is not timed (a forward of the text encoder per
 prompt batch). JSON lines: seconds per concept count, LoRA rank, delta size in fp32.
 
-    python -m bench.uce_scale [--concepts 1,10,100] [--device cuda] [--repeat 3]
+    python -m bench.uce_scale [--concepts 1,10,100] [--device cuda] [--repeat 3] [--ranks 16,64,128]
+
+`--ranks`: per concept count, also the `uce.rank` truncation of each projection's change to each rank
+(`erasecli.methods.uce.truncated`): delta size and the relative errors (Frobenius), max and mean over the
+projections. Random stand-in states have a flatter spectrum than encoded prompts, so these errors are an upper
+side of what a real concept's edit loses.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ def main(argv=None) -> None:
     from diffusers import UNet2DConditionModel
 
     from bench.sd_size import SD14_UNET
-    from erasecli.methods.uce import DTYPE, edited_modules, factor, shared_map
+    from erasecli.methods.uce import DTYPE, edited_modules, factor, shared_map, truncated
 
     ap = argparse.ArgumentParser(prog="python -m bench.uce_scale")
     ap.add_argument("--concepts", default="1,10,100")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeat", type=int, default=3, help="Timed edits per concept count (the best is reported).")
+    ap.add_argument("--ranks", default="", help="uce.rank truncations to measure, comma-separated (default: none).")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     torch.manual_seed(0)
@@ -60,6 +66,17 @@ def main(argv=None) -> None:
         extra = {"target": TARGET_SECONDS_100} if n_c == 100 else {}
         emit("uce_scale", "edit_seconds", round(best, 4), "s", concepts=n_c, modules=len(W0s), rank=rank,
              erased_states=len(C_e), kept_states=len(C_p), device=str(dev), delta_mb=round(size / 2**20, 1), **extra)
+        for r in [int(x) for x in a.ranks.split(",") if x]:
+            if r >= rank:  # uce.rank writes the exact edit there
+                continue
+            t0 = time.perf_counter()
+            tf, errors = truncated(W0s, P, r)
+            secs = time.perf_counter() - t0
+            mb = sum((up.numel() + down.numel()) * 4 for up, down in tf.values()) / 2**20
+            errs = list(errors.values())
+            emit("uce_scale", "rank_max_relative_error", round(max(errs), 5), "fraction", concepts=n_c, rank=r,
+                 mean_relative_error=round(sum(errs) / len(errs), 5), delta_mb=round(mb, 1),
+                 exact_delta_mb=round(size / 2**20, 1), truncate_seconds=round(secs, 3), device=str(dev))
 
 
 if __name__ == "__main__":

@@ -395,6 +395,8 @@ def _unlearn_closed_form(recipe, cls, base, out: Path, overwrite: bool, t0: floa
             (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
         meta = {"train": {k: summary[k] for k in ("train_seconds", "steps", "trainable_params", "rank")}}
+        if "truncation" in summary:
+            meta["truncation"] = summary["truncation"]
         saved = adapter.save(out, method=recipe.method, concept=concept.name, concepts=concept.names,
                              recipe=recipe_to_dict(recipe), metrics=meta, overwrite=overwrite, extra=extra)
     summary["wall_seconds"] = round(time.time() - t0, 2)

@@ -363,7 +363,9 @@ def unlearn(
     else:
         s = result["summary"]
         defaults = (r.defaults if r is not None else "") or "paper"
-        work = (f"closed-form edit in {s['edit_seconds']:.2f} s, LoRA rank {s['rank']}" if "edit_seconds" in s else
+        trunc = s.get("truncation")
+        rank_note = (f" (truncated: max relative error {trunc['max_relative_error']:.3g})" if trunc else "")
+        work = (f"closed-form edit in {s['edit_seconds']:.2f} s, LoRA rank {s['rank']}{rank_note}" if "edit_seconds" in s else
                 f"{s['steps']} steps, {s['train_seconds']:.1f} s training, "
                 f"{s['data']['sampling_seconds']:.1f} s sampling data")
         console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, defaults {defaults}, {work}; "

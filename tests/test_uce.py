@@ -258,3 +258,30 @@ def test_projected_range_stops_concept_inversion_that_plain_uce_lets_through(tin
         res = attack_model(r, tiny, tiny_concept("digit 3"), [str(tmp_path / name)], ["inversion"])
         asr[name] = res["outcomes"]["inversion"].asr
     assert asr["plain"] >= 0.6 and asr["project"] <= 0.2, asr
+
+
+def test_rank_option_writes_the_best_low_rank_approximation_and_reports_its_error(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    exact = api.unlearn(recipe("uce"), out=tmp_path / "exact", base=tiny)
+    res = api.unlearn(recipe("uce", "uce.rank=4"), out=tmp_path / "r4", base=tiny)
+    s, trunc = res["summary"], res["summary"]["truncation"]
+    assert s["rank"] == 4 and exact["summary"]["rank"] > 4 and "truncation" not in exact["summary"]
+    assert set(trunc["relative_error"]) == set(edited_modules(tiny.pipe.unet, ("to_k", "to_v")))
+    assert 0 < trunc["max_relative_error"] < 1
+    meta = json.loads((tmp_path / "r4" / "delta.json").read_text())
+    assert json.dumps(meta).count("max_relative_error") == 1  # stored with the delta
+    full, low = load_file(str(tmp_path / "exact" / "pytorch_lora_weights.safetensors")), \
+        load_file(str(tmp_path / "r4" / "pytorch_lora_weights.safetensors"))
+    downs = [k for k in low if "lora.down" in k]
+    assert downs and all(low[k].shape[0] == 4 for k in downs)
+    for k in downs[:3]:  # Eckart-Young: the rank-4 delta is the exact one's SVD truncated, error as reported
+        D = full[k.replace("lora.down", "lora.up")].double() @ full[k].double()
+        D4 = low[k.replace("lora.down", "lora.up")].double() @ low[k].double()
+        U, S, Vh = torch.linalg.svd(D)
+        best = (U[:, :4] * S[:4]) @ Vh[:4]
+        assert (D4 - best).abs().max() <= 1e-4 * D.abs().max(), k
+        rel = float((D - D4).norm() / D.norm())
+        assert any(abs(rel - e) < 1e-3 for e in trunc["relative_error"].values()), k
+    p = erase("unlearn", "--method", "uce", "--concept", "digit 3", "--set", "uce.rank=4", "--out", str(tmp_path / "cli"))
+    assert p.returncode == 0 and "rank 4 (truncated: max relative error" in " ".join(p.stderr.split()), p.stderr

@@ -142,6 +142,18 @@ def factor(D, rank: int):
     return up, down
 
 
+def truncated(W0s: dict, P, rank: int) -> tuple:
+    """The best rank-`rank` approximation (SVD, Eckart-Young) of each projection's exact change W0 P, as LoRA
+    factors, and each one's relative error ||D - D_rank||_F / ||D||_F: ({module: (up, down)}, {module: error})."""
+    factors, errors = {}, {}
+    for n, W in W0s.items():
+        D = W @ P
+        up, down = factor(D, rank)
+        factors[n] = (up, down)
+        errors[n] = float((D - up @ down).norm() / D.norm().clamp_min(1e-30))
+    return factors, errors
+
+
 def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
     """RECE's closed form: for each row c of C, the state c' with sum_l ||W_l c' - W0_l c||^2 + mu ||c'||^2
     least, over every edited layer l at once."""
@@ -323,12 +335,17 @@ def edit(recipe, base, concept, rounds: int = 0):
     if u.robust_project:  # the range of every edited projection loses the erasure's main directions
         P = projected(P, erased - targets_of, u.robust_project)
     rank = min(len(erased) + u.robust_project, P.shape[0])
-    right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
-    factors = {n: (W @ right, down) for n, W in W0s.items()}
+    deltas = {n: W @ P for n, W in W0s.items()}
+    errors = None
+    if u.rank and u.rank < rank:  # uce.rank: the best rank-N approximation of each projection's change
+        factors, errors = truncated(W0s, P, u.rank)
+        rank = u.rank
+    else:
+        right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
+        factors = {n: (W @ right, down) for n, W in W0s.items()}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.time() - t0
-    deltas = {n: W @ P for n, W in W0s.items()}
     err = max(float((up @ down - deltas[n]).abs().max() / deltas[n].abs().max().clamp_min(1e-30))
               for n, (up, down) in factors.items())
     summary = {"edit_seconds": round(seconds, 4), "encode_seconds": round(t_prep, 4),
@@ -339,6 +356,9 @@ def edit(recipe, base, concept, rounds: int = 0):
         summary["rece_rounds"] = history
     if robust_log:
         summary["robust_rounds"] = robust_log
+    if errors is not None:
+        summary["truncation"] = {"rank": rank, "max_relative_error": round(max(errors.values()), 6),
+                                 "relative_error": {n: round(e, 6) for n, e in errors.items()}}
     return factors, rank, summary
 
 

@@ -323,6 +323,9 @@ class UceConfig:
     robust_images: int = field(default=4, metadata={"help": "Robust: the base's images of each forget prompt that "
                                "the attacks reconstruct, >= 1."})
     robust_scale: float = field(default=1.0, metadata={"help": "Robust: s_e of the found states, > 0."})
+    rank: int = field(default=0, metadata={"help": "LoRA rank of the delta: N writes the best rank-N approximation "
+                      "of each edited projection's exact change (SVD; relative errors in train_summary.json and "
+                      "delta.json); 0 (default) or N >= the exact rank writes the exact edit."})
     robust_project: int = field(default=0, metadata={"help": "Robust: also remove from every edited projection's "
                                 "input the top this-many directions of erased-minus-guide states, >= 0 (0: off)."})
 
@@ -345,6 +348,7 @@ class UceConfig:
         "robust_images": (at_least(1),),
         "robust_scale": (above(0),),
         "robust_project": (at_least(0),),
+        "rank": (at_least(0),),
     }
 
 
