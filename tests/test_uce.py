@@ -285,3 +285,28 @@ def test_rank_option_writes_the_best_low_rank_approximation_and_reports_its_erro
         assert any(abs(rel - e) < 1e-3 for e in trunc["relative_error"].values()), k
     p = erase("unlearn", "--method", "uce", "--concept", "digit 3", "--set", "uce.rank=4", "--out", str(tmp_path / "cli"))
     assert p.returncode == 0 and "rank 4 (truncated: max relative error" in " ".join(p.stderr.split()), p.stderr
+
+
+def test_swap_guide_replaces_every_erased_concepts_words_and_keeps_the_rest_of_the_prompt():
+    from erasecli.methods.uce import guides_of
+
+    r = recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=["digit 7"])
+    c = concept_for(r, True)
+    guides = guides_of(r.uce, c)
+    assert len(guides) == len(c.forget)
+    for p, g in zip(c.forget, guides):
+        assert not any(w in g.split() for w in ("three", "3", "seven", "7")), (p, g)
+        assert g.split() == ["zero" if w in ("three", "3", "seven", "7") else w for w in p.split()], (p, g)
+
+
+@pytest.mark.slow
+def test_swap_guide_erases_three_digits_fully_where_the_anchor_caps_ua(tiny, tmp_path):
+    """The anchor 'a red handwritten digit' draws 7s and 8s itself (22 % and 19 % of the base's anchor images),
+    so guide=anchor caps UA; swapping in a kept digit does not (docs/results.md, several concepts)."""
+    also = ["digit 7", "digit 5"]
+    api.unlearn(recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=also), out=tmp_path / "d", base=tiny)
+    e = api.load_recipe(None, ["eval.samples_per_prompt=2", "eval.metrics=[ua,ira,cra]"],
+                        concept={"name": "digit 3", "also": also})
+    row = api.evaluate(e, deltas=[str(tmp_path / "d")], base=tiny)["models"][1]
+    assert min(row["ua_by_concept"].values()) >= 0.95, row["ua_by_concept"]
+    assert row["metrics"]["ira"] >= 0.9 and row["metrics"]["cra"] >= 0.9, row["metrics"]

@@ -167,9 +167,24 @@ def adversarial_states(Ws: dict, W0s: dict, C, mu: float):
 
 
 def guides_of(u, concept) -> list:
-    """What each forget prompt should produce instead, per uce.guide."""
+    """What each forget prompt should produce instead, per uce.guide: its anchor, the empty prompt, one text, or
+    ('swap:WORD') the prompt with the concept's words replaced by WORD ('a red handwritten digit seven' ->
+    'a red handwritten digit zero' for swap:zero): the other attributes of the prompt stay, and the target is
+    one thing the concept is not, where an anchor ('a red handwritten digit') may itself draw the concept."""
     if u.guide == "anchor":
         return list(concept.anchor)
+    if u.guide.startswith("swap:"):
+        from erasecli.attacks.inversion import inverted_prompt
+        from erasecli.concepts import tiny_concept
+
+        word = u.guide[len("swap:"):].strip()
+        parts = [tiny_concept(n, concept.kind) for n in concept.names] if concept.tiny_world else [concept]
+        out = []
+        for prompt in concept.forget:
+            for part in parts:
+                prompt = inverted_prompt(prompt, part, word)
+            out.append(prompt)
+        return out
     return [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
 
 

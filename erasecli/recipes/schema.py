@@ -298,7 +298,9 @@ class UceConfig:
                                  "weaker erasure when several concepts share one delta [ours]."})
     guide: str = field(default="anchor", metadata={"help": "What an erased prompt should produce instead: "
                                                    "'anchor' (its anchor prompt: the prompt without the concept, "
-                                                   "the empty prompt for a bare name), 'empty', or any text."})
+                                                   "the empty prompt for a bare name), 'empty', any text, or 'swap:WORD' (the prompt with "
+                                                   "the concept's words replaced by WORD, e.g. swap:zero; what "
+                                                   "several digits or colours in one delta need) [swap: ours]."})
     tokens: str = field(default="padding", metadata={"help": "Which token embeddings of a forget prompt are "
                                                      "erased: 'padding' (from the first token that differs from "
                                                      "its guide through the padding, as UCE's 2023 code) or "
