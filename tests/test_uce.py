@@ -117,18 +117,25 @@ def test_concepts_erased_together_share_one_concept_model():
 
 @pytest.mark.slow
 def test_uce_erases_three_digits_together_and_keeps_the_rest(tiny, tmp_path):
+    """Both guides in one evaluation: the anchor (default) and swap:zero. The anchor 'a red handwritten digit'
+    draws 7s and 8s itself (22 % and 19 % of the base's anchor images), which caps UA; a swapped-in kept digit
+    does not (docs/results.md, several concepts)."""
     r = recipe("uce", concept="digit 3", also=["digit 5", "digit 7"])
     res = api.unlearn(r, out=tmp_path / "three", base=tiny)
     assert res["delta"]["concepts"] == ["digit 3", "digit 5", "digit 7"]
     assert res["delta"]["concept"] == "digit 3 + digit 5 + digit 7"
+    api.unlearn(recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=["digit 5", "digit 7"]),
+                out=tmp_path / "swap", base=tiny)
     e = api.load_recipe(None, ["eval.samples_per_prompt=4", "eval.metrics=[ua,ira,cra]"],
                         concept={"name": "digit 3", "also": ["digit 5", "digit 7"]})
-    rep = api.evaluate(e, deltas=[str(tmp_path / "three")], base=tiny)
+    rep = api.evaluate(e, deltas=[str(tmp_path / "three"), str(tmp_path / "swap")], base=tiny)
     assert rep["concepts"] == ["digit 3", "digit 5", "digit 7"]
-    row = rep["models"][1]
+    row, swap = rep["models"][1], rep["models"][2]
     assert set(row["ua_by_concept"]) == {"digit 3", "digit 5", "digit 7"}
     assert min(row["ua_by_concept"].values()) >= 0.85 and rep["models"][0]["ua_by_concept"]["digit 5"] <= 0.15
     assert row["metrics"]["ira"] >= 0.85 and row["metrics"]["cra"] >= 0.85
+    assert min(swap["ua_by_concept"].values()) >= 0.95, swap["ua_by_concept"]
+    assert swap["metrics"]["ira"] >= 0.9 and swap["metrics"]["cra"] >= 0.9, swap["metrics"]
 
 
 def test_critic_rl_refuses_several_concepts():
@@ -247,17 +254,15 @@ def test_robust_rounds_add_found_states_and_leave_the_base_untouched(tiny, tmp_p
 
 
 @pytest.mark.slow
-def test_projected_range_stops_concept_inversion_that_plain_uce_lets_through(tiny, tmp_path):
-    """Measured (docs/results.md): plain uce's inversion ASR 1.0 over 3 attack seeds; robust_project=2: 0.0."""
+def test_projected_range_stops_concept_inversion(tiny, tmp_path):
+    """Measured (docs/results.md, "Closed form under attack"): concept inversion brings the 3 back on every forget
+    prompt of plain uce at three attack seeds (ASR 1.0), and on none with uce.robust_project=2 (ASR 0.0)."""
     from erasecli.attacks.run import attack_model
 
-    asr = {}
-    for name, sets in (("plain", []), ("project", ["uce.robust_project=2"])):
-        r = recipe("uce", *sets)  # the protocol's 4 samples per prompt
-        api.unlearn(r, out=tmp_path / name, base=tiny)
-        res = attack_model(r, tiny, tiny_concept("digit 3"), [str(tmp_path / name)], ["inversion"])
-        asr[name] = res["outcomes"]["inversion"].asr
-    assert asr["plain"] >= 0.6 and asr["project"] <= 0.2, asr
+    r = recipe("uce", "uce.robust_project=2")  # the protocol's 4 samples per prompt
+    api.unlearn(r, out=tmp_path / "project", base=tiny)
+    out = attack_model(r, tiny, tiny_concept("digit 3"), [str(tmp_path / "project")], ["inversion"])
+    assert out["pre_asr"] <= 0.1 and out["outcomes"]["inversion"].asr <= 0.2, out["outcomes"]["inversion"].summary()
 
 
 def test_rank_option_writes_the_best_low_rank_approximation_and_reports_its_error(tiny, tmp_path):
@@ -297,16 +302,3 @@ def test_swap_guide_replaces_every_erased_concepts_words_and_keeps_the_rest_of_t
     for p, g in zip(c.forget, guides):
         assert not any(w in g.split() for w in ("three", "3", "seven", "7")), (p, g)
         assert g.split() == ["zero" if w in ("three", "3", "seven", "7") else w for w in p.split()], (p, g)
-
-
-@pytest.mark.slow
-def test_swap_guide_erases_three_digits_fully_where_the_anchor_caps_ua(tiny, tmp_path):
-    """The anchor 'a red handwritten digit' draws 7s and 8s itself (22 % and 19 % of the base's anchor images),
-    so guide=anchor caps UA; swapping in a kept digit does not (docs/results.md, several concepts)."""
-    also = ["digit 7", "digit 5"]
-    api.unlearn(recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=also), out=tmp_path / "d", base=tiny)
-    e = api.load_recipe(None, ["eval.samples_per_prompt=2", "eval.metrics=[ua,ira,cra]"],
-                        concept={"name": "digit 3", "also": also})
-    row = api.evaluate(e, deltas=[str(tmp_path / "d")], base=tiny)["models"][1]
-    assert min(row["ua_by_concept"].values()) >= 0.95, row["ua_by_concept"]
-    assert row["metrics"]["ira"] >= 0.9 and row["metrics"]["cra"] >= 0.9, row["metrics"]
