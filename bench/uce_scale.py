@@ -70,7 +70,7 @@ def main(argv=None) -> None:
             if r >= rank:  # uce.rank writes the exact edit there
                 continue
             t0 = time.perf_counter()
-            tf, errors = truncated(W0s, P, r)
+            tf, errors = truncated({n: W @ P for n, W in W0s.items()}, r)
             secs = time.perf_counter() - t0
             mb = sum((up.numel() + down.numel()) * 4 for up, down in tf.values()) / 2**20
             errs = list(errors.values())

@@ -142,12 +142,12 @@ def factor(D, rank: int):
     return up, down
 
 
-def truncated(W0s: dict, P, rank: int) -> tuple:
-    """The best rank-`rank` approximation (SVD, Eckart-Young) of each projection's exact change W0 P, as LoRA
-    factors, and each one's relative error ||D - D_rank||_F / ||D||_F: ({module: (up, down)}, {module: error})."""
+def truncated(deltas: dict, rank: int) -> tuple:
+    """The best rank-`rank` approximation (SVD, Eckart-Young) of each projection's exact change D (`deltas`:
+    {module: W0 P}), as LoRA factors, and each one's relative error ||D - D_rank||_F / ||D||_F:
+    ({module: (up, down)}, {module: error})."""
     factors, errors = {}, {}
-    for n, W in W0s.items():
-        D = W @ P
+    for n, D in deltas.items():
         up, down = factor(D, rank)
         factors[n] = (up, down)
         errors[n] = float((D - up @ down).norm() / D.norm().clamp_min(1e-30))
@@ -353,7 +353,7 @@ def edit(recipe, base, concept, rounds: int = 0):
     deltas = {n: W @ P for n, W in W0s.items()}
     errors = None
     if u.rank and u.rank < rank:  # uce.rank: the best rank-N approximation of each projection's change
-        factors, errors = truncated(W0s, P, u.rank)
+        factors, errors = truncated(deltas, u.rank)
         rank = u.rank
     else:
         right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
