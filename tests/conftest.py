@@ -13,10 +13,22 @@ def tiny():
     return load_base("tiny", device="cpu")
 
 
+def _session_root(tmp_path_factory):
+    """The folder one test session owns: its basetemp, or under pytest-xdist (`make test`) the parent that the
+    workers' basetemps share."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Tests never read or fill the user's sample cache."""
-    os.environ["ERASECLI_CACHE"] = str(tmp_path_factory.mktemp("erasecli-cache"))
+    """Tests never read or fill the user's sample cache. The session's workers share one: a cached image, latent
+    set or attack result is the one a worker would have computed (PNG is lossless, writes are atomic), so the
+    base's evaluation images are sampled once per session, not once per worker. Tests that count cache hits
+    from an empty cache set their own."""
+    cache = _session_root(tmp_path_factory) / "erasecli-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["ERASECLI_CACHE"] = str(cache)
 
 
 REPLACED_FORMS = ("a {col} handwritten digit {w}", "the number {d} in {col}", "a {col} digit {d}",
@@ -89,9 +101,7 @@ def built_once(tmp_path_factory, name, build):
     it and read the same files. Returns the folder."""
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own basetemp under one shared parent
-        root = root.parent
+    root = _session_root(tmp_path_factory)
     folder, done = root / "built-once" / name, root / "built-once" / f"{name}.done"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):

@@ -285,7 +285,7 @@ class RoundAttack:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         self.P = P.detach()
         with torch.no_grad():
             states = token_states(pipe.unet, cond.encode_ids(self.ids, self.S, self.P))
