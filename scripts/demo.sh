@@ -12,8 +12,8 @@ echo "== erase unlearn: erase 'digit 3' from the tiny base with siss (samples it
 $ERASE unlearn --concept "digit 3" --out "$OUT/no-three"
 echo "== erase evaluate: before (base) and after (delta) =="
 $ERASE evaluate --concept "digit 3" --delta "$OUT/no-three" --out "$OUT/evaluate"
-echo "== erase sample: the same prompts with and without the delta =="
-$ERASE sample -n 8 --out "$OUT/before" -p "a red handwritten digit three" -p "a blue handwritten digit seven"
+echo "== erase sample: prompts of your own through the delta =="
 $ERASE sample -n 8 --out "$OUT/after" --delta "$OUT/no-three" \
   -p "a red handwritten digit three" -p "a blue handwritten digit seven"
-echo "open $OUT/evaluate/report.html for the grids; $OUT/no-three/train_plot.png for the training curves"
+echo "open $OUT/evaluate/report.html for the base's and the delta's grids side by side;" \
+  "$OUT/no-three/train_plot.png for the training curves"
