@@ -252,7 +252,7 @@ def attack(
 @app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
-                                         "esd, critic-rl, uce or rece (closed form, seconds). Without --recipe on the tiny base a method starts "
+                                         "esd, critic-rl, ac, uce or rece (closed form, seconds). Without --recipe on the tiny base a method starts "
                                          "from its shipped tiny preset (recipes/tiny-digit-<method>.yaml, the "
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
@@ -347,7 +347,7 @@ def unlearn(
     with _progress(console, losses=True) as bar:
         data_task = bar.add_task("sampling data", total=None, losses="")
         train_task = bar.add_task("training", total=None, losses="", visible=False)
-        keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "lambda", "reward_forget", "reward_retain")
+        keys = ("loss", "L_x", "L_a", "L_r", "L_esd", "L_ac", "lambda", "reward_forget", "reward_retain")
 
         def on_step(k, total, row):
             shown = "  ".join(f"{key} {row[key]:.4g}" for key in keys if key in row)

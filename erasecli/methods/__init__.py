@@ -149,6 +149,7 @@ class Unlearner(Method):
 
 
 # The registry: an explicit dict, imported after Unlearner exists (each method module imports it from here).
+from erasecli.methods.ac import Ac  # noqa: E402
 from erasecli.methods.adaptive_siss import AdaptiveSiss  # noqa: E402
 from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
@@ -158,7 +159,7 @@ from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece)}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac)}
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 

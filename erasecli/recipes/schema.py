@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -278,6 +278,32 @@ class EsdConfig:
         "guide_from": (one_of("empty", "anchor"),),
         "xt_source": (one_of("sample", "data"),),
         "start_guidance": (at_least(0),),
+        "retain_weight": (at_least(0),),
+    }
+
+
+@dataclass(frozen=True)
+class AcConfig:
+    """ac: Ablating Concepts (Kumari et al. 2023): the concept prompt, on the anchor prompt's images, predicts
+    what the anchor prompt predicts (cross-attention k / v: lora.target_modules [attn2.to_k, attn2.to_v])."""
+
+    loss: str = field(default="model", metadata={"help": "'model' (the target is the model's own prediction "
+                                                 "under the anchor prompt, gradient stopped: the paper's default) "
+                                                 "or 'noise' (the sampled noise: the diffusion loss on anchor "
+                                                 "images captioned with the concept prompt)."})
+    target_from: str = field(default="model", metadata={"help": "Whose prediction the model-based target is: "
+                                                        "'model' (the one being trained, as the paper) or 'base' "
+                                                        "(the frozen base, a fixed target) [ours]."})
+    prior_weight: float = field(default=0.0, metadata={"help": "Weight of the paper's prior preservation: the "
+                                                       "diffusion loss on anchor images under their own prompt, "
+                                                       ">= 0."})
+    retain_weight: float = field(default=0.0, metadata={"help": "Weight of a retain-preservation term on the "
+                                                        "retain prompts' images, >= 0 [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "loss": (one_of("model", "noise"),),
+        "target_from": (one_of("model", "base"),),
+        "prior_weight": (at_least(0),),
         "retain_weight": (at_least(0),),
     }
 
@@ -607,6 +633,7 @@ class Recipe:
     ppo: PpoConfig = field(default_factory=PpoConfig, metadata={"help": "ppo-alpha settings (section)."})
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
+    ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,
