@@ -49,7 +49,7 @@ from bench.common import emit
 BENCH = "sd_size"
 ROOT = Path(__file__).resolve().parent.parent
 # In run order: once --budget-s is spent the rest are skipped, and the siss variants tell least beyond siss.
-METHODS = ("siss", "esd", "critic-rl", "adaptive-siss", "ppo-alpha")
+METHODS = ("siss", "esd", "critic-rl", "adaptive-siss", "ppo-alpha", "ac")
 SISS_FAMILY = ("siss", "adaptive-siss", "ppo-alpha")
 TARGET_SECONDS = {"siss": 300.0, "adaptive-siss": 300.0, "ppo-alpha": 300.0, "critic-rl": 900.0}
 TARGET_PEAK_GB = {"siss": 12.0, "adaptive-siss": 12.0, "ppo-alpha": 12.0}

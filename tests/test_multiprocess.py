@@ -61,7 +61,7 @@ def test_two_processes_sample_the_same_images_and_one_writes(tmp_path):
     assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]  # no staging folder left behind
 
 
-@pytest.mark.parametrize("method", ["siss", "esd"])
+@pytest.mark.parametrize("method", ["siss", "esd", "ac"])
 def test_data_parallel_training_matches_one_process(method, tmp_path):
     args = ["unlearn", "--method", method, "--concept", "digit 3", "--steps", "4", *SMALL]
     p = launch(*args, "--out", str(tmp_path / "two"), "--json")
