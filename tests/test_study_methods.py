@@ -1,15 +1,18 @@
 """The comparison study's methods (docs/methods.md): each one's loss checked against the same quantity computed
 here by hand on a two-row case with the real tiny UNet, from the same random draws."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from erasecli.recipes import load_recipe
 
 
+@contextmanager
 def _two_row_context(tiny, method, *sets):
     """A Context on two forget / anchor rows of random latents ("a red handwritten digit three" and its anchor),
-    batch 2, no retain images, with a fresh LoRA on the cross-attention k / v. Returns (ctx, adapter manager)."""
+    batch 2, no retain images, with a fresh LoRA on the cross-attention k / v that is taken off on the way out."""
     from erasecli.data import TrainData
     from erasecli.diffusion.cond import encode_prompts
     from erasecli.diffusion.noise import schedule_of
@@ -25,20 +28,17 @@ def _two_row_context(tiny, method, *sets):
                      forget_c=torch.tensor([1, 1]), anchor=torch.randn(2, 4, 8, 8, generator=g),
                      anchor_c=torch.tensor([2, 2]), retain=torch.zeros(0, 4, 8, 8),
                      retain_c=torch.zeros(0, dtype=torch.long))
-    manager = attached(tiny, rank=4, alpha=4.0, targets=["attn2.to_k", "attn2.to_v"], seed=0)
-    adapter = manager.__enter__()
-    ctx = Context(recipe=r, base=tiny, unet=adapter.denoiser, adapter=adapter, data=data,
-                  gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(tiny.pipe.scheduler),
-                  device=tiny.device)
-    return ctx, manager
+    with attached(tiny, rank=4, alpha=4.0, targets=["attn2.to_k", "attn2.to_v"], seed=0) as adapter:
+        yield Context(recipe=r, base=tiny, unet=adapter.denoiser, adapter=adapter, data=data,
+                      gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(tiny.pipe.scheduler),
+                      device=tiny.device)
 
 
 @pytest.mark.parametrize("loss, target_from", [("model", "model"), ("model", "base"), ("noise", "model")])
 def test_ac_loss_and_gradient_by_hand(tiny, loss, target_from):
     from erasecli.methods.ac import Ac
 
-    ctx, manager = _two_row_context(tiny, "ac", f"ac.loss={loss}", f"ac.target_from={target_from}")
-    try:
+    with _two_row_context(tiny, "ac", f"ac.loss={loss}", f"ac.target_from={target_from}") as ctx:
         unet, d = ctx.unet, ctx.data
         g = torch.Generator("cpu")
         g.set_state(ctx.gen.get_state())  # the draws the step is about to make, in its order
@@ -69,17 +69,12 @@ def test_ac_loss_and_gradient_by_hand(tiny, loss, target_from):
         assert row["L_ac"] == pytest.approx(want.item(), rel=1e-5)
         assert row["grad_norm"] == pytest.approx(want_norm.item(), rel=1e-4)  # the target carries no gradient
         assert row["L_p"] == 0 and row["L_r"] == 0 and row["loss"] == pytest.approx(row["L_ac"])
-    finally:
-        manager.__exit__(None, None, None)
 
 
 def test_ac_prior_preservation_adds_the_anchor_diffusion_loss(tiny):
     """ac.prior_weight p: loss = L_ac + p L_p, L_p the plain diffusion loss of anchor images under their prompt."""
     from erasecli.methods.ac import Ac
 
-    ctx, manager = _two_row_context(tiny, "ac", "ac.prior_weight=2")
-    try:
+    with _two_row_context(tiny, "ac", "ac.prior_weight=2") as ctx:
         row = Ac(ctx).step(0)
         assert row["L_p"] > 0 and row["loss"] == pytest.approx(row["L_ac"] + 2 * row["L_p"], rel=1e-5)
-    finally:
-        manager.__exit__(None, None, None)

@@ -51,27 +51,29 @@ class Ac(Unlearner):
         ctx, cfg = self.ctx, self.ctx.recipe.ac
         d, B = ctx.data, ctx.recipe.train.batch_size
         local = ctx.world.local  # every process draws the whole batch, then keeps its rows
-        i = ctx.randint(len(d.anchor), B)
-        t = ctx.randint(ctx.num_timesteps, B)
-        eps = ctx.randn(d.anchor[i].shape)
-        x_t = ctx.noise.add_noise(d.anchor[i], eps, t)
-        x_t, t, eps, c, c_anchor = (local(v) for v in (x_t, t, eps, d.forget_c[i], d.anchor_c[i]))
-        target = self.targets(x_t, t, c_anchor, eps)
-        terms = {"ac": (x_t, t, c, target)}  # term -> (input, t, prompt, target), evaluated in one forward
+
+        def noisy_anchors():
+            """B anchor latents noised to random t, this process's rows: (x_t, t, eps, rows drawn)."""
+            i = ctx.randint(len(d.anchor), B)
+            t = ctx.randint(ctx.num_timesteps, B)
+            eps = ctx.randn(d.anchor[i].shape)
+            return local(ctx.noise.add_noise(d.anchor[i], eps, t)), local(t), local(eps), i
+
+        x_t, t, eps, i = noisy_anchors()
+        c, c_anchor = local(d.forget_c[i]), local(d.anchor_c[i])
+        terms = {"ac": (x_t, t, c, self.targets(x_t, t, c_anchor, eps))}  # name -> (input, t, prompt, target)
         if cfg.prior_weight > 0:
-            j = ctx.randint(len(d.anchor), B)
-            t_p = ctx.randint(ctx.num_timesteps, B)
-            eps_p = ctx.randn(d.anchor[j].shape)
-            x_p = ctx.noise.add_noise(d.anchor[j], eps_p, t_p)
-            terms["p"] = tuple(local(v) for v in (x_p, t_p, d.anchor_c[j], eps_p))
+            x_p, t_p, eps_p, j = noisy_anchors()
+            terms["p"] = (x_p, t_p, local(d.anchor_c[j]), eps_p)
         if cfg.retain_weight > 0 and len(d.retain) > 0:
             m_r, t_r, c_r, eps_r = (local(v) for v in ctx.noisy_retain(B))
             terms["r"] = (m_r, t_r, c_r, eps_r)
-        preds = ctx.eps(*(torch.cat(parts) for parts in list(zip(*terms.values()))[:3]))
+        inputs, ts, prompts, targets = zip(*terms.values())
+        preds = ctx.eps(torch.cat(inputs), torch.cat(ts), torch.cat(prompts)).split([len(x) for x in inputs])
         zero = torch.zeros((), device=x_t.device)
         L = {"ac": zero, "p": zero, "r": zero}
-        for name, e in zip(terms, preds.split([len(v[0]) for v in terms.values()])):
-            L[name] = mse(e, terms[name][3]).sum() / B  # this process's share of the batch mean
+        for name, e, target in zip(terms, preds, targets):  # all terms in one forward
+            L[name] = mse(e, target).sum() / B  # this process's share of the batch mean
         L_ac, L_p, L_r = L["ac"], L["p"], L["r"]
         loss = L_ac + cfg.prior_weight * L_p + cfg.retain_weight * L_r
         self.opt.zero_grad(set_to_none=True)
