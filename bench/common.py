@@ -33,3 +33,24 @@ def method_args(method: str, root, base: str = "tiny") -> list:
     recipe = Path(root) / "recipes" / f"{base}-digit-{method}.yaml"
     args = ["--recipe", str(recipe)] if recipe.is_file() else ["--method", method]
     return args + (["--base", base] if base != "tiny" else [])
+
+
+def is_guard(method: str) -> bool:
+    """Whether `erase unlearn --method M` writes a guard (sampling time) rather than a LoRA delta."""
+    from erasecli.methods import get_method
+
+    return get_method(method).guard
+
+
+def model_args(method: str, folder) -> list:
+    """How evaluate / attack take what `erase unlearn --method M --out folder` wrote: --delta or --guard."""
+    return ["--guard" if is_guard(method) else "--delta", str(folder)]
+
+
+def output_file(method: str, folder):
+    """The file whose size is the method's delta size (a guard's tensors for a guard)."""
+    from pathlib import Path
+
+    from erasecli.delta import GUARD_FILE, LORA_FILE
+
+    return Path(folder) / (GUARD_FILE if is_guard(method) else LORA_FILE)

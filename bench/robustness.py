@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import emit, method_args
+from bench.common import emit, method_args, model_args, output_file
 from bench.unlearn_compare import ROOT, erase
 
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
@@ -52,12 +52,13 @@ def variant_args(method: str, variant: str):
     return table[variant]
 
 
-def evaluate(base: str, deltas: list[Path], a, attack_seed: int = 2000) -> dict:
+def evaluate(base: str, deltas: list[tuple], a, attack_seed: int = 2000) -> dict:
+    """Every (method, folder) beside the base in one `erase evaluate`; {column name: metrics}."""
     args = ["evaluate", "--base", base, "--concept", "digit 3", "--metrics", a.metrics,
             "--samples-per-prompt", str(a.samples_per_prompt), "--set", f"attack.budget={a.budget}",
             "--set", f"attack.seed={attack_seed}"]
-    for d in deltas:
-        args += ["--delta", str(d)]
+    for m, d in deltas:
+        args += model_args(m, d)
     if base == ORACLE:  # the deltas were made for the tiny base
         args.append("--force")
     rep = erase(*args)
@@ -106,11 +107,11 @@ def main(argv=None) -> None:
                         continue
                     name = m if v == "plain" else f"{m} {v}"
                     d = work / f"seed{seed}" / name.replace(" ", "-")
-                    if not (d / "pytorch_lora_weights.safetensors").exists():
+                    if not output_file(m, d).exists():
                         extra = extra + ([x for kv in a.sets for x in ("--set", kv)] if v != "plain" else [])
                         erase("unlearn", *method_args(m, ROOT, a.base), "--seed", str(seed), *extra,
                               "--out", str(d), "--overwrite")
-                    deltas.append(d)
+                    deltas.append((m, d))
                     names.append(name)
             figures = evaluate(a.base, deltas, a, aseed)
             if first:
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
                 if oracle is not None:
                     rows.append(("oracle (retrained without 3s)", "-", aseed, oracle))
                 first = False
-            for name, d in zip(names, deltas):
+            for name, (_, d) in zip(names, deltas):
                 train = json.loads((d / "train_summary.json").read_text())["train_seconds"]
                 rows.append((name, seed, aseed, {**figures[d.name], "train_seconds": train}))
     for name, seed, aseed, f in rows:

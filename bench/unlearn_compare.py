@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, method_args
+from bench.common import emit, method_args, model_args, output_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ua": 0.95, "ira": 0.90, "cra": 0.90, "cra_forget": 0.90, "train_seconds": 60.0}
@@ -65,8 +65,8 @@ def main(argv=None) -> None:
                     "--out", str(work / m))
         results[m] = res["summary"]
         results[m]["command_seconds"] = round(time.time() - t0, 2)  # the whole command: imports, base load
-        results[m]["delta_bytes"] = (work / m / "pytorch_lora_weights.safetensors").stat().st_size
-    report = erase("evaluate", "--concept", a.concept, "--base", a.base, *sum([["--delta", str(work / m)] for m in methods], []),
+        results[m]["delta_bytes"] = output_file(m, work / m).stat().st_size
+    report = erase("evaluate", "--concept", a.concept, "--base", a.base, *sum([model_args(m, work / m) for m in methods], []),
                    "--metrics", "ua,ira,cra,cra_forget,fid,kid,fid_forget,clip_score", "--samples-per-prompt", str(a.samples_per_prompt))
     metrics = {row["name"]: row["metrics"] for row in report["models"]}
     n_images = report["protocol"]["images_per_model"]

@@ -16,10 +16,16 @@ from erasecli.errors import UsageError
 from erasecli.recipes.presets import load_with_defaults as load_recipe  # noqa: F401 - the library's recipe loader
 
 
-def _check_model_request(recipe, deltas, out, overwrite: bool, force: bool, verb: str):
-    """What `evaluate` and `attack` share: a concept, a free --out, a known base, deltas made for it. Returns
-    the base's reference."""
-    from erasecli.delta import read_delta_info
+def _check_kinds(deltas, guards) -> list:
+    """Each --delta a LoRA delta, each --guard a guard (the error names the flag that fits). Returns the infos."""
+    from erasecli.delta import check_kind
+
+    return [check_kind(d, "lora") for d in deltas] + [check_kind(g, "guard") for g in guards]
+
+
+def _check_model_request(recipe, deltas, out, overwrite: bool, force: bool, verb: str, guards=()):
+    """What `evaluate` and `attack` share: a concept, a free --out, a known base, deltas and guards made for it.
+    Returns the base's reference."""
     from erasecli.errors import DeltaError
     from erasecli.models.registry import resolve_base
     from erasecli.outputs import check_out
@@ -28,10 +34,10 @@ def _check_model_request(recipe, deltas, out, overwrite: bool, force: bool, verb
         raise UsageError(f"no concept to {verb}", hint='pass --concept, e.g. --concept "digit 3"')
     check_out(out, overwrite)
     ref = resolve_base(recipe.base)
-    for d in deltas:
-        info = read_delta_info(d)
+    for info in _check_kinds(deltas, guards):
         if not force and info.base and info.base != ref.name:
-            raise DeltaError(f"delta {d} was made for base {info.base!r}, not {ref.name!r}",
+            raise DeltaError(f"{info.kind if info.kind == 'guard' else 'delta'} {info.path} was made for base "
+                             f"{info.base!r}, not {ref.name!r}",
                              hint=f"use --base {info.base}, or --force to {verb} it anyway")
     return ref
 
@@ -46,9 +52,8 @@ def _judged_concept(recipe, ref):
 
 
 def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, guards: Sequence[str] = ()) -> None:
     """Everything about a sample request that can be wrong, checked before any model loads."""
-    from erasecli.delta import read_delta_info
     from erasecli.models.registry import resolve_base
     from erasecli.outputs import check_out
 
@@ -58,26 +63,28 @@ def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str
         raise UsageError(f"-n must be >= 1, got {n}")
     check_out(out, overwrite)
     resolve_base(recipe.base)
-    for d in deltas:
-        read_delta_info(d)
+    _check_kinds(deltas, guards)
+    if len(guards) > 1:
+        raise UsageError(f"{len(guards)} guards given; a sample applies one",
+                         hint="sample each guard on its own, or compare them with erase evaluate --guard A --guard B")
 
 
 def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,
            overwrite: bool = False, force: bool = False, device: str | None = None, dtype: str = "auto",
-           progress: Callable[[int, int], None] | None = None, base=None) -> list:
-    """`erase sample`: n images per prompt from the base (plus deltas), seeds recipe.sample.seed + i.
+           progress: Callable[[int, int], None] | None = None, base=None, guards: Sequence[str] = ()) -> list:
+    """`erase sample`: n images per prompt from the base (plus deltas and a guard), seeds recipe.sample.seed + i.
 
     With `out`, writes PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl` and the resolved
     `recipe.yaml`, all into a temp folder that replaces `out` only when complete.
     """
-    from erasecli.delta import apply_deltas
+    from erasecli.delta import apply_deltas, remove_deltas
     from erasecli.models.registry import load_base
 
-    check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite)
+    check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite, guards=guards)
     out = Path(out) if out is not None else None
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    infos = apply_deltas(base, deltas, force=force)
+    infos = apply_deltas(base, [*deltas, *guards], force=force)
     cfg = recipe.sample
     jobs = [(p, cfg.seed + i) for p in prompts for i in range(n)]
     done = 0
@@ -93,8 +100,8 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     try:
         images = generate_with(base, [j[0] for j in jobs], [j[1] for j in jobs], cfg, on_batch=tick)
     finally:
-        if deltas:
-            base.pipe.unload_lora_weights()
+        if infos:
+            remove_deltas(base)
     records = []
     for pi, p in enumerate(prompts):
         folder = f"{pi:03d}-{slug(p)}"
@@ -109,12 +116,12 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
 
 
 def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
-                   force: bool = False):
+                   force: bool = False, guards: Sequence[str] = ()):
     """Everything about an evaluate request that can be wrong, before any model loads. Returns the concept."""
     from erasecli.eval.metrics import check_metrics
 
     check_metrics(recipe.eval.metrics)
-    ref = _check_model_request(recipe, deltas, out, overwrite, force, "evaluate")
+    ref = _check_model_request(recipe, deltas, out, overwrite, force, "evaluate", guards)
     concept = _judged_concept(recipe, ref)
     concept.check_evaluable()
     from erasecli.eval.metrics import attacks_for
@@ -129,18 +136,19 @@ def check_evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = Non
 
 def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
              force: bool = False, device: str | None = None, dtype: str = "auto",
-             progress: Callable[[str, int, int], None] | None = None, base=None) -> dict:
-    """`erase evaluate`: UA/IRA/CRA, cra_forget, CLIP score, FID/KID, fid_forget of the base and each delta, as
-    one report dict (erasecli.eval.run). With `out`, also writes images, grids, report.json and report.html
-    (atomically)."""
+             progress: Callable[[str, int, int], None] | None = None, base=None, guards: Sequence[str] = ()) -> dict:
+    """`erase evaluate`: UA/IRA/CRA, cra_forget, CLIP score, FID/KID, fid_forget of the base and each delta and
+    guard (one column each), as one report dict (erasecli.eval.run). With `out`, also writes images, grids,
+    report.json and report.html (atomically)."""
     from erasecli.dist import world
     from erasecli.eval.run import evaluate_models
     from erasecli.models.registry import load_base
 
-    concept = check_evaluate(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force)
+    concept = check_evaluate(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force, guards=guards)
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
-    report, models, robust = evaluate_models(recipe, base, concept, deltas, force=force, progress=progress)
+    report, models, robust = evaluate_models(recipe, base, concept, [*deltas, *guards], force=force,
+                                             progress=progress)
     if out is not None and world().is_main:
         from erasecli.eval.report import write_report_dir
 
@@ -150,11 +158,11 @@ def evaluate(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, ove
 
 
 def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
-                 force: bool = False):
+                 force: bool = False, guards: Sequence[str] = ()):
     """Everything about an attack request that can be wrong, before any model loads. Returns the concept."""
     from erasecli.attacks.run import check_attacks
 
-    ref = _check_model_request(recipe, deltas, out, overwrite, force, "attack")
+    ref = _check_model_request(recipe, deltas, out, overwrite, force, "attack", guards)
     concept = _judged_concept(recipe, ref)
     check_attacks(recipe, concept, recipe.attack.attacks)
     return concept
@@ -162,9 +170,9 @@ def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None,
 
 def attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overwrite: bool = False,
            force: bool = False, device: str | None = None, dtype: str = "auto",
-           progress: Callable[[str, int, int], None] | None = None, base=None) -> dict:
-    """`erase attack`: does the erased concept come back? Runs recipe.attack.attacks on each delta (or on the
-    base alone when none is given) and returns the report: pre-ASR and ASR per attack, with N, the judge, its
+           progress: Callable[[str, int, int], None] | None = None, base=None, guards: Sequence[str] = ()) -> dict:
+    """`erase attack`: does the erased concept come back? Runs recipe.attack.attacks on each delta and guard
+    (or on the base alone when none is given) and returns the report: pre-ASR and ASR per attack, with N, the judge, its
     threshold, the seeds and the budget. With `out`, also writes the adversarial prompts (files that `erase
     sample --prompts-file` reads), the learned embeddings, the images and report.html (atomically)."""
     import time
@@ -177,12 +185,12 @@ def attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overw
     from erasecli.recipes import recipe_to_dict
 
     t0 = time.time()
-    concept = check_attack(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force)
+    concept = check_attack(recipe, deltas=deltas, out=out, overwrite=overwrite, force=force, guards=guards)
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)
     judge = make_judges(recipe, base, concept, need_clip=False)[0]
     models, results = [], []
-    for d in deltas or [None]:
+    for d in [*deltas, *guards] or [None]:
         from erasecli.delta import read_delta_info
 
         info = read_delta_info(d) if d else None
@@ -343,6 +351,8 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         base = load_base(recipe.base, device=device, dtype=dtype)
     if cls.closed_form:
         return _unlearn_closed_form(recipe, cls, base, out, overwrite, t0)
+    if cls.guard:
+        return _unlearn_guard(recipe, cls, base, out, overwrite, t0)
     data = build_train_data(recipe, base, progress=data_progress, images=cls.uses_images(recipe))
     peak0 = peak_rss_mb()
     with attached_for(recipe.lora, base, recipe.train.seed) as adapter:
@@ -401,3 +411,29 @@ def _unlearn_closed_form(recipe, cls, base, out: Path, overwrite: bool, t0: floa
                              recipe=recipe_to_dict(recipe), metrics=meta, overwrite=overwrite, extra=extra)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     return {"out": str(out), "delta": saved.to_dict(), "summary": summary}
+
+
+def _unlearn_guard(recipe, cls, base, out: Path, overwrite: bool, t0: float) -> dict:
+    """sld: encode the safety concept and write the guard folder (erasecli.delta.save_guard); no weights change."""
+    import time
+
+    from erasecli.data import concept_of
+    from erasecli.delta import save_guard
+    from erasecli.methods.loop import peak_rss_mb
+    from erasecli.recipes import recipe_to_dict
+
+    concept = concept_of(recipe, base.ref)
+    tensors, settings = cls.build(recipe, base, concept)
+    summary = {"method": recipe.method, "concept": concept.name, "concepts": list(concept.names), "guard": settings,
+               "steps": 0, "train_seconds": round(time.time() - t0, 3), "trainable_params": 0,
+               "peak_rss_mb": peak_rss_mb(),
+               "data": {"sampling_seconds": 0.0, "forget_prompts": len(concept.forget),
+                        "retain_prompts": len(concept.retain)}}
+
+    def extra(folder: Path):
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+    info = save_guard(out, tensors, base=base, method=recipe.method, concept=concept.name, concepts=concept.names,
+                      recipe=recipe_to_dict(recipe), settings=settings, overwrite=overwrite, extra=extra)
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    return {"out": str(out), "delta": info.to_dict(), "summary": summary}

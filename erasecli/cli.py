@@ -42,6 +42,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, sd-1.4, sd-1.5, sd-2.1-base, sdxl-1.0, a local "
                     "diffusers folder (SD or SDXL) or a hub id.")
 DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
+GUARDS = typer.Option([], "--guard", help="A guard folder from `erase unlearn --method sld` (a sampling-time "
+                      "erasure; repeatable where each model is its own column).")
 RECIPE = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/).")
 SET = typer.Option([], "--set", help="Override a recipe field, e.g. --set sample.eta=0.5 (repeatable).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if it exists.")
@@ -113,6 +115,7 @@ def sample(
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="One prompt a line; - reads stdin."),
     base: Optional[str] = BASE,
     delta: List[Path] = DELTAS,
+    guard: List[Path] = GUARDS,
     n: int = typer.Option(4, "-n", help="Images per prompt."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed; image i uses seed + i. [default: 0]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. [default: recipe's, 25]"),
@@ -127,7 +130,7 @@ def sample(
     dtype: str = DTYPE,
     as_json: bool = JSON,
 ):
-    """Generate images from a base, optionally with deltas applied."""
+    """Generate images from a base, optionally with deltas (and a guard) applied."""
     from erasecli import api
 
     prompts = _read_prompts(prompt, prompts_file)
@@ -135,16 +138,19 @@ def sample(
         raise UsageError("nowhere to put the images", hint="pass --out DIR (or --json for the records only)")
     r = load_recipe_cli(recipe, set_, base=base,
                         sample=_drop_none({"seed": seed, "steps": steps, "guidance": guidance, "batch_size": batch_size}))
-    api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite)
+    guards = [str(g) for g in guard]
+    api.check_sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite,
+                     guards=guards)
     console = _stderr_console()
     loaded = _load_base_with_status(console, r.base, device, dtype)
     with _progress(console, "sampling") as bar:
         task = bar.add_task("sample", total=len(prompts) * n)
         records = api.sample(r, prompts=prompts, n=n, deltas=[str(d) for d in delta], out=out, overwrite=overwrite,
-                             force=force, base=loaded,
+                             force=force, base=loaded, guards=guards,
                              progress=lambda done, total: bar.update(task, completed=done))
     if as_json:
         print(json.dumps({"out": str(out) if out else None, "base": r.base, "deltas": [str(d) for d in delta],
+                          "guards": guards,
                           "images": [{"prompt": x.prompt, "seed": x.seed, "file": x.file} for x in records]}))
     else:
         console.print(f"wrote {len(records)} images and {len(prompts)} grid(s) to {out}")
@@ -156,6 +162,7 @@ def evaluate(
                                       'repeat it for a delta that erased several (UA per concept).'),
     base: Optional[str] = BASE,
     delta: List[Path] = DELTAS,
+    guard: List[Path] = GUARDS,
     metrics: List[str] = typer.Option([], "--metrics", help="Metric names, comma-separated or repeated. "
                                       "[default: ua,ira,cra,clip_score,fid,kid]"),
     samples_per_prompt: Optional[int] = typer.Option(None, "--samples-per-prompt", help="Images per prompt."),
@@ -169,13 +176,14 @@ def evaluate(
     dtype: str = DTYPE,
     as_json: bool = JSON,
 ):
-    """Measure an erasure: UA, IRA, CRA, CLIP score, FID/KID of the base and each delta, side by side."""
+    """Measure an erasure: UA, IRA, CRA, CLIP score, FID/KID of the base and each delta or guard, side by side."""
     from erasecli import api
 
     names = [m.strip() for x in metrics for m in x.split(",") if m.strip()] or None
     r = load_recipe_cli(recipe, set_, base=base, concept=_concepts(concept),
                         eval=_drop_none({"metrics": names, "samples_per_prompt": samples_per_prompt, "seed": seed}))
-    api.check_evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
+    guards = [str(g) for g in guard]
+    api.check_evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force, guards=guards)
     from erasecli.eval.report import rich_table
 
     console = _stderr_console()
@@ -183,7 +191,7 @@ def evaluate(
     with _progress(console) as bar:
         task = bar.add_task("sampling", total=None)
         report = api.evaluate(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force,
-                              base=loaded, progress=lambda what, done, total: bar.update(
+                              base=loaded, guards=guards, progress=lambda what, done, total: bar.update(
                                   task, description=what, completed=done, total=total))
     if as_json:
         print(json.dumps(report))
@@ -200,6 +208,7 @@ def attack(
     concept: Optional[str] = typer.Option(None, "--concept", help='The erased concept, e.g. "digit 3".'),
     base: Optional[str] = BASE,
     delta: List[Path] = DELTAS,
+    guard: List[Path] = GUARDS,
     attacks: List[str] = typer.Option([], "--attacks", help="Attacks, comma-separated or repeated: paraphrase, "
                                       "prompt, inversion. [default: all three]"),
     budget: Optional[float] = typer.Option(None, "--budget", help="Scales every attack's steps and restarts "
@@ -215,8 +224,8 @@ def attack(
     as_json: bool = JSON,
 ):
     """Attack an erasure: does the concept come back under paraphrases, an optimised prompt prefix
-    (UnlearnDiffAtk) or concept inversion? Prints pre-ASR and ASR per attack for each delta (the base alone
-    when no --delta is given)."""
+    (UnlearnDiffAtk) or concept inversion? Prints pre-ASR and ASR per attack for each delta or guard (the base
+    alone when neither is given)."""
     from erasecli import api
 
     names = [a.strip() for x in attacks for a in x.split(",") if a.strip()] or None
@@ -229,7 +238,8 @@ def attack(
         raise UsageError(f"--budget must be > 0, got {budget}", hint="e.g. --budget 0.5 for a quicker, weaker attack")
     r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
                         attack=_drop_none({"attacks": names, "budget": budget}))
-    api.check_attack(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force)
+    guards = [str(g) for g in guard]
+    api.check_attack(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force, guards=guards)
     from erasecli.eval.report import rich_attack_table
 
     console = _stderr_console()
@@ -237,7 +247,7 @@ def attack(
     with _progress(console) as bar:
         task = bar.add_task("attacking", total=None)
         report = api.attack(r, deltas=[str(d) for d in delta], out=out, overwrite=overwrite, force=force,
-                            base=loaded, progress=lambda what, done, total: bar.update(
+                            base=loaded, guards=guards, progress=lambda what, done, total: bar.update(
                                 task, description=what, completed=done, total=total))
     if as_json:
         print(json.dumps(report))
@@ -252,7 +262,7 @@ def attack(
 @app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
-                                         "esd, critic-rl, ac, uce or rece (closed form, seconds). Without --recipe on the tiny base a method starts "
+                                         "esd, critic-rl, ac, uce or rece (closed form, seconds), sld (a sampling-time guard, no weights change). Without --recipe on the tiny base a method starts "
                                          "from its shipped tiny preset (recipes/tiny-digit-<method>.yaml, the "
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
@@ -360,6 +370,11 @@ def unlearn(
         return
     if as_json:
         print(json.dumps(result))
+    elif result["delta"].get("kind") == "guard":
+        g, named = result["delta"]["guard"], " ".join(f"--concept {json.dumps(c)}" for c in result["delta"]["concepts"])
+        console.print(f"wrote guard to {result['out']} ({result['delta']['method']}, preset {g['preset']}, safety "
+                      f"concept {g['concept_text']!r}; no weights change: pass it with --guard)")
+        console.print(f"next: erase evaluate {named} --base {result['delta']['base']} --guard {result['out']}")
     else:
         s = result["summary"]
         defaults = (r.defaults if r is not None else "") or "paper"

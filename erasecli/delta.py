@@ -6,6 +6,12 @@ erasecli code. The safetensors header carries diffusers' `lora_adapter_metadata`
 the LoRA scale is restored exactly) and erasecli's own keys: base, base UNet architecture, method, concept,
 resolved recipe, version, creation time, metrics. `recipe.yaml` and `delta.json` beside it say the same for
 people.
+
+A guard (`erase unlearn --method sld`) is the other kind of folder: a sampling-time erasure that changes no
+weight. It holds `guard.safetensors` (the safety concept's and the empty prompt's condition tensors, the same
+header keys plus `erasecli.guard`, its settings), `guard.json` and `recipe.yaml`. `apply_deltas` puts it on
+the UNet (erasecli.diffusion.guard) and `remove_deltas` takes LoRA and guard off again; a plain diffusers
+pipeline cannot load it (README, "Guards").
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from erasecli.errors import DeltaError
 from erasecli.outputs import check_out, replace_dir, staging_dir
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+GUARD_FILE = "guard.safetensors"
 META_PREFIX = "erasecli."
 
 
@@ -38,11 +45,20 @@ class DeltaInfo:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     concepts: tuple = ()  # every concept erased into this delta (`concept` joins them with " + ")
+    kind: str = "lora"  # "lora" (weights) or "guard" (sampling time)
+    guard: dict = field(default_factory=dict)  # a guard's settings
+
+    @property
+    def file(self) -> Path:
+        return self.path / (GUARD_FILE if self.kind == "guard" else LORA_FILE)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "base": self.base, "base_arch": self.base_arch, "method": self.method,
-                "concept": self.concept, "concepts": list(self.concepts or (self.concept,)),
-                "version": self.version, "created": self.created, "recipe": self.recipe, "metrics": self.metrics}
+        d = {"path": str(self.path), "base": self.base, "base_arch": self.base_arch, "method": self.method,
+             "concept": self.concept, "concepts": list(self.concepts or (self.concept,)),
+             "version": self.version, "created": self.created, "recipe": self.recipe, "metrics": self.metrics}
+        if self.kind == "guard":
+            d |= {"kind": "guard", "guard": self.guard}
+        return d
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
@@ -98,13 +114,23 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     def save_with_header(weights, filename):
         save_file(weights, filename, metadata=header)
 
-    tmp = staging_dir(out)
-    try:
+    def write(tmp):
         names = kind.lora_layers_kwargs  # {"unet": "unet_lora_layers", "text_encoder": ..., ...}
         getattr(diffusers, kind.pipeline_class).save_lora_weights(
             str(tmp), **{names[kind.denoiser]: layers}, **{names[a]: te_layers.get(a) for a in kind.text_encoders},
             save_function=save_with_header)
-        (tmp / "delta.json").write_text(json.dumps(info.to_dict() | {"path": None}, indent=2))
+
+    _write_folder(out, overwrite, write, info, "delta.json", recipe, extra)
+    return info
+
+
+def _write_folder(out: Path, overwrite: bool, write, info: DeltaInfo, info_name: str, recipe: dict, extra) -> None:
+    """Stage a delta or guard folder (what `write(tmp)` writes, the info JSON, recipe.yaml, what `extra(tmp)` adds)
+    and swap it in whole, so an existing folder is never half-overwritten."""
+    tmp = staging_dir(out)
+    try:
+        write(tmp)
+        (tmp / info_name).write_text(json.dumps(info.to_dict() | {"path": None}, indent=2))
         from erasecli.recipes import recipe_from_dict, write_recipe
 
         if recipe:
@@ -114,17 +140,18 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
         replace_dir(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return info
 
 
 def read_delta_info(path: str | Path) -> DeltaInfo:
-    """Read a delta's header metadata without loading its tensors."""
+    """Read a delta's (or a guard's) header metadata without loading its tensors."""
     from safetensors import safe_open
 
     p = Path(path)
-    file = p / LORA_FILE if p.is_dir() else p
     if not p.exists():
         raise DeltaError(f"delta {p} does not exist", hint="pass the folder written by `erase unlearn`")
+    file = p
+    if p.is_dir():
+        file = p / LORA_FILE if (p / LORA_FILE).exists() or not (p / GUARD_FILE).exists() else p / GUARD_FILE
     if not file.exists():
         raise DeltaError(f"delta folder {p} has no {LORA_FILE}", hint="pass the folder written by `erase unlearn`")
     try:
@@ -144,10 +171,44 @@ def read_delta_info(path: str | Path) -> DeltaInfo:
             return {}
 
     concepts = get_json("concepts")
+    is_guard = file.name == GUARD_FILE
     return DeltaInfo(path=file.parent, base=get("base"), base_arch=get("base_arch"), method=get("method"),
                      concept=get("concept"), version=get("version"), created=get("created"),
                      recipe=get_json("recipe"), metrics=get_json("metrics"),
-                     concepts=tuple(concepts) if isinstance(concepts, list) else (get("concept"),))
+                     concepts=tuple(concepts) if isinstance(concepts, list) else (get("concept"),),
+                     kind="guard" if is_guard else "lora", guard=get_json("guard") if is_guard else {})
+
+
+def check_kind(path, want: str) -> DeltaInfo:
+    """A folder given as --delta must be a LoRA delta, one given as --guard a guard: say which flag fits."""
+    info = read_delta_info(path)
+    if info.kind != want:
+        flag = "--guard" if info.kind == "guard" else "--delta"
+        what = "a guard (a sampling-time erasure)" if info.kind == "guard" else "a LoRA delta"
+        raise DeltaError(f"{path} is {what}", hint=f"pass it with {flag} {path}")
+    return info
+
+
+def save_guard(out: Path, tensors: dict, *, base, method: str, concept: str, concepts, recipe: dict,
+               settings: dict, metrics: dict | None = None, overwrite: bool = False, extra=None) -> DeltaInfo:
+    """Write a guard folder atomically: guard.safetensors (tensors + header), guard.json, recipe.yaml, and what
+    `extra(folder)` adds."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    check_out(out, overwrite)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    info = DeltaInfo(path=out, base=base.name, base_arch=base.arch, method=method, concept=concept,
+                     version=__version__, created=created, recipe=recipe, metrics=metrics or {},
+                     concepts=tuple(concepts) or (concept,), kind="guard", guard=settings)
+    header = {META_PREFIX + k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+              for k, v in info.to_dict().items() if k not in ("path", "kind")}
+    def write(tmp):
+        save_file({k: v.detach().to("cpu").float().contiguous() for k, v in tensors.items()}, str(tmp / GUARD_FILE),
+                  metadata=header)
+
+    _write_folder(out, overwrite, write, info, "guard.json", recipe, extra)
+    return info
 
 
 def check_fits(info: DeltaInfo, base, force: bool = False) -> None:
@@ -167,10 +228,15 @@ def check_fits(info: DeltaInfo, base, force: bool = False) -> None:
 
 
 def apply_deltas(base, paths, force: bool = False) -> list[DeltaInfo]:
-    """Load delta folders into the base pipeline with diffusers' own LoRA loader; all at weight 1."""
+    """Load delta folders into the base pipeline with diffusers' own LoRA loader, all at weight 1; a guard
+    folder goes on the UNet (at most one). `remove_deltas` undoes both."""
     infos = [read_delta_info(p) for p in paths]
     for info in infos:
         check_fits(info, base, force)
+    guards = [i for i in infos if i.kind == "guard"]
+    if len(guards) > 1:
+        raise DeltaError(f"{len(guards)} guards given; one applies at a time",
+                         hint="evaluate or attack each guard in its own column (repeat --guard there)")
     from diffusers.utils import logging as diffusers_logging
 
     names = []
@@ -178,7 +244,7 @@ def apply_deltas(base, paths, force: bool = False) -> list[DeltaInfo]:
     # diffusers notes that our deltas hold no text-encoder keys, on every load: true and expected.
     diffusers_logging.set_verbosity_error()
     try:
-        for i, info in enumerate(infos):
+        for i, info in enumerate(i for i in infos if i.kind == "lora"):
             name = f"delta{i}"
             try:
                 base.pipe.load_lora_weights(str(info.path), adapter_name=name)
@@ -189,4 +255,33 @@ def apply_deltas(base, paths, force: bool = False) -> list[DeltaInfo]:
         diffusers_logging.set_verbosity(level)
     if names:
         base.pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+    for info in guards:
+        _install_guard(base, info)
     return infos
+
+
+def _install_guard(base, info: DeltaInfo) -> None:
+    from safetensors.torch import load_file
+
+    from erasecli.diffusion import guard as G
+
+    t = load_file(str(info.file))
+    s = info.guard
+    try:
+        settings = G.SldSettings(**{k: float(s[k]) for k in ("guidance_scale", "warmup", "threshold",
+                                                              "momentum_scale", "mom_beta")})
+        concept_c, uncond_c = t["concept"], t["uncond"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DeltaError(f"guard {info.path} is incomplete ({err})", hint="write it again with erase unlearn") from err
+    unet = base.pipe.unet
+    G.remove(unet)
+    G.install(unet, G.SafetyGuard(concept_c.to(base.device), uncond_c.to(base.device), settings,
+                                  int(base.pipe.scheduler.config.num_train_timesteps)))
+
+
+def remove_deltas(base) -> None:
+    """Take every LoRA delta and the guard (if any) off the base again."""
+    from erasecli.diffusion import guard as G
+
+    base.pipe.unload_lora_weights()
+    G.remove(base.pipe.unet)

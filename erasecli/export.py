@@ -31,7 +31,9 @@ def check_export(delta: str, fmt: str, out: Path | None, overwrite: bool) -> Non
     if out is None:
         raise UsageError("nowhere to put the export", hint="pass --out DIR")
     check_out(out, overwrite)
-    read_delta_info(delta)
+    if read_delta_info(delta).kind == "guard":
+        raise UsageError(f"{delta} is a guard: it changes no weights, so there is nothing to export",
+                         hint="a guard runs inside erasecli's sampler: erase sample --guard DIR (README, Guards)")
 
 
 def sgm_name(module: str, layers_per_block: int) -> str:

@@ -59,6 +59,8 @@ def generate(base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, 
                          guidance=guidance, eta=eta, scheduler=scheduler, batch_size=batch_size,
                          on_batch=(lambda k: on_batch(k * w.size)) if on_batch else None, _local=True)
         return w.gather(local, len(prompts))
+    from erasecli.diffusion.guard import trajectory
+
     pipe = base.pipe
     pipe.scheduler = make_scheduler(pipe, scheduler)
     images = []
@@ -66,7 +68,7 @@ def generate(base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, 
         p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
         gens = [torch.Generator("cpu").manual_seed(int(x)) for x in s]
         extra = {"eta": eta} if scheduler == "ddim" else {}
-        with torch.inference_mode():
+        with torch.inference_mode(), trajectory(pipe.unet, cfg=guidance > 1, steps=steps):  # a guard's run
             out = pipe(prompt=p, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                        output_type="pil", **extra)
         images.extend(out.images)

@@ -43,11 +43,11 @@ def _cache_key(recipe, base, concept, deltas, name: str) -> str:
     from dataclasses import asdict
 
     from erasecli import __version__
-    from erasecli.delta import LORA_FILE
+    from erasecli.delta import read_delta_info
     from erasecli.models.registry import weights_fingerprint
 
     parts = [__version__, weights_fingerprint(base), base.device.type, str(base.dtype), concept.name, concept.kind,
-             [_file_digest(Path(d) / LORA_FILE) for d in deltas], asdict(recipe.attack), asdict(recipe.sample),
+             [_file_digest(read_delta_info(d).file) for d in deltas], asdict(recipe.attack), asdict(recipe.sample),
              recipe.eval.judge, name]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -72,7 +72,7 @@ def attack_model(recipe, base, concept, deltas: Sequence[str] = (), names: Seque
     from erasecli.attacks import AttackContext, get_attack
     from erasecli.attacks.paraphrase import paraphrases_of
     from erasecli.data import encode_images
-    from erasecli.delta import apply_deltas
+    from erasecli.delta import apply_deltas, remove_deltas
     from erasecli.outputs import atomic_write
     from erasecli.sampling import cache_root, cached_generate
 
@@ -137,7 +137,7 @@ def attack_model(recipe, base, concept, deltas: Sequence[str] = (), names: Seque
                 atomic_write(folder / f"{keys[n]}.pt", lambda tmp, o=out: torch.save(o, tmp))
     finally:
         if deltas:
-            base.pipe.unload_lora_weights()
+            remove_deltas(base)
     pre = ctx.pre
     return {"forget": forget, "pre": pre, "pre_asr": sum(pre) / len(pre), "pre_images": ctx.pre_images,
             "outcomes": outcomes,

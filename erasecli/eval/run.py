@@ -16,7 +16,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
     Images are generated once per model and shared by every metric; the base's come from the on-disk cache
     when they were made before with the same settings."""
     from erasecli import __version__
-    from erasecli.delta import apply_deltas
+    from erasecli.delta import apply_deltas, remove_deltas
     from erasecli.eval.metrics import METRICS, Context, ModelImages, attacks_for
     from erasecli.judges import make_judges
     from erasecli.recipes import recipe_to_dict
@@ -51,7 +51,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
         try:
             imgs = generate_with(base, prompts, seeds, cfg, on_batch=tick)
         finally:
-            base.pipe.unload_lora_weights()
+            remove_deltas(base)
         name = Path(d).name or str(d)
         if name in [m[0] for m in models]:  # a/delta and b/delta: keep the columns apart
             name = f"{name}#{len(models)}"

@@ -94,6 +94,7 @@ class Method:
 
     name: ClassVar[str] = ""
     closed_form: ClassVar[bool] = False  # True: no loop; the class's `edit` solves the delta (methods.uce)
+    guard: ClassVar[bool] = False  # True: no weights change; `build` makes a sampling-time guard (methods.sld)
     data_parallel: ClassVar[bool] = True  # splits its batch over several processes (erasecli.dist)
     supports_together: ClassVar[bool] = True  # erases several concepts (concept.also) into one delta
     supports_robust: ClassVar[bool] = True  # trains against an inner attack (robust.enabled, methods.robust)
@@ -155,11 +156,12 @@ from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
+from erasecli.methods.sld import Sld  # noqa: E402
 from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac)}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sld)}
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 

@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sld")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -305,6 +305,43 @@ class AcConfig:
         "target_from": (one_of("model", "base"),),
         "prior_weight": (at_least(0),),
         "retain_weight": (at_least(0),),
+    }
+
+
+def _none_or(check: Check) -> Check:
+    return Check(lambda v: v is None or check.ok(v), check.need + " (or empty: the preset's)")
+
+
+SLD_PRESETS = ("weak", "medium", "strong", "max")  # erasecli.diffusion.guard.PRESETS holds their numbers
+
+
+@dataclass(frozen=True)
+class SldConfig:
+    """sld: Safe Latent Diffusion (Schramowski et al. 2023), a guard: at sampling time the prediction is pushed
+    away from the safety concept's where the two are close. No weights change; `erase unlearn` writes a guard
+    folder that sample / evaluate / attack take with --guard. A value left empty comes from the preset."""
+
+    preset: str = field(default="medium", metadata={"help": "The paper's configuration: weak, medium, strong or "
+                                                    "max; the fields below override single values."})
+    concept_text: str = field(default="", metadata={"help": "The safety concept's text. Empty: on the tiny world "
+                                                    "'a handwritten digit three' (a digit) or 'a red digit' (a "
+                                                    "colour), elsewhere the concept's name; several concepts "
+                                                    "are joined with ', '."})
+    guidance_scale: float | None = field(default=None, metadata={"help": "s_S, the safety guidance scale, >= 0."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Steps without safety guidance at the start, "
+                                                            "counted in a 50-step trajectory (the paper's; scaled to "
+                                                            "sample.steps), 0 to 50."})
+    threshold: float | None = field(default=None, metadata={"help": "lambda: elements where prompt minus safety "
+                                                           "prediction is below it are guided."})
+    momentum_scale: float | None = field(default=None, metadata={"help": "s_m, weight of the momentum, >= 0."})
+    mom_beta: float | None = field(default=None, metadata={"help": "beta_m, how the momentum builds up, in [0, 1)."})
+
+    CHECKS: ClassVar[Checks] = {
+        "preset": (one_of(*SLD_PRESETS),),
+        "guidance_scale": (_none_or(at_least(0)),),
+        "warmup_steps": (_none_or(between(0, 50)),),
+        "momentum_scale": (_none_or(at_least(0)),),
+        "mom_beta": (_none_or(between(0, 1, open_hi=True)),),
     }
 
 
@@ -634,6 +671,7 @@ class Recipe:
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
+    sld: SldConfig = field(default_factory=SldConfig, metadata={"help": "sld settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,
