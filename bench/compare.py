@@ -6,7 +6,7 @@ evaluate` then judges every delta and guard beside the base on the same prompts 
 cra_forget, FID, CLIP score, pre-ASR and ASR under the prompt and inversion attacks, and ImageReward when its
 package and weights are here (else the column says why not: never a made-up number). The evaluation images
 (eval.seed = 1000 + 100 S) and the attacks' draws (attack.seed = 2000 + 100 S) move with the seed too, so the
-methods with no randomness of their own (uce, sld) are measured on two sets of images as well.
+methods with no randomness of their own (uce, sld, safree) are measured on two sets of images as well.
 
     python -m bench.compare [--base tiny|tiny-xl] [--seeds 0,1] [--methods siss,sld] [--keep DIR]
                             [--samples-per-prompt 16] [--budget 1.0]

@@ -414,7 +414,7 @@ def _unlearn_closed_form(recipe, cls, base, out: Path, overwrite: bool, t0: floa
 
 
 def _unlearn_guard(recipe, cls, base, out: Path, overwrite: bool, t0: float) -> dict:
-    """sld: encode the safety concept and write the guard folder (erasecli.delta.save_guard); no weights change."""
+    """sld, safree: encode the safety concept or the keywords and write the guard folder (erasecli.delta.save_guard); no weights change."""
     import time
 
     from erasecli.data import concept_of

@@ -42,7 +42,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, sd-1.4, sd-1.5, sd-2.1-base, sdxl-1.0, a local "
                     "diffusers folder (SD or SDXL) or a hub id.")
 DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
-GUARDS = typer.Option([], "--guard", help="A guard folder from `erase unlearn --method sld` (a sampling-time "
+GUARDS = typer.Option([], "--guard", help="A guard folder from `erase unlearn --method sld|safree` (a sampling-time "
                       "erasure; repeatable where each model is its own column).")
 RECIPE = typer.Option(None, "--recipe", help="A YAML recipe (see recipes/).")
 SET = typer.Option([], "--set", help="Override a recipe field, e.g. --set sample.eta=0.5 (repeatable).")
@@ -262,7 +262,7 @@ def attack(
 @app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
-                                         "esd, critic-rl, ac, uce or rece (closed form, seconds), sld (a sampling-time guard, no weights change). Without --recipe on the tiny base a method starts "
+                                         "esd, critic-rl, ac, uce or rece (closed form, seconds), sld or safree (sampling-time guards, no weights change). Without --recipe on the tiny base a method starts "
                                          "from its shipped tiny preset (recipes/tiny-digit-<method>.yaml, the "
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
@@ -372,8 +372,10 @@ def unlearn(
         print(json.dumps(result))
     elif result["delta"].get("kind") == "guard":
         g, named = result["delta"]["guard"], " ".join(f"--concept {json.dumps(c)}" for c in result["delta"]["concepts"])
-        console.print(f"wrote guard to {result['out']} ({result['delta']['method']}, preset {g['preset']}, safety "
-                      f"concept {g['concept_text']!r}; no weights change: pass it with --guard)")
+        what = (f"preset {g['preset']}, safety concept {g['concept_text']!r}" if "preset" in g
+                else f"concept subspace of {', '.join(map(repr, g.get('keywords', [])))}")
+        console.print(f"wrote guard to {result['out']} ({result['delta']['method']}, {what}; no weights change: "
+                      "pass it with --guard)")
         console.print(f"next: erase evaluate {named} --base {result['delta']['base']} --guard {result['out']}")
     else:
         s = result["summary"]

@@ -267,13 +267,28 @@ def _install_guard(base, info: DeltaInfo) -> None:
 
     t = load_file(str(info.file))
     s = info.guard
+    unet = base.pipe.unet
+    if info.method == "safree":
+        from erasecli.diffusion import safree as F
+
+        try:
+            settings = F.SafreeSettings(alpha=float(s["alpha"]), svf=bool(s["svf"]), svf_steps=int(s["svf_steps"]),
+                                        svf_midpoint=float(s["svf_midpoint"]), svf_sharpness=float(s["svf_sharpness"]),
+                                        positions=str(s.get("positions", "triggers")))
+            keywords = t["keywords"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise DeltaError(f"guard {info.path} is incomplete ({err})", hint="write it again with erase unlearn") from err
+        G.remove(unet)
+        guard = F.SafreeGuard(keywords.to(base.device), settings, int(base.pipe.scheduler.config.num_train_timesteps))
+        G.install(unet, guard)
+        guard.attach(base.pipe.text_encoder)
+        return
     try:
         settings = G.SldSettings(**{k: float(s[k]) for k in ("guidance_scale", "warmup", "threshold",
                                                               "momentum_scale", "mom_beta")})
         concept_c, uncond_c = t["concept"], t["uncond"]
     except (KeyError, TypeError, ValueError) as err:
         raise DeltaError(f"guard {info.path} is incomplete ({err})", hint="write it again with erase unlearn") from err
-    unet = base.pipe.unet
     G.remove(unet)
     G.install(unet, G.SafetyGuard(concept_c.to(base.device), uncond_c.to(base.device), settings,
                                   int(base.pipe.scheduler.config.num_train_timesteps)))

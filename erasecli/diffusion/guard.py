@@ -163,8 +163,10 @@ def install(unet, guard: SafetyGuard) -> None:
 
 
 def remove(unet) -> None:
+    guard = unet.__dict__.pop("_erasecli_guard", None)
     unet.__dict__.pop("forward", None)
-    unet.__dict__.pop("_erasecli_guard", None)
+    if guard is not None and hasattr(guard, "detach"):  # a guard with a text side (erasecli.diffusion.safree)
+        guard.detach()
 
 
 def guard_of(unet):

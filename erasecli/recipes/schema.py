@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sld")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sld", "safree")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -346,6 +346,43 @@ class SldConfig:
 
 
 @dataclass(frozen=True)
+class SafreeConfig:
+    """safree: SAFREE (Yoon et al. 2025), a guard: the prompt tokens that bring it near the concept subspace have
+    their states projected away from it, for the first steps of each trajectory (self-validating filtering).
+    No weights change; `erase unlearn` writes a guard folder that sample / evaluate / attack take with --guard."""
+
+    keywords: tuple[str, ...] = field(default=(), metadata={"help": "Texts whose pooled embeddings span the concept "
+                                                            "subspace. Empty: on the tiny world the digit's or "
+                                                            "colour's words (e.g. 'three', 'digit three', 'a "
+                                                            "handwritten digit three'), elsewhere the concept's "
+                                                            "names."})
+    alpha: float = field(default=0.01, metadata={"help": "Trigger margin: a token is filtered when masking it moves "
+                                                 "the prompt (1 + alpha) times further from the subspace than "
+                                                 "masking the others does on average, >= 0."})
+    svf: bool = field(default=True, metadata={"help": "Self-validating filtering: use the filtered states for the "
+                                              "first steps only, more of them the more the filter changes the "
+                                              "prompt. false: at every step."})
+    svf_steps: int = field(default=10, metadata={"help": "The most steps that use the filtered states, counted in "
+                                                 "a 50-step trajectory (scaled to sample.steps), 0 to 50."})
+    svf_midpoint: float = field(default=5.333, metadata={"help": "t0 of the step count's sigmoid in 10 beta (the "
+                                                         "reference's 5.333; 5.5 for artists)."})
+    svf_sharpness: float = field(default=2.5, metadata={"help": "k of the step count's sigmoid (the reference's "
+                                                        "2.5; 3.5 for artists), > 0."})
+    positions: str = field(default="triggers", metadata={"help": "'triggers': only the detected tokens' states "
+                                                         "change (the paper); 'after': every later state (EOS and "
+                                                         "padding included, which a causal text encoder lets read "
+                                                         "the trigger) also loses the concept subspace [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "keywords": (Check(lambda v: bool(v.strip()), "non-empty text", each=True),),
+        "alpha": (at_least(0),),
+        "svf_steps": (between(0, 50),),
+        "svf_sharpness": (above(0),),
+        "positions": (one_of("triggers", "after"),),
+    }
+
+
+@dataclass(frozen=True)
 class UceConfig:
     """uce and rece: closed-form edits of every cross-attention key / value projection (Gandikota et al. 2024;
     RECE, Gong et al. 2024), written as an exact LoRA. No training loop, no sampled images."""
@@ -672,6 +709,7 @@ class Recipe:
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
     sld: SldConfig = field(default_factory=SldConfig, metadata={"help": "sld settings (section)."})
+    safree: SafreeConfig = field(default_factory=SafreeConfig, metadata={"help": "safree settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
                                  metadata={"help": "critic-rl and train-critic settings (section)."})
     attack: AttackConfig = field(default_factory=AttackConfig,
