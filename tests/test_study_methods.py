@@ -78,3 +78,50 @@ def test_ac_prior_preservation_adds_the_anchor_diffusion_loss(tiny):
     with _two_row_context(tiny, "ac", "ac.prior_weight=2") as ctx:
         row = Ac(ctx).step(0)
         assert row["L_p"] > 0 and row["loss"] == pytest.approx(row["L_ac"] + 2 * row["L_p"], rel=1e-5)
+
+
+def test_sa_fisher_ewc_and_loss_by_hand(tiny, tmp_path, monkeypatch):
+    """sa: F is the mean squared gradient of each base sample's diffusion loss with respect to the base weights
+    (the adapter off); L_ewc = sum F (scale B A)^2, scale B A being peft's own delta weight; the loss is
+    L_f + replay_weight L_g + ewc_lambda L_ewc; a second run reads the Fisher from the cache."""
+    from erasecli.methods.sa import Sa, delta_weight, lora_layers
+
+    monkeypatch.setenv("ERASECLI_CACHE", str(tmp_path / "cache"))
+    with _two_row_context(tiny, "sa", "sa.fisher_samples=2", "sa.ewc_lambda=1e5") as ctx:
+        unet, d = ctx.unet, ctx.data
+        layers = lora_layers(unet)
+        assert len(layers) > 0 and all(n.endswith(("to_k", "to_v")) for n, _ in layers)
+        g = torch.Generator("cpu")
+        g.set_state(ctx.gen.get_state())
+        weights = [m.get_base_layer().weight for _, m in layers]
+        want = [torch.zeros_like(w) for w in weights]
+        for w in weights:
+            w.requires_grad_(True)
+        for s in range(2):  # no retain images here: the anchor images are the base's samples
+            t = torch.randint(1000, (1,), generator=g)
+            eps = torch.randn(1, 4, 8, 8, generator=g)
+            abar = tiny.pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+            x_t = abar.sqrt() * d.anchor[s : s + 1] + (1 - abar).sqrt() * eps
+            unet.disable_adapters()
+            loss = ((unet(x_t, t, encoder_hidden_states=d.embeds[d.anchor_c[s : s + 1]]).sample - eps) ** 2).mean()
+            unet.enable_adapters()
+            for acc, gr in zip(want, torch.autograd.grad(loss, weights)):
+                acc += gr.pow(2) / 2
+        for w in weights:
+            w.requires_grad_(False)
+        sa = Sa(ctx)
+        assert sa.fisher_info["fisher_cached"] is False
+        for (n, _), w in zip(layers, want):
+            assert torch.allclose(sa.fisher[n], w, rtol=1e-4, atol=1e-12)
+        torch.manual_seed(1)
+        for p in ctx.params:
+            p.data += 0.05 * torch.randn_like(p)
+        by_peft = sum((sa.fisher[n] * m.get_delta_weight("default").pow(2)).sum() for n, m in layers)
+        assert all(torch.allclose(delta_weight(m), m.get_delta_weight("default")) for _, m in layers)
+        assert sa.ewc().item() == pytest.approx(by_peft.item(), rel=1e-5) and by_peft > 0
+        row = sa.step(0)
+        assert row["L_g"] == 0 and row["L_f"] > 0
+        assert row["loss"] == pytest.approx(row["L_f"] + 1e5 * row["L_ewc"], rel=1e-5)
+        again = Sa(ctx)
+        assert again.fisher_info["fisher_cached"] is True
+        assert all(torch.equal(again.fisher[n], sa.fisher[n]) for n, _ in layers)

@@ -156,13 +156,14 @@ from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
+from erasecli.methods.sa import Sa  # noqa: E402
 from erasecli.methods.safree import Safree  # noqa: E402
 from erasecli.methods.sld import Sld  # noqa: E402
 from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sld, Safree)}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sa, Sld, Safree)}
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 

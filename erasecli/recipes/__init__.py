@@ -28,12 +28,12 @@ from erasecli.recipes.loader import (field_help, load_recipe, recipe_from_dict, 
 from erasecli.recipes.schema import (ATTACK_NAMES, LORA_PRESETS, LR_SCHEDULES, METHOD_NAMES, REWARD_NAMES,
                                      SCHEDULERS, AcConfig, AdaptiveConfig, AttackConfig, ConceptConfig,
                                      CriticRlConfig, DataConfig, EsdConfig, EvalConfig, LoraConfig, PpoConfig,
-                                     Recipe, SafreeConfig, SampleConfig, SissConfig, SldConfig, TrainConfig)
+                                     Recipe, SaConfig, SafreeConfig, SampleConfig, SissConfig, SldConfig, TrainConfig)
 
 __all__ = [
     "ATTACK_NAMES", "LORA_PRESETS", "LR_SCHEDULES", "METHOD_NAMES", "REWARD_NAMES", "SCHEDULERS", "AcConfig",
     "AdaptiveConfig", "AttackConfig", "Check",
     "ConceptConfig", "CriticRlConfig", "DataConfig", "EsdConfig", "EvalConfig", "LoraConfig", "PpoConfig",
-    "Recipe", "SafreeConfig", "SampleConfig", "SissConfig", "SldConfig", "TrainConfig", "field_help", "load_recipe", "recipe_from_dict",
+    "Recipe", "SaConfig", "SafreeConfig", "SampleConfig", "SissConfig", "SldConfig", "TrainConfig", "field_help", "load_recipe", "recipe_from_dict",
     "recipe_hash", "recipe_keys", "recipe_to_dict", "recipe_to_yaml", "validate", "write_recipe",
 ]

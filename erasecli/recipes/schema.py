@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sld", "safree")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sa", "sld", "safree")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -305,6 +305,33 @@ class AcConfig:
         "target_from": (one_of("model", "base"),),
         "prior_weight": (at_least(0),),
         "retain_weight": (at_least(0),),
+    }
+
+
+@dataclass(frozen=True)
+class SaConfig:
+    """sa: Selective Amnesia (Heng & Soh 2023): the diffusion loss of surrogate images (the base's images of the
+    anchor prompts) under the forget prompts, generative replay of the base's retain images, and an EWC penalty
+    weighted by the base's diagonal Fisher information."""
+
+    ewc_lambda: float = field(default=1.0e4, metadata={"help": "Weight of the EWC penalty sum F (theta - "
+                                                       "theta*)^2, >= 0 (F is the Fisher of the per-sample mean "
+                                                       "squared error, so its scale is small)."})
+    replay_weight: float = field(default=1.0, metadata={"help": "Weight of the generative replay term (the "
+                                                        "diffusion loss on the base's retain images), >= 0."})
+    surrogate: str = field(default="anchor", metadata={"help": "The surrogate images learned under the forget "
+                                                    "prompts: 'anchor' (the base's images of each forget prompt's "
+                                                    "anchor prompt) or 'noise' (uniform-noise images, the paper's "
+                                                    "choice for its digit data sets)."})
+    fisher_samples: int = field(default=200, metadata={"help": "Base samples the diagonal Fisher is estimated "
+                                                       "from (replay images, each at its own t and noise; cached "
+                                                       "in $ERASECLI_CACHE/fisher), >= 1."})
+
+    CHECKS: ClassVar[Checks] = {
+        "ewc_lambda": (at_least(0),),
+        "replay_weight": (at_least(0),),
+        "fisher_samples": (at_least(1),),
+        "surrogate": (one_of("anchor", "noise"),),
     }
 
 
@@ -708,6 +735,7 @@ class Recipe:
     esd: EsdConfig = field(default_factory=EsdConfig, metadata={"help": "esd settings (section)."})
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
+    sa: SaConfig = field(default_factory=SaConfig, metadata={"help": "sa settings (section)."})
     sld: SldConfig = field(default_factory=SldConfig, metadata={"help": "sld settings (section)."})
     safree: SafreeConfig = field(default_factory=SafreeConfig, metadata={"help": "safree settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
