@@ -20,7 +20,7 @@ CRITIC = ["critic.steps=2", "critic.train_trajectories=8", "critic.train_epochs=
           "critic.prompts_per_step=2", "critic.samples_per_prompt=2"]
 RUNS = [
     ("siss", []), ("adaptive-siss", []), ("ppo-alpha", []), ("esd", []), ("critic-rl", CRITIC),
-    ("uce", []), ("rece", []),
+    ("uce", []), ("rece", []), ("ac", []), ("sa", ["sa.fisher_samples=4"]), ("ant", []),
     ("siss", ["robust.enabled=true", "robust.warmup=0", "robust.every=2", "robust.attack_steps=2",
               "lora.text_encoder=true"]),
     ("esd", ["lora.target_modules=[xattn]", "esd.xt_source=data"]),

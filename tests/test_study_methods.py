@@ -125,3 +125,56 @@ def test_sa_fisher_ewc_and_loss_by_hand(tiny, tmp_path, monkeypatch):
         again = Sa(ctx)
         assert again.fisher_info["fisher_cached"] is True
         assert all(torch.equal(again.fisher[n], sa.fisher[n]) for n, _ in layers)
+
+
+def test_ant_targets_by_phase_and_saliency_by_hand(tiny):
+    """ant (xt_source data): rows past the early share get the reversed direction e_0 - eta (e_c - e_0), early rows
+    the base's e_c, weighted by early_weight; with saliency < 1 only the top modules by mean |d L_late / d W| train."""
+    from erasecli.methods.ant import Ant
+
+    sets = ("ant.xt_source=data", "ant.negative_guidance=2", "ant.early_share=0.5", "ant.early_weight=0.5",
+            "ant.saliency=0.5", "ant.saliency_batches=1")
+    with _two_row_context(tiny, "ant", *sets) as ctx:
+        unet, d = ctx.unet, ctx.data
+        ant = Ant(ctx)
+        n_mod = len(ant.saliency)  # every cross-attention k / v module has a score
+        assert n_mod >= 4 and len(ant.trained) == round(n_mod / 2)
+        top = sorted(ant.saliency, key=lambda n: -ant.saliency[n])[: len(ant.trained)]
+        assert sorted(top) == sorted(n for n, _ in ant.trained)
+        # one module's score by hand: the same draws (the saliency's own seed), the late-phase loss at the base
+        gs = torch.Generator("cpu").manual_seed(int(ctx.recipe.train.seed) + 11)
+        i = torch.randint(len(d.forget), (2,), generator=gs)
+        t = torch.randint(1000, (2,), generator=gs)
+        eps = torch.randn(2, 4, 8, 8, generator=gs)
+        abar = tiny.pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * d.forget[i] + (1 - abar).sqrt() * eps
+        name, layer = ant.trained[0]
+        w = layer.get_base_layer().weight
+        with torch.no_grad():
+            e_c = unet(x_t, t, encoder_hidden_states=d.embeds[d.forget_c[i]]).sample
+            e_0 = unet(x_t, t, encoder_hidden_states=d.embeds[torch.zeros_like(i)]).sample
+        w.requires_grad_(True)
+        e = unet(x_t, t, encoder_hidden_states=d.embeds[d.forget_c[i]]).sample
+        (gw,) = torch.autograd.grad(((e - (e_0 - 2 * (e_c - e_0))) ** 2).mean(), [w])
+        w.requires_grad_(False)
+        assert ant.saliency[name] == pytest.approx(gw.abs().mean().item(), rel=1e-4)
+        trained_ids = {id(p) for _, m in ant.trained for p in m.parameters() if p.requires_grad}
+        assert trained_ids and all(id(p) in trained_ids for p in ant.opt.param_groups[0]["params"])
+        g = torch.Generator("cpu")
+        g.set_state(ctx.gen.get_state())
+        i = torch.randint(len(d.forget), (2,), generator=g)
+        t = torch.randint(1000, (2,), generator=g)
+        eps = torch.randn(2, 4, 8, 8, generator=g)
+        abar = tiny.pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * d.forget[i] + (1 - abar).sqrt() * eps
+        c = d.embeds[d.forget_c[i]]
+        with torch.no_grad():
+            e_c = unet(x_t, t, encoder_hidden_states=c).sample  # lora_B is zero: the base
+            e_0 = unet(x_t, t, encoder_hidden_states=d.embeds[torch.zeros_like(i)]).sample
+        late = t < 500
+        target = torch.where(late.view(-1, 1, 1, 1), e_0 - 2 * (e_c - e_0), e_c)
+        w = torch.where(late, 1.0, 0.5)
+        want = (w * ((e_c - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        row = ant.step(0)
+        assert row["L_ant"] == pytest.approx(want.item(), rel=1e-5)
+        assert row["late"] == pytest.approx(late.float().mean().item())

@@ -163,6 +163,7 @@ METHOD_SETS = {  # each method's tiny recipe, shortened for the test
             "esd.xt_source=data", "esd.retain_weight=3"],
     "ac": ["lora.target_modules=[attn2.to_k, attn2.to_v]", "train.lr=2e-3", "ac.retain_weight=1"],
     "sa": ["sa.surrogate=noise", "sa.ewc_lambda=1e6", "sa.fisher_samples=16"],
+    "ant": ["ant.xt_source=data", "ant.negative_guidance=3", "ant.retain_weight=3", "ant.saliency=0.5"],
 }
 
 

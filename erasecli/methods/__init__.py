@@ -130,6 +130,35 @@ class Unlearner(Method):
     def step(self, k: int) -> dict:
         raise NotImplementedError
 
+    def eps_and_retain(self, x_t, t, c, weight: float):
+        """(eps_theta(x_t, t, c), L_r): with weight > 0 and retain images, a batch of noisy retain images rides
+        in the same forward and L_r is its diffusion loss (this process's share of the batch mean), else 0."""
+        import torch
+
+        from erasecli.methods.losses import mse
+
+        ctx, B = self.ctx, self.ctx.recipe.train.batch_size
+        if weight > 0 and len(ctx.data.retain) > 0:
+            m_r, t_r, c_r, eps_r = (ctx.world.local(v) for v in ctx.noisy_retain(B))
+            e, e_r = ctx.eps(torch.cat([x_t, m_r]), torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
+            return e, mse(e_r, eps_r).sum() / B
+        e = ctx.eps(x_t, t, c)
+        return e, torch.zeros((), device=e.device)
+
+    def update(self, loss, terms: dict) -> dict:
+        """Backward, gradients summed over processes, one optimiser step. Returns the log row: the loss and each
+        named term (totals over processes) and the gradient norm."""
+        from erasecli.methods.losses import grad_norm
+
+        ctx = self.ctx
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.world.sum_([p.grad for p in ctx.params if p.grad is not None])
+        totals = ctx.world.total(loss, *terms.values())
+        norm = grad_norm([p.grad for p in ctx.params if p.grad is not None])
+        self.opt.step()
+        return {"loss": totals[0].item(), **{k: v.item() for k, v in zip(terms, totals[1:])}, "grad_norm": norm.item()}
+
     def run_position(self, k: int) -> tuple[int, int]:
         """(step within its run, that run's length) for train.lr_schedule; ppo-alpha's episodes are runs."""
         return k, self.total_steps(self.ctx.recipe)
@@ -152,6 +181,7 @@ class Unlearner(Method):
 # The registry: an explicit dict, imported after Unlearner exists (each method module imports it from here).
 from erasecli.methods.ac import Ac  # noqa: E402
 from erasecli.methods.adaptive_siss import AdaptiveSiss  # noqa: E402
+from erasecli.methods.ant import Ant  # noqa: E402
 from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
@@ -163,7 +193,7 @@ from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sa, Sld, Safree)}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sa, Ant, Sld, Safree)}
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 

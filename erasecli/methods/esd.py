@@ -23,7 +23,7 @@ import torch
 
 from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
-from erasecli.methods.losses import grad_norm, mse
+from erasecli.methods.losses import mse
 from erasecli.methods.adapter import base_only
 
 
@@ -46,10 +46,13 @@ class Esd(Unlearner):
         self.sched.set_timesteps(ctx.recipe.sample.steps, device=ctx.device)
 
     @torch.no_grad()
+    def start_guidance(self) -> float:
+        return self.ctx.recipe.esd.start_guidance
+
     def _partial_sample(self, c, n_stop: int, n_all: int):
-        """Run n_stop DDIM steps (eta 0) from pure noise with guidance esd.start_guidance; returns (x_t, t).
+        """Run n_stop DDIM steps (eta 0) from pure noise with guidance `start_guidance()`; returns (x_t, t).
         The noise is drawn for all n_all rows of the batch; c holds this process's rows."""
-        ctx, g = self.ctx, self.ctx.recipe.esd.start_guidance
+        ctx, g = self.ctx, self.start_guidance()
         x = ctx.world.local(ctx.randn((n_all, *ctx.data.forget.shape[1:]))) * self.sched.init_noise_sigma
         empty = torch.zeros_like(c)
         for t in self.sched.timesteps[:n_stop]:
@@ -80,21 +83,7 @@ class Esd(Unlearner):
                 e_anchor = e_0
         e_ref = e_anchor if cfg.guide_from == "anchor" else e_0
         target = e_anchor - cfg.negative_guidance * (e_c - e_ref)  # (B, C, h, w)
-        use_retain = cfg.retain_weight > 0 and len(d.retain) > 0
-        if use_retain:
-            m_r, t_r, c_r, eps_r = (ctx.world.local(v) for v in ctx.noisy_retain(B))
-            e, e_r = ctx.eps(torch.cat([x_t, m_r]), torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
-            L_r = mse(e_r, eps_r).sum() / B
-        else:
-            e = ctx.eps(x_t, t, c)
-            L_r = torch.zeros((), device=e.device)
+        e, L_r = self.eps_and_retain(x_t, t, c, cfg.retain_weight)
         L_esd = mse(e, target).sum() / B  # this process's share of the batch mean
         loss = L_esd + cfg.retain_weight * L_r
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.world.sum_([p.grad for p in ctx.params if p.grad is not None])
-        loss, L_esd, L_r = ctx.world.total(loss, L_esd, L_r)
-        norm = grad_norm([p.grad for p in ctx.params if p.grad is not None])
-        self.opt.step()
-        return {"loss": loss.item(), "L_esd": L_esd.item(), "L_r": L_r.item(), "grad_norm": norm.item(),
-                "t": float(t.float().mean().item())}
+        return {**self.update(loss, {"L_esd": L_esd, "L_r": L_r}), "t": float(t.float().mean().item())}

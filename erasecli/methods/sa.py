@@ -27,7 +27,7 @@ import torch
 from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
 from erasecli.methods.adapter import base_only
-from erasecli.methods.losses import grad_norm, mse
+from erasecli.methods.losses import mse
 
 
 def lora_layers(unet) -> list:
@@ -147,14 +147,8 @@ class Sa(Unlearner):
             L[name] = mse(e, target).sum() / B  # this process's share of the batch mean
         L_ewc = self.ewc() / ctx.world.size  # every process adds the same penalty: its share
         loss = L["f"] + cfg.replay_weight * L["g"] + cfg.ewc_lambda * L_ewc
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.world.sum_([p.grad for p in ctx.params if p.grad is not None])
-        loss, L_f, L_g, L_ewc = ctx.world.total(loss, L["f"], L["g"], L_ewc)
-        norm = grad_norm([p.grad for p in ctx.params if p.grad is not None])
-        self.opt.step()
-        return {"loss": loss.item(), "L_f": L_f.item(), "L_g": L_g.item(), "L_ewc": L_ewc.item(),
-                "grad_norm": norm.item(), "t": float(t.float().mean().item())}
+        row = self.update(loss, {"L_f": L["f"], "L_g": L["g"], "L_ewc": L_ewc})
+        return {**row, "t": float(t.float().mean().item())}
 
     def extra_summary(self) -> dict:
         return dict(self.fisher_info)

@@ -26,13 +26,13 @@ from erasecli.recipes.checks import Check
 from erasecli.recipes.loader import (field_help, load_recipe, recipe_from_dict, recipe_hash, recipe_keys,
                                      recipe_to_dict, recipe_to_yaml, validate, write_recipe)
 from erasecli.recipes.schema import (ATTACK_NAMES, LORA_PRESETS, LR_SCHEDULES, METHOD_NAMES, REWARD_NAMES,
-                                     SCHEDULERS, AcConfig, AdaptiveConfig, AttackConfig, ConceptConfig,
+                                     SCHEDULERS, AcConfig, AdaptiveConfig, AntConfig, AttackConfig, ConceptConfig,
                                      CriticRlConfig, DataConfig, EsdConfig, EvalConfig, LoraConfig, PpoConfig,
                                      Recipe, SaConfig, SafreeConfig, SampleConfig, SissConfig, SldConfig, TrainConfig)
 
 __all__ = [
     "ATTACK_NAMES", "LORA_PRESETS", "LR_SCHEDULES", "METHOD_NAMES", "REWARD_NAMES", "SCHEDULERS", "AcConfig",
-    "AdaptiveConfig", "AttackConfig", "Check",
+    "AdaptiveConfig", "AntConfig", "AttackConfig", "Check",
     "ConceptConfig", "CriticRlConfig", "DataConfig", "EsdConfig", "EvalConfig", "LoraConfig", "PpoConfig",
     "Recipe", "SaConfig", "SafreeConfig", "SampleConfig", "SissConfig", "SldConfig", "TrainConfig", "field_help", "load_recipe", "recipe_from_dict",
     "recipe_hash", "recipe_keys", "recipe_to_dict", "recipe_to_yaml", "validate", "write_recipe",

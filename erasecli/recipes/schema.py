@@ -14,7 +14,7 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sa", "sld", "safree")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sa", "ant", "sld", "safree")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -332,6 +332,42 @@ class SaConfig:
         "replay_weight": (at_least(0),),
         "fisher_samples": (at_least(1),),
         "surrogate": (one_of("anchor", "noise"),),
+    }
+
+
+@dataclass(frozen=True)
+class AntConfig:
+    """ant (Li et al. 2025): in the mid-to-late denoising steps the concept prompt's prediction is trained towards
+    the reversed guidance direction, in the early steps towards the base's own; a saliency map picks the modules."""
+
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far the reversed direction goes "
+                                                            "(target e_0 - eta (e_c - e_0)), >= 0."})
+    early_share: float = field(default=0.3, metadata={"help": "Share of a trajectory's steps (from pure noise) "
+                                                      "that are early: there the base's prediction is kept, "
+                                                      "in [0, 1)."})
+    early_weight: float = field(default=1.0, metadata={"help": "Weight of the early steps' preservation loss, "
+                                                       ">= 0."})
+    saliency: float = field(default=0.5, metadata={"help": "Share of the adapted modules that train, the most "
+                                                   "salient first (1: all), in (0, 1]."})
+    saliency_batches: int = field(default=4, metadata={"help": "Batches the saliency map averages, >= 1."})
+    xt_source: str = field(default="sample", metadata={"help": "Where x_t comes from: 'sample' (a partial "
+                                                       "trajectory of the forget prompt, the paper's) or 'data' "
+                                                       "(forget latents noised to a random t, no sampling per "
+                                                       "step) [ours]."})
+    start_guidance: float = field(default=3.0, metadata={"help": "Guidance of the partial sampling that makes "
+                                                         "x_t, >= 0."})
+    retain_weight: float = field(default=0.0, metadata={"help": "Weight of a retain-preservation term on the "
+                                                        "retain prompts' images, >= 0 [ours]."})
+
+    CHECKS: ClassVar[Checks] = {
+        "xt_source": (one_of("sample", "data"),),
+        "negative_guidance": (at_least(0),),
+        "early_share": (between(0, 1, open_hi=True),),
+        "early_weight": (at_least(0),),
+        "saliency": (between(0, 1, open_lo=True),),
+        "saliency_batches": (at_least(1),),
+        "start_guidance": (at_least(0),),
+        "retain_weight": (at_least(0),),
     }
 
 
@@ -736,6 +772,7 @@ class Recipe:
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
     sa: SaConfig = field(default_factory=SaConfig, metadata={"help": "sa settings (section)."})
+    ant: AntConfig = field(default_factory=AntConfig, metadata={"help": "ant settings (section)."})
     sld: SldConfig = field(default_factory=SldConfig, metadata={"help": "sld settings (section)."})
     safree: SafreeConfig = field(default_factory=SafreeConfig, metadata={"help": "safree settings (section)."})
     critic: CriticRlConfig = field(default_factory=CriticRlConfig,
