@@ -222,6 +222,7 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
 
     cls = get_method(recipe.method)
     cls.check(recipe)
+    cls.resolve(recipe)
     from erasecli.methods.robust import check as check_robust
 
     check_robust(recipe, cls)
@@ -346,6 +347,7 @@ def unlearn(recipe, *, out: Path, overwrite: bool = False, resume: Path | None =
         overwrite = True  # the run that made the checkpoint already claimed `out`
     out = Path(out) if out is not None else None
     cls = check_unlearn(recipe, out=out, overwrite=overwrite, resume=resume)
+    recipe = cls.resolve(recipe)
     t0 = time.time()
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype)

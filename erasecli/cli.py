@@ -262,7 +262,8 @@ def attack(
 @app.command()
 def unlearn(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="siss (default), adaptive-siss, ppo-alpha, "
-                                         "esd, critic-rl, ac, sa, ant, uce or rece (closed form, seconds), sld or safree (sampling-time guards, no weights change). Without --recipe on the tiny base a method starts "
+                                         "esd, critic-rl, ac, sa, receler, ant; uce, rece, mace (closed form, seconds); sld, safree "
+                                         "(guards: no weights change). Without --recipe on the tiny base a method starts "
                                          "from its shipped tiny preset (recipes/tiny-digit-<method>.yaml, the "
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "

@@ -13,12 +13,14 @@ def plain(method, concept="digit 3", base=None, *sets):
     return api.load_recipe(None, list(sets), method=method, base=base, concept={"name": concept})
 
 
-@pytest.mark.parametrize("method", ["siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "ac", "sa", "ant", "sld", "safree"])
+@pytest.mark.parametrize("method", ["siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "ac", "sa", "receler", "mace", "ant",
+                                    "sld", "safree"])
 def test_the_tiny_base_starts_every_method_from_its_shipped_preset(method):
     r = plain(method)
     assert r.defaults == f"tiny-digit-{method}"
     shipped = load_recipe(PRESETS_DIR / f"tiny-digit-{method}.yaml")
-    for section in ("train", "lora", "data", "siss", "esd", "critic", "ppo", "adaptive", "ac", "sa", "ant", "sld", "safree"):
+    for section in ("train", "lora", "data", "siss", "esd", "critic", "ppo", "adaptive", "ac", "sa", "receler", "mace",
+                    "ant", "sld", "safree"):
         assert getattr(r, section) == getattr(shipped, section), section
     assert r.concept.name == "digit 3" and r.method == method
 

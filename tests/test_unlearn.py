@@ -165,11 +165,13 @@ METHOD_SETS = {  # each method's tiny recipe, shortened for the test
 }
 
 
-@pytest.mark.parametrize("method", ["sa", "ant"])  # their erasure at the presets: docs/results.md (two seeds)
+@pytest.mark.parametrize("method", ["sa", "ant", "receler", "mace"])  # their erasure: docs/results.md (two seeds)
 def test_study_method_delta_draws_in_plain_diffusers_what_erase_sample_draws(method, tiny, plain_pipe, tmp_path):
     import numpy as np
 
-    r = recipe(method, "train.steps=15", "sa.fisher_samples=8")
+    r = recipe(method, "train.steps=15", "sa.fisher_samples=8", "mace.images=2", "ant.saliency_batches=1",
+               "ant.xt_source=data", "receler.xt_source=data", "data.images_per_prompt=2",
+               "data.retain_images_per_prompt=1")  # what is checked here is the image, not the erasure
     out = tmp_path / method
     api.unlearn(r, out=out, base=tiny)
     prompt = "a red handwritten digit three"

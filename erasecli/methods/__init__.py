@@ -101,6 +101,24 @@ class Method:
     supports_text_encoder: ClassVar[bool] = True  # trains text-encoder LoRAs too (lora.text_encoder)
     uses_critic: ClassVar[bool] = False  # takes a trained critic (--critic, critic.path)
     why_not_robust: ClassVar[str] = ""  # the reason, when supports_robust / supports_text_encoder is False
+    adapter_targets: ClassVar[tuple] = ()  # non-empty: where the method's adapter must sit (receler's eraser)
+
+    @classmethod
+    def resolve(cls, recipe):
+        """The recipe with what the method fixes written in, so the recipe beside the delta says what ran: an
+        `adapter_targets` method's LoRA goes there when lora.target_modules is left at its default; another
+        choice is refused."""
+        if not cls.adapter_targets or tuple(recipe.lora.target_modules) == tuple(cls.adapter_targets):
+            return recipe
+        from dataclasses import replace
+
+        from erasecli.recipes.schema import LoraConfig
+
+        if tuple(recipe.lora.target_modules) != LoraConfig().target_modules:
+            raise RecipeError(f"{cls.name}'s adapter sits on {', '.join(cls.adapter_targets)}; lora.target_modules "
+                              f"{list(recipe.lora.target_modules)} asks for another place",
+                              hint=f"drop the lora.target_modules setting or set it to [{', '.join(cls.adapter_targets)}]")
+        return replace(recipe, lora=replace(recipe.lora, target_modules=tuple(cls.adapter_targets)))
 
     @classmethod
     def uses_images(cls, recipe) -> bool:
@@ -184,7 +202,9 @@ from erasecli.methods.adaptive_siss import AdaptiveSiss  # noqa: E402
 from erasecli.methods.ant import Ant  # noqa: E402
 from erasecli.methods.critic_rl import CriticRl  # noqa: E402
 from erasecli.methods.esd import Esd  # noqa: E402
+from erasecli.methods.mace import Mace  # noqa: E402
 from erasecli.methods.ppo_alpha import PpoAlpha  # noqa: E402
+from erasecli.methods.receler import Receler  # noqa: E402
 from erasecli.methods.siss import Siss  # noqa: E402
 from erasecli.methods.sa import Sa  # noqa: E402
 from erasecli.methods.safree import Safree  # noqa: E402
@@ -193,7 +213,7 @@ from erasecli.methods.uce import Rece, Uce  # noqa: E402
 
 from erasecli.recipes.schema import METHOD_NAMES  # noqa: E402
 
-_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sa, Ant, Sld, Safree)}
+_CLASSES = {m.name: m for m in (Siss, AdaptiveSiss, PpoAlpha, Esd, CriticRl, Uce, Rece, Ac, Sa, Receler, Mace, Ant, Sld, Safree)}
 METHODS: dict[str, type] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 

@@ -47,7 +47,7 @@ class Esd(Unlearner):
 
     @torch.no_grad()
     def start_guidance(self) -> float:
-        return self.ctx.recipe.esd.start_guidance
+        return self.cfg.start_guidance
 
     def _partial_sample(self, c, n_stop: int, n_all: int):
         """Run n_stop DDIM steps (eta 0) from pure noise with guidance `start_guidance()`; returns (x_t, t).
@@ -61,8 +61,14 @@ class Esd(Unlearner):
             x = self.sched.step(e_0 + g * (e_c - e_0), t, x).prev_sample
         return x, self.sched.timesteps[n_stop].expand(len(c))
 
-    def step(self, k: int) -> dict:
-        ctx, cfg = self.ctx, self.ctx.recipe.esd
+    @property
+    def cfg(self):
+        """The recipe section that holds this method's ESD settings (receler reads its own)."""
+        return self.ctx.recipe.esd
+
+    def draw(self):
+        """A batch: (i rows of data.forget drawn, c, c_anchor, x_t, t), this process's rows of the last four."""
+        ctx, cfg = self.ctx, self.cfg
         d, B = ctx.data, ctx.recipe.train.batch_size
         i = ctx.randint(len(d.forget), B)  # every process draws the whole batch, then keeps its rows
         c, c_anchor = ctx.world.local(d.forget_c[i]), ctx.world.local(d.anchor_c[i])
@@ -73,6 +79,11 @@ class Esd(Unlearner):
             t = ctx.randint(ctx.num_timesteps, B)
             x_t = ctx.world.local(ctx.noise.add_noise(d.forget[i], ctx.randn(d.forget[i].shape), t))
             t = ctx.world.local(t)
+        return i, c, c_anchor, x_t, t
+
+    def frozen_target(self, x_t, t, c, c_anchor):
+        """ESD's target from the frozen base (no gradient): e_anchor - eta (e_c - e_ref), (B, C, h, w)."""
+        ctx, cfg = self.ctx, self.cfg
         empty = torch.zeros_like(c)
         with base_only(ctx.unet, *text_encoders(ctx.base.pipe)), torch.no_grad():  # theta*: the frozen base
             if cfg.anchor == "prompt":
@@ -82,7 +93,12 @@ class Esd(Unlearner):
                 e_c, e_0 = ctx.eps(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([c, empty])).chunk(2)
                 e_anchor = e_0
         e_ref = e_anchor if cfg.guide_from == "anchor" else e_0
-        target = e_anchor - cfg.negative_guidance * (e_c - e_ref)  # (B, C, h, w)
+        return e_anchor - cfg.negative_guidance * (e_c - e_ref)
+
+    def step(self, k: int) -> dict:
+        cfg, B = self.cfg, self.ctx.recipe.train.batch_size
+        _, c, c_anchor, x_t, t = self.draw()
+        target = self.frozen_target(x_t, t, c, c_anchor)
         e, L_r = self.eps_and_retain(x_t, t, c, cfg.retain_weight)
         L_esd = mse(e, target).sum() / B  # this process's share of the batch mean
         loss = L_esd + cfg.retain_weight * L_r

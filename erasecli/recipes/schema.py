@@ -14,7 +14,8 @@ from erasecli.recipes.checks import (NON_EMPTY, NOT_BLANK, Check, Checks, above,
 
 SCHEDULERS = ("ddim", "ddpm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sa", "ant", "sld", "safree")
+METHOD_NAMES = ("siss", "adaptive-siss", "ppo-alpha", "esd", "critic-rl", "uce", "rece", "ac", "sa", "receler", "mace", "ant",
+                "sld", "safree")
 ATTACK_NAMES = ("paraphrase", "prompt", "inversion")  # erasecli.attacks.ATTACKS is built from it
 REWARD_NAMES = ("clip", "classifier")  # the registries erasecli.methods.METHODS and erasecli.rewards.REWARDS
 # are built from these two tables, so a name is spelled once
@@ -332,6 +333,60 @@ class SaConfig:
         "replay_weight": (at_least(0),),
         "fisher_samples": (at_least(1),),
         "surrogate": (one_of("anchor", "noise"),),
+    }
+
+
+@dataclass(frozen=True)
+class RecelerConfig(EsdConfig):
+    """receler (Huang et al. 2024): an eraser (a LoRA on every cross-attention's output) trained with ESD's
+    objective (the esd fields, the paper's values by default) and a concept-localized regularizer;
+    `robust.enabled` adds its adversarial prompt learning."""
+
+    reg_weight: float = field(default=0.1, metadata={"help": "Weight of the concept-localized regularizer (the "
+                                                     "eraser's output outside the concept's attention mask), >= 0."})
+    mask_threshold: float = field(default=0.1, metadata={"help": "A query is in the concept's mask where its "
+                                                         "attention to the concept's words exceeds this share of the "
+                                                         "layer's largest, in [0, 1)."})
+
+    CHECKS: ClassVar[Checks] = {
+        **EsdConfig.CHECKS,
+        "reg_weight": (at_least(0),),
+        "mask_threshold": (between(0, 1, open_hi=True),),
+    }
+
+
+@dataclass(frozen=True)
+class MaceConfig:
+    """mace (Lu et al. 2024): a closed-form refinement of the cross-attention k / v, one LoRA per concept trained
+    (train.steps, train.lr, lora.rank) to take the concept's attention out of its mask, and the closed-form fusion
+    of the concepts' LoRAs into one delta."""
+
+    cfr: bool = field(default=True, metadata={"help": "Run the closed-form refinement first (uce's solve on the "
+                                              "concept's tokens and the ones after them)."})
+    cfr_lam: float = field(default=0.5, metadata={"help": "lambda of the refinement's solve, > 0."})
+    cfr_preserve: float = field(default=1.0, metadata={"help": "Weight of keeping the retain prompts' outputs in "
+                                                       "the refinement, >= 0."})
+    mask: str = field(default="attention", metadata={"help": "Where the concept is in an image: 'pixels' (tiny "
+                                                     "bases: the digit's or colour's own pixels) or 'attention' "
+                                                     "(the base's cross-attention to the concept's words, "
+                                                     "thresholded; the fallback for a base without a segmenter)."})
+    mask_threshold: float = field(default=0.3, metadata={"help": "'pixels': brightness above which a pixel is "
+                                                         "drawn; 'attention': share of the largest attention, "
+                                                         "in [0, 1)."})
+    images: int = field(default=8, metadata={"help": "Base images per forget prompt that the LoRAs train on, >= 1."})
+    fuse_preserve: float = field(default=1.0, metadata={"help": "Weight of keeping the retain prompts' keys in the "
+                                                        "fusion of the LoRAs, >= 0."})
+    fuse_lam: float = field(default=0.1, metadata={"help": "Ridge of the fusion's solve (keeps every key near "
+                                                   "the refined one), > 0."})
+
+    CHECKS: ClassVar[Checks] = {
+        "cfr_lam": (above(0),),
+        "cfr_preserve": (at_least(0),),
+        "mask": (one_of("pixels", "attention"),),
+        "mask_threshold": (between(0, 1, open_hi=True),),
+        "images": (at_least(1),),
+        "fuse_preserve": (at_least(0),),
+        "fuse_lam": (above(0),),
     }
 
 
@@ -772,6 +827,8 @@ class Recipe:
     uce: UceConfig = field(default_factory=UceConfig, metadata={"help": "uce and rece settings (section)."})
     ac: AcConfig = field(default_factory=AcConfig, metadata={"help": "ac settings (section)."})
     sa: SaConfig = field(default_factory=SaConfig, metadata={"help": "sa settings (section)."})
+    receler: RecelerConfig = field(default_factory=RecelerConfig, metadata={"help": "receler settings (section)."})
+    mace: MaceConfig = field(default_factory=MaceConfig, metadata={"help": "mace settings (section)."})
     ant: AntConfig = field(default_factory=AntConfig, metadata={"help": "ant settings (section)."})
     sld: SldConfig = field(default_factory=SldConfig, metadata={"help": "sld settings (section)."})
     safree: SafreeConfig = field(default_factory=SafreeConfig, metadata={"help": "safree settings (section)."})
