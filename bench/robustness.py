@@ -35,7 +35,7 @@ from bench.unlearn_compare import ROOT, erase
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
 COLUMNS = ("ua", "ua_paraphrase", "pre_asr", "asr_paraphrase", "asr_prompt", "asr_inversion", "ira", "cra")
 ORACLE = "tiny-oracle-digit-3"
-ROBUST_METHODS = ("siss", "adaptive-siss", "ppo-alpha", "esd", "ac")  # the methods with a `robust` section
+ROBUST_METHODS = ("siss", "adaptive-siss", "ppo-alpha", "esd", "ac", "receler")  # the methods with a `robust` section
 VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
             "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
 CLOSED_METHODS = ("uce", "rece")  # their robust variants are the closed form's own (uce.robust, uce.robust_project)

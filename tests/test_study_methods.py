@@ -348,3 +348,12 @@ def test_mace_erases_two_concepts_into_one_delta_with_a_lora_each(tiny, tmp_path
     assert [row["concept"] for row in summary["loras"]] == ["digit 3", "digit 5"]
     assert result["delta"]["concepts"] == ["digit 3", "digit 5"]
     assert summary["factor_rel_error"] < 1e-6  # the written LoRA is the solved change, to float precision
+
+
+def test_mace_pixel_masks_need_the_tiny_world():
+    from erasecli.errors import RecipeError
+    from erasecli.methods.mace import Mace
+
+    with pytest.raises(RecipeError, match="mace.mask"):
+        Mace.check(load_recipe(None, ["method=mace", "base=sd-1.4", "mace.mask=pixels", "concept.name=van gogh"]))
+    Mace.check(load_recipe(None, ["method=mace", "mace.mask=pixels", "concept.name=digit 3"]))  # the tiny world: fine

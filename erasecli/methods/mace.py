@@ -44,7 +44,14 @@ class Mace(ClosedForm):
 
     @classmethod
     def check(cls, recipe) -> None:
-        return None  # uce.guide is not read: the refinement maps each forget prompt to its anchor
+        """uce.guide is not read (the refinement maps each forget prompt to its anchor); a pixel mask needs the
+        tiny world, whose images are a drawn shape on black."""
+        if recipe.mace.mask == "pixels":
+            from erasecli.models.registry import resolve_base
+
+            if not resolve_base(recipe.base).tiny_world:
+                raise RecipeError(f"mace.mask 'pixels' reads the tiny world's drawn pixels; {recipe.base!r} draws "
+                                  "real images", hint="set mace.mask=attention (the base's own attention map)")
 
     @classmethod
     def edit(cls, recipe, base, concept):
