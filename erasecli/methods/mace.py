@@ -35,7 +35,8 @@ from typing import ClassVar
 import torch
 
 from erasecli.errors import RecipeError
-from erasecli.methods.uce import DTYPE, ClosedForm, _states, edited_modules, erase_pairs, factor, shared_map, solve_device
+from erasecli.methods.uce import (DTYPE, ClosedForm, _states, applied, edited_modules, erase_pairs, factor, shared_map,
+                                  solve_device)
 
 
 class Mace(ClosedForm):
@@ -107,19 +108,6 @@ def lora_on(mods: dict, factors: dict):
     finally:
         for h in hooks:
             h.remove()
-
-
-@contextmanager
-def weights(mods: dict, new: dict):
-    """While inside, each module's weight is `new[name]`; restored on exit."""
-    old = {n: m.weight.data for n, m in mods.items()}
-    try:
-        for n, m in mods.items():
-            m.weight.data = new[n].to(m.weight.device, m.weight.dtype)
-        yield
-    finally:
-        for n, m in mods.items():
-            m.weight.data = old[n]
 
 
 def train_lora(recipe, base, part, keys: dict, gen) -> tuple:
@@ -220,7 +208,7 @@ def edit(recipe, base, concept):
     parts = parts_of(concept)
     gen = torch.Generator("cpu").manual_seed(recipe.train.seed)
     dWs, log = [], []
-    with weights(mods, W1s), torch.enable_grad():
+    with applied(mods, W0s, P), torch.enable_grad():  # W1 in place while the LoRAs train
         unet.requires_grad_(False)
         for part in parts:
             dW, first, last = train_lora(recipe, base, part, keys, gen)
