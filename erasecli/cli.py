@@ -383,6 +383,8 @@ def unlearn(
         defaults = (r.defaults if r is not None else "") or "paper"
         trunc = s.get("truncation")
         rank_note = (f" (truncated: max relative error {trunc['max_relative_error']:.3g})" if trunc else "")
+        if s.get("pooled"):
+            rank_note += f", pooled path edited (residual {s['pooled']['residual']:.3g})"
         work = (f"closed-form edit in {s['edit_seconds']:.2f} s, LoRA rank {s['rank']}{rank_note}" if "edit_seconds" in s else
                 f"{s['steps']} steps, {s['train_seconds']:.1f} s training, "
                 f"{s['data']['sampling_seconds']:.1f} s sampling data")

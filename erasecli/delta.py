@@ -69,6 +69,14 @@ def add_lora(unet, rank: int, alpha: float, target_modules) -> None:
                                 init_lora_weights=True))
 
 
+def one_key_style(layers: dict) -> dict:
+    """diffusers' converter renames the peft keys of attention projections only (`to_k.lora_A` -> `to_k.lora.down`),
+    and its loader converts a UNet state dict whole or not at all, by its first key: a delta whose first module is
+    another layer (SDXL's `add_embedding.linear_1`, a resnet conv) would load without its attention projections.
+    So every module's keys get the one style (`.lora.down` / `.lora.up`)."""
+    return {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v for k, v in layers.items()}
+
+
 def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe: dict,
                     metrics: dict | None = None, overwrite: bool = False, extra=None, concepts=(),
                     text_encoders: dict | None = None) -> DeltaInfo:
@@ -83,7 +91,7 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
 
     out = Path(out)
     check_out(out, overwrite)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = one_key_style(convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
     layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
 
     def config(model) -> dict:

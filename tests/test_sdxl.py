@@ -145,6 +145,55 @@ def test_sgm_names_match_diffusers_own_mapping_back():
         assert sorted(back) == sorted(("lora_unet_" + n).replace(".", "_") + ".lora_down.weight" for n in att)
 
 
+def test_uce_on_sdxl_edits_the_pooled_path_and_plain_diffusers_and_kohya_load_it(tmp_path):
+    """uce.pooled: the layer that reads SDXL's pooled embedding (add_embedding.linear_1) gets the same closed form on
+    pooled embeddings, in its pooled columns only; plain diffusers fuses exactly that, the kohya export names it
+    label_emb.0.0 and diffusers reads it back; uce.pooled=false leaves the layer out of the delta."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from erasecli import api
+    from erasecli.concepts import concept_for
+    from erasecli.methods.uce import _pooled, edited_modules, guides_of, shared_map
+    from erasecli.models.registry import TINY_XL_DIR, load_base
+
+    xl = load_base("tiny-xl", device="cpu")
+    r = api.load_recipe(None, ["uce.lam=0.7"], method="uce", concept={"name": "digit 3"}, base="tiny-xl")
+    res = api.unlearn(r, out=tmp_path / "on", base=xl)
+    pooled = res["summary"]["pooled"]
+    assert pooled["module"] == "add_embedding.linear_1" and pooled["erased"] == 17  # every forget prompt
+    assert pooled["residual"] < 0.3  # the concept's pooled output now mostly its guide's
+    concept = concept_for(r, True)
+    C, G = _pooled(xl, concept.forget), _pooled(xl, guides_of(r.uce, concept))
+    C_p = _pooled(xl, [p for p in concept.retain if p not in set(concept.forget)])
+    P = shared_map(C, G, C_p, 0.7, r.uce.erase_scale, r.uce.preserve_scale)
+    W0 = xl.pipe.unet.add_embedding.linear_1.weight.detach().double()
+    dp = C.shape[1]
+    pipe = StableDiffusionXLPipeline.from_pretrained(TINY_XL_DIR)
+    pipe.load_lora_weights(str(tmp_path / "on"))
+    pipe.fuse_lora()
+    W = pipe.unet.add_embedding.linear_1.weight.detach().double()
+    want = W0[:, :dp] + W0[:, :dp] @ P
+    assert (W[:, :dp] - want).abs().max() <= 1e-5 * want.abs().max()
+    assert torch.equal(W[:, dp:], W0[:, dp:])  # the time ids' columns are untouched
+    fused = dict(pipe.unet.named_modules())
+    for n, m in edited_modules(xl.pipe.unet, ("to_k", "to_v")).items():  # and the projections' edit loaded too
+        assert not torch.equal(fused[n].weight, m.weight), n
+
+    k = erase("export", "--delta", str(tmp_path / "on"), "--format", "kohya", "--out", str(tmp_path / "k"), "--json")
+    assert k.returncode == 0, k.stderr
+    file = json.loads(k.stdout)["file"]
+    assert "lora_unet_label_emb_0_0.lora_up.weight" in load_file(file)  # SGM's name of add_embedding.linear_1
+    again = StableDiffusionXLPipeline.from_pretrained(TINY_XL_DIR)
+    again.load_lora_weights(file)
+    again.fuse_lora()
+    assert (again.unet.add_embedding.linear_1.weight.detach().double() - W).abs().max() <= 1e-5 * W.abs().max()
+
+    off = api.load_recipe(None, ["uce.pooled=false"], method="uce", concept={"name": "digit 3"}, base="tiny-xl")
+    res = api.unlearn(off, out=tmp_path / "off", base=xl)
+    assert "pooled" not in res["summary"]
+    assert not any("add_embedding" in key for key in load_file(str(tmp_path / "off" / "pytorch_lora_weights.safetensors")))
+
+
 def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
     """The inner attack's soft tokens are one row per token split across SDXL's two encoders; its steps lower the
     denoising loss of the base's threes on both encoders' shares, and the step's forget images then use them."""

@@ -29,6 +29,7 @@ class Kind:
     penultimate_only: tuple = ()  # encoders whose last layer's output the denoiser never reads (SDXL's first)
     kohya_layout: str = "sd"  # "sd": lora_unet_<diffusers module>, lora_te_; "sgm": SDXL's original layout, lora_te1_/2_
     closed_form_targets: tuple = ("attn2.to_k", "attn2.to_v")  # the projections of the text states uce may re-solve
+    pooled_target: str = ""  # the layer that first reads the pooled text embedding (its leading input columns), if any
     load_kwargs: dict = field(default_factory=dict)  # what from_pretrained gets besides dtype
 
     @property
@@ -44,7 +45,7 @@ KINDS: dict[str, Kind] = {
     # The invisible watermark would change every image erasecli judges.
     "sdxl": Kind("sdxl", "StableDiffusionXLPipeline", text_encoders=("text_encoder", "text_encoder_2"),
                  tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, penultimate_only=("text_encoder",),
-                 kohya_layout="sgm",
+                 kohya_layout="sgm", pooled_target="add_embedding.linear_1",
                  load_kwargs={"add_watermarker": False}),
 }
 

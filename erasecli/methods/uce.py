@@ -13,6 +13,9 @@ min(#erased, out, in). Since v*_i = W0 g_i, it is W0 P with one P = K M^-1 (in x
 down, of rank r = min(#erased, in) with alpha = r (scale 1): the delta reproduces W to float precision and
 loads like any other.
 
+On SDXL (uce.pooled) the layer that reads the pooled text embedding, add_embedding.linear_1, gets the same solve
+on pooled embeddings in its pooled columns (`pooled_edit`), one more module of the same LoRA.
+
 rece (RECE, Gong et al. 2024) then repeats, `uce.rounds` times: for the edited projections W_l, the
 embedding that makes them give the base's output for an erased embedding c is, in closed form,
     c' = (mu I + sum_l W_l^T W_l)^-1 sum_l W_l^T W0_l c      (mu = uce.rece_lam; sum over every edited layer),
@@ -81,6 +84,52 @@ def _states(base, prompts):
 
     states = token_states(base.pipe.unet, encode_prompts(base.pipe, prompts, base.device))
     return states.to(solve_device(base), DTYPE)
+
+
+@torch.no_grad()
+def _pooled(base, prompts):
+    """(P, Dp) pooled text embeddings, as the UNet receives them (SDXL's `text_embeds`), double, where the solves run."""
+    from erasecli.diffusion.cond import encode_prompts, unpack
+
+    _, added = unpack(base.pipe.unet, encode_prompts(base.pipe, prompts, base.device))
+    return added["text_embeds"].to(solve_device(base), DTYPE)
+
+
+def pooled_edit(recipe, base, concept):
+    """The pooled path's edit (uce.pooled, bases whose kind names a `pooled_target`): the same solve as the token
+    states', on pooled embeddings: each forget prompt's (c_i) mapped to its guide's (g_i), the retain prompts'
+    kept. Only the layer's pooled input columns W_p (its first Dp) change, by W_p P; the time ids' columns stay.
+    Returns (module name, W0 (out, in), change D (out, in), report) or None when there is nothing to edit."""
+    from erasecli.diffusion.kinds import kind_of
+
+    u, unet = recipe.uce, base.pipe.unet
+    target = kind_of(unet).pooled_target
+    if not (u.pooled and target):
+        return None
+    mod = dict(unet.named_modules()).get(target)
+    lin = getattr(mod, "base_layer", mod)
+    if not isinstance(lin, torch.nn.Linear):
+        return None
+    pairs = [(f, g) for f, g in zip(concept.forget, guides_of(u, concept)) if f != g]
+    if not pairs:
+        return None
+    keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
+    C, G = _pooled(base, [f for f, _ in pairs]), _pooled(base, [g for _, g in pairs])
+    C_p = _pooled(base, keep) if keep else C.new_zeros(0, C.shape[1])
+    P = shared_map(C, G, C_p, u.lam, float(u.erase_scale), u.preserve_scale)
+    dp = C.shape[1]
+    W0 = lin.weight.detach().to(C.device, DTYPE)
+    D = torch.zeros_like(W0)
+    D[:, :dp] = W0[:, :dp] @ P
+    Wp, Dp = W0[:, :dp], D[:, :dp]
+    # how much of the gap from the concept's pooled output to its guide's the edit closes (0: all), and how far
+    # the retain prompts' outputs move (relative)
+    gap = ((C - G) @ Wp.T).norm()
+    left = (C @ (Wp + Dp).T - G @ Wp.T).norm()
+    moved = float((C_p @ Dp.T).norm() / (C_p @ Wp.T).norm().clamp_min(1e-30)) if len(C_p) else 0.0
+    report = {"module": target, "erased": len(C), "kept": len(C_p),
+              "residual": round(float(left / gap.clamp_min(1e-30)), 6), "retain_change": round(moved, 6)}
+    return target, W0, D, report
 
 
 def erase_pairs(base, forget, guides, tokens: str):
@@ -351,22 +400,32 @@ def edit(recipe, base, concept, rounds: int = 0):
         P = projected(P, erased - targets_of, u.robust_project)
     rank = min(len(erased) + u.robust_project, P.shape[0])
     deltas = {n: W @ P for n, W in W0s.items()}
+    pooled = pooled_edit(recipe, base, concept)  # SDXL's pooled path: its own solve, outside the rounds
     errors = None
     if u.rank and u.rank < rank:  # uce.rank: the best rank-N approximation of each projection's change
+        if pooled:
+            deltas[pooled[0]] = pooled[2]
         factors, errors = truncated(deltas, u.rank)
         rank = u.rank
     else:
+        if pooled:  # every module carries one rank: the larger of the two edits'
+            deltas[pooled[0]] = pooled[2]
+            rank = max(rank, min(pooled[3]["erased"], *pooled[2].shape))
         right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
         factors = {n: (W @ right, down) for n, W in W0s.items()}
+        if pooled:
+            factors[pooled[0]] = factor(pooled[2], rank)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.time() - t0
     err = max(float((up @ down - deltas[n]).abs().max() / deltas[n].abs().max().clamp_min(1e-30))
               for n, (up, down) in factors.items())
     summary = {"edit_seconds": round(seconds, 4), "encode_seconds": round(t_prep, 4),
-               "modules": len(mods), "rank": rank, "erased_states": len(C_e), "kept_states": len(C_p),
+               "modules": len(factors), "rank": rank, "erased_states": len(C_e), "kept_states": len(C_p),
                "factor_rel_error": err,
                "relative_change": round(max(float(deltas[n].norm() / W0s[n].norm()) for n in W0s), 6)}
+    if pooled:
+        summary["pooled"] = pooled[3] | {"relative_change": round(float(pooled[2].norm() / pooled[1].norm()), 6)}
     if rounds:
         summary["rece_rounds"] = history
     if robust_log:

@@ -525,6 +525,10 @@ class UceConfig:
                                                      "'concept' (those tokens up to the end-of-text token)."})
     modules: tuple[str, ...] = field(default=("to_k", "to_v"), metadata={"help": "Cross-attention (attn2) "
                                      "projections edited: to_k and / or to_v."})
+    pooled: bool = field(default=True, metadata={"help": "Bases with a pooled text input (SDXL): also edit the "
+                         "layer that reads it (add_embedding.linear_1, its pooled columns) by the same closed form, "
+                         "each forget prompt's pooled embedding mapped to its guide's, the retain prompts' kept; "
+                         "no effect on SD [ours]."})
     rounds: int = field(default=3, metadata={"help": "rece: rounds of deriving the embeddings that bring the "
                                              "concept back from the edited model and erasing them too, >= 1."})
     rece_lam: float = field(default=0.1, metadata={"help": "rece: ridge weight mu of that derivation, > 0 "
