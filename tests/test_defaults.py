@@ -36,6 +36,8 @@ def test_the_preset_sets_how_not_what():
 
 def test_tiny_xl_starts_from_its_own_presets_and_keeps_the_kinds_choice():
     assert plain("esd", "digit 3", "tiny-xl").defaults == "tiny-xl-digit-esd"
+    sa = plain("sa", "digit 3", "tiny-xl")  # its own EWC weight: tiny-xl's Fisher is larger
+    assert sa.defaults == "tiny-xl-digit-sa" and sa.sa.ewc_lambda == 1e5 and plain("sa", "digit 3").sa.ewc_lambda == 1e6
     assert plain("critic-rl", "red", "tiny-xl").defaults == "tiny-colour-critic-rl"  # the kind's preset first
     assert tiny_preset("siss", "colour", "tiny-oracle-digit-3") == "tiny-digit-siss"
 
