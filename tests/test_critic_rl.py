@@ -214,13 +214,13 @@ def test_timestep_fraction_sets_how_many_steps_ppo_trains_on(fraction, trained, 
     step = Sampler.step
 
     def counting(self, unet, x, k, *a, prev_sample=None, **kw):
-        if prev_sample is not None:
-            recomputed.append(k)
+        if prev_sample is not None:  # k: one step index per row when several steps share a pass
+            recomputed.extend(k.unique().tolist() if isinstance(k, torch.Tensor) and k.ndim else [int(k)])
         return step(self, unet, x, k, *a, prev_sample=prev_sample, **kw)
 
     monkeypatch.setattr(Sampler, "step", counting)
     r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=1", *SHORT,
-                           "critic.inner_epochs=2", f"critic.timestep_fraction={fraction}"])
+                           "critic.inner_epochs=2", f"critic.timestep_fraction={fraction}", "critic.timesteps_per_pass=3"])
     api.unlearn(r, out=tmp_path / "d", base=tiny)
     # critic.steps=4: ceil(4 * fraction) distinct steps per inner epoch, two epochs
     assert len(recomputed) == 2 * trained
@@ -228,6 +228,27 @@ def test_timestep_fraction_sets_how_many_steps_ppo_trains_on(fraction, trained, 
     for bad in ("0", "1.5"):
         with pytest.raises(RecipeError, match="timestep_fraction"):
             load_recipe(None, ["method=critic-rl", f"critic.timestep_fraction={bad}"])
+
+
+def test_steps_per_pass_changes_the_speed_not_the_delta(tiny, tmp_path):
+    """critic.timesteps_per_pass batches the PPO recompute of several denoising steps into one UNet pass: the same
+    loss and gradient (float rounding aside), with the KL term too, so the delta after two updates is the same."""
+    from safetensors.torch import load_file
+
+    from erasecli import api
+    from erasecli.errors import RecipeError
+
+    deltas = {}
+    for n in (1, 3):
+        r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=2", *SHORT,
+                               "critic.inner_epochs=2", "critic.kl_weight=0.5", f"critic.timesteps_per_pass={n}"])
+        api.unlearn(r, out=tmp_path / str(n), base=tiny)
+        deltas[n] = load_file(str(tmp_path / str(n) / "pytorch_lora_weights.safetensors"))
+    scale = max(float(v.abs().max()) for v in deltas[1].values())
+    assert scale > 0.01  # trained
+    assert all((deltas[1][k] - deltas[3][k]).abs().max() <= 1e-3 * scale for k in deltas[1])
+    with pytest.raises(RecipeError, match="timesteps_per_pass"):
+        load_recipe(None, ["method=critic-rl", "critic.timesteps_per_pass=0"])
 
 
 def test_reward_trend_averages_the_first_and_last_steps_and_skips_nan():

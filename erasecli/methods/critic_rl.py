@@ -134,31 +134,44 @@ class CriticRl(Unlearner):
         if cfg.kl_weight > 0:  # rows whose kernel is pulled towards the base's
             kl_rows = torch.arange(B, device=R.device) if cfg.kl_prompts == "all" else (~forget).nonzero()[:, 0]
         n_train = math.ceil(K * cfg.timestep_fraction)  # steps trained per epoch; the loss is their mean
+        per_pass = cfg.timesteps_per_pass  # steps recomputed in one UNet pass: the same sum of per-step losses
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
-            for j in torch.randperm(K, generator=ctx.gen)[:n_train].tolist():
-                x, x_next = traj.latents[:, j], traj.latents[:, j + 1]
-                out = env.sampler.step(unet, x, j, emb_c, emb_u, prev_sample=x_next)
-                old = traj.log_probs[:, j]
-                loss = rl.ppo_clip_loss(out.log_prob, old, A[:, j], cfg.clip_range) / n_train
+            order = torch.randperm(K, generator=ctx.gen)[:n_train].tolist()
+            for at in range(0, len(order), per_pass):
+                js = order[at : at + per_pass]
+                n = len(js)
+                # rows grouped by step: row q * B + b is chain b at step js[q]
+                x = traj.latents[:, js].transpose(0, 1).reshape(n * B, *traj.latents.shape[2:])
+                x_next = traj.latents[:, [j + 1 for j in js]].transpose(0, 1).reshape(x.shape)
+                ks = torch.tensor(js, device=x.device).repeat_interleave(B)
+                e_c, e_u = emb_c.repeat(n, *([1] * (emb_c.ndim - 1))), emb_u.repeat(n, *([1] * (emb_u.ndim - 1)))
+                out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
+                lp = out.log_prob.view(n, B)
+                loss = 0.0
+                for q, j in enumerate(js):
+                    loss = loss + rl.ppo_clip_loss(lp[q], traj.log_probs[:, j], A[:, j], cfg.clip_range) / n_train
                 if kl_rows is not None and len(kl_rows):
+                    rows = (torch.arange(n, device=x.device)[:, None] * B + kl_rows[None]).flatten()
                     unet.disable_adapters()
                     try:
                         with torch.no_grad():
-                            mu_base = env.sampler.step(unet, x[kl_rows], j, emb_c[kl_rows], emb_u[kl_rows],
-                                                       prev_sample=x_next[kl_rows]).mean
+                            mu_base = env.sampler.step(unet, x[rows], ks[rows], e_c[rows], e_u[rows],
+                                                       prev_sample=x_next[rows]).mean
                     finally:
                         unet.enable_adapters()
-                    kl = ((out.mean[kl_rows] - mu_base).pow(2).flatten(1).mean(1)
-                          / (2 * out.std.flatten()[kl_rows] ** 2)).mean()
-                    loss = loss + cfg.kl_weight * kl / n_train
-                    kl_total += kl.item() / n_train
+                    per_row = (out.mean[rows] - mu_base).pow(2).flatten(1).mean(1) / (2 * out.std.flatten()[rows] ** 2)
+                    kl = per_row.view(n, -1).mean(1)  # (n,): each step's mean over its rows, as one step at a time
+                    loss = loss + cfg.kl_weight * kl.sum() / n_train
+                    kl_total += kl.sum().item() / n_train
                 loss.backward()
                 policy_loss += loss.item()
                 with torch.no_grad():
-                    ratio = (out.log_prob - old).exp()
-                    clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
-                    approx_kl.append((old - out.log_prob).mean().item())
+                    for q, j in enumerate(js):
+                        old = traj.log_probs[:, j]
+                        ratio = (lp[q] - old).exp()
+                        clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+                        approx_kl.append((old - lp[q]).mean().item())
             if cfg.retain_loss > 0 and len(ctx.data.retain):
                 m_r, t_r, c_r, eps_r = ctx.noisy_retain(ctx.recipe.train.batch_size)
                 L_r = (ctx.eps(m_r, t_r, c_r) - eps_r).pow(2).mean()
