@@ -381,6 +381,7 @@ def unlearn(
     else:
         s = result["summary"]
         defaults = (r.defaults if r is not None else "") or "paper"
+        settings = f"recipe {recipe}" if recipe is not None and defaults == "paper" else f"defaults {defaults}"
         trunc = s.get("truncation")
         rank_note = (f" (truncated: max relative error {trunc['max_relative_error']:.3g})" if trunc else "")
         if s.get("pooled"):
@@ -388,7 +389,7 @@ def unlearn(
         work = (f"closed-form edit in {s['edit_seconds']:.2f} s, LoRA rank {s['rank']}{rank_note}" if "edit_seconds" in s else
                 f"{s['steps']} steps, {s['train_seconds']:.1f} s training, "
                 f"{s['data']['sampling_seconds']:.1f} s sampling data")
-        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, defaults {defaults}, {work}; "
+        console.print(f"wrote delta to {result['out']} ({result['delta']['method']}, {settings}, {work}; "
                       f"base {name if r is None else r.base})")
         if s.get("stopped_early"):
             console.print(f"stopped early at step {s['stopped_early']['step']}: the forget reward's recent mean "
