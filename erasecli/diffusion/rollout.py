@@ -50,15 +50,10 @@ class Sampler:
     def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None):
         """One DDIM step of every row of x at step index k: an int, or a (B,) tensor of step indices, one per row
         (several steps of the chains in one UNet pass, as the PPO update batches them: the same math row by row)."""
-        if isinstance(k, torch.Tensor) and k.ndim == 1:
-            t, prev = self.timesteps[k], self.prevs[k]
-            eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
-            return ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
-                                          generator=generator)
-        t = self.timesteps[k]
+        t, prev = self.timesteps[k], self.prevs[k]  # 0-d, or (B,) per row
         eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
-        return ddim_step_with_logprob(eps, int(t), int(self.prevs[k]), x, self.ab, self.final_ab, self.eta,
-                                      prev_sample=prev_sample, generator=generator)
+        return ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
+                                      generator=generator)
 
     @torch.no_grad()
     def sample(self, unet, c, embeds, shape, generator) -> Trajectories:

@@ -145,7 +145,7 @@ class CriticRl(Unlearner):
                 x = traj.latents[:, js].transpose(0, 1).reshape(n * B, *traj.latents.shape[2:])
                 x_next = traj.latents[:, [j + 1 for j in js]].transpose(0, 1).reshape(x.shape)
                 ks = torch.tensor(js, device=x.device).repeat_interleave(B)
-                e_c, e_u = emb_c.repeat(n, *([1] * (emb_c.ndim - 1))), emb_u.repeat(n, *([1] * (emb_u.ndim - 1)))
+                e_c, e_u = torch.cat([emb_c] * n), torch.cat([emb_u] * n)
                 out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
                 lp = out.log_prob.view(n, B)
                 loss = 0.0

@@ -113,7 +113,7 @@ def pooled_edit(recipe, base, concept):
     pairs = [(f, g) for f, g in zip(concept.forget, guides_of(u, concept)) if f != g]
     if not pairs:
         return None
-    keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
+    keep = kept_prompts(u, concept)
     C, G = _pooled(base, [f for f, _ in pairs]), _pooled(base, [g for _, g in pairs])
     C_p = _pooled(base, keep) if keep else C.new_zeros(0, C.shape[1])
     P = shared_map(C, G, C_p, u.lam, float(u.erase_scale), u.preserve_scale)
@@ -127,7 +127,7 @@ def pooled_edit(recipe, base, concept):
     gap = ((C - G) @ Wp.T).norm()
     left = (C @ (Wp + Dp).T - G @ Wp.T).norm()
     moved = float((C_p @ Dp.T).norm() / (C_p @ Wp.T).norm().clamp_min(1e-30)) if len(C_p) else 0.0
-    report = {"module": target, "erased": len(C), "kept": len(C_p),
+    report = {"module": target, "erased": len(C), "kept": len(C_p), "rank": min(len(C), dp, len(W0)),
               "residual": round(float(left / gap.clamp_min(1e-30)), 6), "retain_change": round(moved, 6)}
     return target, W0, D, report
 
@@ -237,11 +237,17 @@ def guides_of(u, concept) -> list:
     return [""] * len(concept.forget) if u.guide == "empty" else [u.guide] * len(concept.forget)
 
 
+def kept_prompts(u, concept) -> list:
+    """The prompts whose outputs the edit keeps: the retain prompts that are not forget prompts, and the empty
+    prompt with uce.preserve_empty."""
+    return ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
+
+
 def plan(recipe, base, concept):
     """The states of one edit: erased C_e, their guides' G_e, kept C_p, and the concept-token row mask."""
     u = recipe.uce
     C_e, G_e, rows = erase_pairs(base, list(concept.forget), guides_of(u, concept), u.tokens)
-    keep = ([""] if u.preserve_empty else []) + [p for p in concept.retain if p not in set(concept.forget)]
+    keep = kept_prompts(u, concept)
     C_p = _states(base, keep).reshape(-1, C_e.shape[1]) if keep else C_e.new_zeros(0, C_e.shape[1])
     return C_e, G_e, C_p, rows
 
@@ -401,16 +407,15 @@ def edit(recipe, base, concept, rounds: int = 0):
     rank = min(len(erased) + u.robust_project, P.shape[0])
     deltas = {n: W @ P for n, W in W0s.items()}
     pooled = pooled_edit(recipe, base, concept)  # SDXL's pooled path: its own solve, outside the rounds
+    if pooled:
+        deltas[pooled[0]] = pooled[2]
     errors = None
     if u.rank and u.rank < rank:  # uce.rank: the best rank-N approximation of each projection's change
-        if pooled:
-            deltas[pooled[0]] = pooled[2]
         factors, errors = truncated(deltas, u.rank)
         rank = u.rank
     else:
         if pooled:  # every module carries one rank: the larger of the two edits'
-            deltas[pooled[0]] = pooled[2]
-            rank = max(rank, min(pooled[3]["erased"], *pooled[2].shape))
+            rank = max(rank, pooled[3]["rank"])
         right, down = factor(P, rank)  # P = right @ down, so W0 P = (W0 right) @ down: one SVD for every module
         factors = {n: (W @ right, down) for n, W in W0s.items()}
         if pooled:
