@@ -396,7 +396,9 @@ def unlearn(
                           f"{s['stopped_early']['reward_forget_mean']:.3f} reached critic.stop_reward")
         if s.get("reward_forget"):
             rf = s["reward_forget"]
-            console.print(f"forget reward (minus the concept score): mean {rf['first_mean']:.3f} over the first "
+            what = "minus the concept score" + (", plus the kept attribute's" if r is not None and r.critic.keep_weight
+                                                else "")
+            console.print(f"forget reward ({what}): mean {rf['first_mean']:.3f} over the first "
                           f"{rf['first_steps']} steps, {rf['last_mean']:.3f} over the last {rf['last_steps']}")
         named = " ".join(f"--concept {json.dumps(c)}" for c in result["delta"]["concepts"])
         console.print(f"next: erase evaluate {named} "
@@ -462,7 +464,8 @@ def _unlearn_batch(api, r, concepts_file: Path, out, overwrite: bool, device, dt
 
 @app.command("train-critic")
 def train_critic(
-    concept: Optional[str] = typer.Option(None, "--concept", help='The concept critic-rl will erase, e.g. "digit 3".'),
+    concept: List[str] = typer.Option([], "--concept", help='The concept critic-rl will erase, e.g. "digit 3"; '
+                                      'repeat it for several erased together.'),
     base: Optional[str] = BASE,
     reward: Optional[str] = typer.Option(None, "--reward", help="clip (default) or classifier (tiny base only)."),
     recipe: Optional[Path] = RECIPE,
@@ -481,7 +484,7 @@ def train_critic(
 
     if reward is not None and reward not in REWARD_NAMES:
         raise RecipeError(f"unknown reward {reward!r}", hint="valid rewards: " + ", ".join(REWARD_NAMES))
-    r = load_recipe_cli(recipe, set_, base=base, concept=_drop_none({"name": concept}),
+    r = load_recipe_cli(recipe, set_, base=base, concept=_concepts(concept),
                         method="critic-rl" if recipe is None else None,  # the same preset as unlearn's
                         critic=_drop_none({"reward": reward}))
     api.check_train_critic(r, out=out, overwrite=overwrite)
@@ -497,7 +500,9 @@ def train_critic(
     from rich.table import Table
 
     rep = result["report"]
-    table = Table(title=f"critic for {r.concept.name!r} ({rep['reward']} reward, {rep['input']} input), "
+    from erasecli.concepts import concept_names, joined_name
+
+    table = Table(title=f"critic for {joined_name(concept_names(r))!r} ({rep['reward']} reward, {rep['input']} input), "
                         f"{rep['held_out']} held-out trajectories")
     for col in ("t", "explained variance", "within forget/retain", "RMSE"):
         table.add_column(col, justify="right")

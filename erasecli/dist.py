@@ -5,6 +5,8 @@ no-op, so the library reads the same either way:
 
 - sampling (`sampling.generate`, so `sample`, `evaluate` and training-data sampling) splits its (prompt, seed)
   jobs round-robin, each process makes its share, and every process gets all images back in order;
+- critic-rl rolls out its share of each step's chains (noise drawn for the whole batch) and gathers them back,
+  so every process holds every trajectory and reward; its PPO update then splits the rows like the others;
 - training splits each step's batch by rows after all random draws (every process draws the same numbers
   from the same seeded generator), sums each process's share of the batch mean, and all-reduces the
   gradients, so every process takes the same optimiser step as one process with the whole batch;
@@ -52,6 +54,19 @@ class World:
             for i, item in zip(range(rank, n, self.size), part):
                 out[i] = item
         return out
+
+    def gather_rows(self, t, n: int):
+        """Every process's rows of a per-row tensor (its `rows(n)`, first dim) back in one (n, ...) tensor, on
+        every process, on t's device."""
+        if self.size == 1:
+            return t
+        import torch
+
+        parts = self.gather([t.detach().cpu()], self.size)  # one part per process, in rank order
+        out = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+        for rank, part in enumerate(parts):
+            out[rank :: self.size] = part
+        return out.to(t.device)
 
     def sum_(self, tensors) -> None:
         """All-reduce (sum) a list of tensors in place, in one flat message."""

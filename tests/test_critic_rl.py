@@ -71,6 +71,65 @@ def test_rewards_penalise_the_concept_and_reward_utility(name, tiny):
         assert forget_t.mean() > forget.mean() and other_t.mean() < other.mean() and forget_t.mean() < other_t.mean()
 
 
+def _red_and_blue(digit: int):
+    from erasecli.models import tiny_world as W
+
+    d = W.load_split("heldout")
+    shapes = torch.from_numpy(d.images[d.labels == digit][:4])
+    return (W.render(shapes, torch.full((4,), W.COLOUR_NAMES.index(c), dtype=torch.long)) for c in ("red", "blue"))
+
+
+@pytest.mark.parametrize("name", REWARD_NAMES)
+def test_keep_weight_rewards_the_colour_a_forget_prompt_names(name, tiny):
+    """critic.keep_weight adds the probability of what a forget prompt names besides the concept (the colour of
+    "a red three"), so a red image scores above a blue one for it; a prompt naming no colour gets nothing."""
+    from erasecli.concepts import tiny_concept
+
+    sets = tiny_concept("digit 3")
+    make = lambda w: REWARDS[name](load_recipe(None, ["concept.name=digit 3", f"critic.reward={name}",  # noqa: E731
+                                                      "critic.zero_shot=true", "critic.temperature=2.5",
+                                                      f"critic.keep_weight={w}"]), tiny, sets)
+    plain, kept = make(0), make(1.0)
+    red, blue = _red_and_blue(3)
+    prompt = ["a red handwritten digit three"] * 4
+    gain_red, gain_blue = kept(red, prompt) - plain(red, prompt), kept(blue, prompt) - plain(blue, prompt)
+    assert (gain_red > 0.5).all() and (gain_blue < 0.2).all(), (gain_red, gain_blue)
+    bare = ["a handwritten digit three"] * 4
+    assert torch.allclose(kept(red, bare), plain(red, bare))
+    retain = ["a red handwritten digit seven"] * 4  # retain prompts' reward is unchanged
+    assert torch.allclose(kept(red, retain), plain(red, retain))
+
+
+@pytest.mark.parametrize("name", REWARD_NAMES)
+def test_two_concepts_reward_penalises_either_on_every_forget_prompt(name, tiny):
+    from erasecli.concepts import tiny_concept
+
+    sets = tiny_concept(("digit 3", "digit 7"))
+    reward = REWARDS[name](load_recipe(None, ["concept.name=digit 3", "concept.also=[digit 7]", f"critic.reward={name}",
+                                              "critic.zero_shot=true"]), tiny, sets)
+    three, seven, five = (next(_red_and_blue(d)) for d in (3, 7, 5))
+    for prompt in ("a red handwritten digit three", "the number 7 in red"):
+        p = [prompt] * 4
+        assert reward(three, p).mean() < reward(five, p).mean() - 0.3
+        assert reward(seven, p).mean() < reward(five, p).mean() - 0.3  # not one erased digit for the other
+
+
+@pytest.mark.slow
+def test_critic_rl_erases_two_concepts_into_one_delta_with_a_critic_for_both(tmp_path):
+    sets = sum([["--set", s] for s in SHORT], [])
+    both = ["--concept", "digit 3", "--concept", "digit 7"]
+    p = erase("train-critic", *both, "--out", str(tmp_path / "c"), *sets, "--json")
+    assert p.returncode == 0, p.stderr
+    p = erase("unlearn", "--method", "critic-rl", *both, "--critic", str(tmp_path / "c"), "--steps", "2", *sets,
+              "--out", str(tmp_path / "d"), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["delta"]["concepts"] == ["digit 3", "digit 7"]
+    p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(tmp_path / "c"), *sets,
+              "--out", str(tmp_path / "e"))
+    assert "was trained for concept 'digit 3 + digit 7', not 'digit 3'" in one_line_error(p, 1)
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.slow
 def test_train_critic_then_unlearn_with_it_raises_ua(tmp_path):
     sets = sum([["--set", s] for s in SHORT], [])
@@ -137,7 +196,7 @@ def _fake_critic(folder: Path, concept: str):
                 {"kind": "erasecli-critic", "base": "tiny", "concept": concept, "reward": "clip", "input": "noisy"})
 
 
-@pytest.mark.parametrize("case", ["other-concept", "missing-file", "bad-reward", "reward-flag"])
+@pytest.mark.parametrize("case", ["other-concept", "other-keep-weight", "missing-file", "bad-reward", "reward-flag"])
 def test_bad_critic_input_is_one_line_and_writes_nothing(case, tmp_path):
     out = tmp_path / "out"
     if case == "other-concept":
@@ -145,6 +204,11 @@ def test_bad_critic_input_is_one_line_and_writes_nothing(case, tmp_path):
         p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(tmp_path / "c"),
                   "--out", str(out))
         needle = "was trained for concept 'digit 5', not 'digit 3'"
+    elif case == "other-keep-weight":  # its reward differs, so its values would too
+        _fake_critic(tmp_path / "c", "digit 3")
+        p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(tmp_path / "c"),
+                  "--set", "critic.keep_weight=1", "--out", str(out))
+        needle = "was trained for keep_weight 0.0, not 1.0"
     elif case == "missing-file":
         _fake_critic(tmp_path / "c", "digit 3")
         (tmp_path / "c" / "critic.safetensors").unlink()
@@ -163,12 +227,13 @@ def test_bad_critic_input_is_one_line_and_writes_nothing(case, tmp_path):
 
 
 RETAIN_LOSS = ["critic.retain_loss=1.0", "data.images_per_prompt=4", "data.retain_images_per_prompt=2"]
+ANCHOR_LOSS = ["critic.anchor_loss=1.0", "data.images_per_prompt=4", "data.retain_images_per_prompt=2"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sets", [["critic.kl_weight=0.5"], ["critic.kl_weight=0.5", "critic.kl_prompts=retain"],
-                                  ["critic.per_step=false"], ["critic.input=clean"], RETAIN_LOSS],
-                         ids=["kl", "kl-retain", "terminal-reward", "clean-input", "retain-loss"])
+                                  ["critic.per_step=false"], ["critic.input=clean"], RETAIN_LOSS, ANCHOR_LOSS],
+                         ids=["kl", "kl-retain", "terminal-reward", "clean-input", "retain-loss", "anchor-loss"])
 def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
     import math
 
@@ -183,6 +248,7 @@ def test_ablation_switches_and_kl_run(sets, tiny, tmp_path):
     else:
         assert all(row["kl_base"] == 0 for row in rows)
     assert all((row["L_r"] > 0) == ("critic.retain_loss=1.0" in sets) for row in rows)
+    assert all((row["L_a"] > 0) == ("critic.anchor_loss=1.0" in sets) for row in rows)
 
 
 @pytest.mark.parametrize("fraction, n_retain", [(0.5, 2), (0.25, 1), (0.0, 0)])

@@ -16,6 +16,9 @@ from test_sample_cli import erase
 
 pytestmark = pytest.mark.slow
 SMALL = ["--set", "data.images_per_prompt=4", "--set", "data.retain_images_per_prompt=2"]
+SHORT_CRITIC = ["critic.steps=4", "critic.train_trajectories=8", "critic.train_epochs=2", "critic.width=16",
+                "critic.blocks=2", "critic.prompts_per_step=2", "critic.samples_per_prompt=4", "critic.retain_loss=1.0",
+                "critic.kl_weight=0.5", "critic.timesteps_per_pass=2"]
 
 
 def free_port() -> int:
@@ -88,8 +91,31 @@ def test_two_processes_evaluate_like_one(tmp_path):
         assert two[k] == pytest.approx(one[k], rel=1e-4)
 
 
-def test_methods_that_cannot_split_say_so(tmp_path):
-    p = launch("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--out", str(tmp_path / "x"))
+def test_critic_rl_splits_its_rollouts_and_update_like_one_process(tmp_path):
+    """Each process rolls out and scores its share of the chains (noise drawn for the whole batch), gathers the
+    rest for the per-prompt advantages and the critic, and updates on its rows; gradients are summed. The
+    retain term and the KL term are split too."""
+    args = ["unlearn", "--method", "critic-rl", "--concept", "digit 3", "--steps", "2", *SMALL,
+            *[x for kv in SHORT_CRITIC for x in ("--set", kv)]]
+    p = launch(*args, "--out", str(tmp_path / "two"), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["summary"]["processes"] == 2
+    assert erase(*args, "--out", str(tmp_path / "one")).returncode == 0
+    one, two = lora(tmp_path / "one"), lora(tmp_path / "two")
+    assert max(float(v.abs().max()) for v in one.values()) > 1e-3  # trained
+    # float rounding in the rollouts (8 rows per UNet call instead of 16) moves log-probs by ~1e-6, and Adam's
+    # first steps move every weight by ~lr whatever its gradient's size, so the deltas differ by ~6e-4 (measured);
+    # without the gradients' all-reduce they differ by ~0.3
+    assert rel_diff(one, two) < 5e-3
+    rows = [[json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    for a, b in zip(*rows):  # whole-batch figures: the rewards of every chain, the loss over every row
+        for key in ("reward_forget", "loss", "L_r", "kl_base", "clipfrac"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
+
+
+def test_train_critic_says_it_runs_in_one_process(tmp_path):
+    p = launch("train-critic", "--concept", "digit 3", "--out", str(tmp_path / "x"))
     assert p.returncode != 0
-    assert "critic-rl runs in one process" in p.stderr
+    assert "train-critic runs in one process" in p.stderr
     assert not (tmp_path / "x").exists()

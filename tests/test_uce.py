@@ -138,8 +138,12 @@ def test_uce_erases_three_digits_together_and_keeps_the_rest(tiny, tmp_path):
     assert swap["metrics"]["ira"] >= 0.9 and swap["metrics"]["cra"] >= 0.9, swap["metrics"]
 
 
-def test_critic_rl_refuses_several_concepts():
+def test_a_method_that_erases_one_concept_refuses_several(monkeypatch):
+    from erasecli.methods import METHODS
+
     r = recipe("critic-rl", concept="digit 3", also=["digit 5"])
+    api.check_unlearn(r, out=Path("/tmp/never"))  # every shipped method erases several together
+    monkeypatch.setattr(METHODS["critic-rl"], "supports_together", False)  # the flag a new method would set
     with pytest.raises(UsageError, match="one concept per delta"):
         api.check_unlearn(r, out=Path("/tmp/never"))
 

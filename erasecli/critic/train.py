@@ -48,11 +48,13 @@ def rollout_prompts(sets, n: int, gen) -> list[str]:
 class RolloutEnv:
     """Prompts, their embeddings, the sampler and the reward: what train-critic and critic-rl roll out with."""
 
-    def __init__(self, recipe, base, sets):
+    def __init__(self, recipe, base, sets, world=None):
         from erasecli.diffusion.rollout import Sampler, pooled_text
+        from erasecli.dist import World
         from erasecli.rewards import make_reward
 
         self.recipe, self.base, self.sets = recipe, base, sets
+        self.world = world or World()  # several processes: each rolls out its share of the chains
         cfg = recipe.critic
         self.prompts = list(dict.fromkeys(["", *sets.forget, *sets.retain]))
         self.index = {p: i for i, p in enumerate(self.prompts)}
@@ -64,12 +66,19 @@ class RolloutEnv:
         self.shape = base_latent_shape(base)
 
     def rollout(self, unet, prompts, gen):
-        """Trajectories for `prompts` with `unet`, and their rewards (B,)."""
-        from erasecli.diffusion.rollout import decode
+        """Trajectories for `prompts` with `unet`, and their rewards (B,). Several processes each sample and
+        score their rows (`World.rows`) and gather the rest: every process returns the whole batch."""
+        from erasecli.diffusion.rollout import Trajectories, decode
 
         c = torch.tensor([self.index[p] for p in prompts], device=self.base.device)
-        traj = self.sampler.sample(unet, c, self.embeds, self.shape, gen)
-        R = self.reward(decode(self.base, traj.latents[:, -1]), list(prompts)).to(self.base.device)
+        w, n = self.world, len(prompts)
+        traj = self.sampler.sample(unet, c, self.embeds, self.shape, gen, rows=None if w.size == 1 else w.rows(n))
+        R = self.reward(decode(self.base, traj.latents[:, -1]), [prompts[i] for i in w.rows(n)]).to(self.base.device)
+        if w.size > 1:
+            traj = Trajectories(c=c, latents=w.gather_rows(traj.latents, n), x0_hats=w.gather_rows(traj.x0_hats, n),
+                                log_probs=w.gather_rows(traj.log_probs, n), timesteps=traj.timesteps,
+                                prev_timesteps=traj.prev_timesteps)
+            R = w.gather_rows(R, n)
         return traj, R
 
 
@@ -178,23 +187,32 @@ def train_critic(recipe, base, sets, progress=None, env: RolloutEnv | None = Non
     return critic, report
 
 
+def _concept(recipe) -> str:
+    """The concept (or concepts erased together) a critic's reward scores."""
+    from erasecli.concepts import concept_names, joined_name
+
+    return joined_name(concept_names(recipe))
+
+
 def critic_metadata(recipe, base, report) -> dict:
     from erasecli import __version__
 
-    return {"kind": CRITIC_KIND, "base": base.name, "base_arch": base.arch, "concept": recipe.concept.name,
-            "reward": recipe.critic.reward, "input": recipe.critic.input, "steps": recipe.critic.steps,
-            "version": __version__, "report": report}
+    return {"kind": CRITIC_KIND, "base": base.name, "base_arch": base.arch, "concept": _concept(recipe),
+            "reward": recipe.critic.reward, "keep_weight": recipe.critic.keep_weight, "input": recipe.critic.input,
+            "steps": recipe.critic.steps, "version": __version__, "report": report}
 
 
 def check_critic(meta: dict, recipe, base_name: str, path) -> None:
-    """Refuse a critic trained for another base, concept, reward or input (its values would mean nothing)."""
+    """Refuse a critic trained for another base, concept, reward (or keep weight) or input (its values would mean
+    nothing)."""
     if meta.get("kind") != CRITIC_KIND:
         raise EraseError(f"{path} is not a critic written by `erase train-critic`",
                          hint="pass the folder `erase train-critic --out` wrote")
-    for key, want in (("base", base_name), ("concept", recipe.concept.name), ("reward", recipe.critic.reward),
-                      ("input", recipe.critic.input)):
-        if str(meta.get(key)) != str(want):
-            raise EraseError(f"critic {path} was trained for {key} {meta.get(key)!r}, not {want!r}",
+    for key, want in (("base", base_name), ("concept", _concept(recipe)), ("reward", recipe.critic.reward),
+                      ("keep_weight", recipe.critic.keep_weight), ("input", recipe.critic.input)):
+        had = meta.get(key, 0.0 if key == "keep_weight" else None)  # critics from before keep_weight: 0
+        if str(had) != str(want):
+            raise EraseError(f"critic {path} was trained for {key} {had!r}, not {want!r}",
                              hint=f"train one with `erase train-critic` for this {key}, or drop --critic")
 
 

@@ -47,22 +47,32 @@ class Sampler:
         self.init_sigma = float(sched.init_noise_sigma)
         self.device = base.device
 
-    def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None):
+    def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None, variance_noise=None):
         """One DDIM step of every row of x at step index k: an int, or a (B,) tensor of step indices, one per row
         (several steps of the chains in one UNet pass, as the PPO update batches them: the same math row by row)."""
         t, prev = self.timesteps[k], self.prevs[k]  # 0-d, or (B,) per row
         eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
         return ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
-                                      generator=generator)
+                                      generator=generator, variance_noise=variance_noise)
 
     @torch.no_grad()
-    def sample(self, unet, c, embeds, shape, generator) -> Trajectories:
-        """B = len(c) trajectories; embeds (P, L, D) with the empty prompt at index 0."""
+    def sample(self, unet, c, embeds, shape, generator, rows=None) -> Trajectories:
+        """B = len(c) trajectories; embeds (P, L, D) with the empty prompt at index 0. `rows` (indices into c):
+        only those chains are computed and returned, with the same noise they get in the whole batch (every
+        draw is the whole batch's), so processes that split the rows together make the one-process batch."""
+        n = len(c)
+        rows = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        c = c[rows.to(c.device)]
         emb_c, emb_u = embeds[c], embeds[torch.zeros_like(c)]
-        x = torch.randn((len(c), *shape), generator=generator).to(self.device) * self.init_sigma
+
+        def draw():  # the whole batch's noise, this caller's rows
+            return torch.randn((n, *shape), generator=generator)[rows].to(self.device)
+
+        x = draw() * self.init_sigma
         xs, x0s, lps = [x], [], []
         for k in range(len(self.timesteps)):
-            out = self.step(unet, x, k, emb_c, emb_u, generator=generator)
+            noise = draw() if self.eta > 0 else None
+            out = self.step(unet, x, k, emb_c, emb_u, variance_noise=noise)
             x = out.prev_sample
             xs.append(x)
             x0s.append(out.pred_original_sample)

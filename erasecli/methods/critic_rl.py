@@ -16,7 +16,8 @@ DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at
                   option); optional + kl_weight ||mu_theta - mu_base||^2 / (2 s_t^2) (mean over dims),
                   on every rollout or, with critic.kl_prompts: retain, on retain prompts' rollouts only [ours];
                   optional + retain_loss ||eps_theta(x_r_t, t, c_r) - eps||^2 on base retain latents, the
-                  siss-family's retain term [ours]
+                  siss-family's retain term [ours]; optional + anchor_loss ||eps_theta(x_a_t, t, c_f) - eps||^2 on
+                  the base's anchor latents under their forget prompts c_f (ac's noise target) [ours]
     epochs        critic.inner_epochs passes over the stored trajectories (off-policy reuse via the ratio);
                   the critic then fits R on the fresh trajectories (critic.updates_per_step passes)
     stop          optional [ours]: the run ends before train.steps once the mean forget reward over the last
@@ -35,7 +36,7 @@ import torch
 from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
-from erasecli.methods.losses import grad_norm
+from erasecli.methods.losses import grad_norm, mse
 
 
 def gae_over_steps(V, R, lam: float):
@@ -59,8 +60,6 @@ def normalise_per_prompt(A, prompts):
 
 class CriticRl(Unlearner):
     name = "critic-rl"
-    supports_together = False  # its reward scores one concept
-    data_parallel = False  # rollouts and per-prompt advantages are not split over processes yet
     uses_critic = True
     supports_robust = supports_text_encoder = False
     why_not_robust = ("its forget term is the critic's reward on rollouts of plain prompts, and a critic trained "
@@ -72,7 +71,7 @@ class CriticRl(Unlearner):
         from erasecli.critic.model import load_critic
 
         r, base = ctx.recipe, ctx.base
-        self.env = RolloutEnv(r, base, ctx.data.sets)
+        self.env = RolloutEnv(r, base, ctx.data.sets, world=ctx.world)
         self.report = {}
         if r.critic.path:
             try:
@@ -97,7 +96,7 @@ class CriticRl(Unlearner):
 
     @classmethod
     def uses_images(cls, recipe) -> bool:
-        return recipe.critic.retain_loss > 0  # retain latents for the denoising term
+        return recipe.critic.retain_loss > 0 or recipe.critic.anchor_loss > 0  # latents for the denoising terms
 
     def extra_summary(self) -> dict:
         return self.report
@@ -126,33 +125,42 @@ class CriticRl(Unlearner):
         else:
             A = R[:, None].expand(B, K)
         A = normalise_per_prompt(A, prompts)
-        emb_c, emb_u = env.embeds[traj.c], env.embeds[torch.zeros_like(traj.c)]
-        clipped, approx_kl, policy_loss, kl_total, retain_total = [], [], 0.0, 0.0, 0.0
         forget_set = set(ctx.data.sets.forget)
         forget = torch.tensor([p in forget_set for p in prompts], device=R.device)
+        # several processes: each updates on its rows of the batch (every process holds every trajectory) and
+        # the gradients are summed, so each row's loss is weighted 1 / B as in one process's batch mean
+        world = ctx.world
+        loc = torch.tensor(world.rows(B), device=R.device)
+        share = len(loc) / B
+        lat, old_lp, A_loc = traj.latents[loc], traj.log_probs[loc], A[loc]
+        emb_c, emb_u = env.embeds[traj.c[loc]], env.embeds[torch.zeros_like(traj.c[loc])]
+        b = len(loc)
         kl_rows = None
-        if cfg.kl_weight > 0:  # rows whose kernel is pulled towards the base's
-            kl_rows = torch.arange(B, device=R.device) if cfg.kl_prompts == "all" else (~forget).nonzero()[:, 0]
+        if cfg.kl_weight > 0:  # this process's rows whose kernel is pulled towards the base's
+            kl_on = torch.ones_like(forget) if cfg.kl_prompts == "all" else ~forget
+            kl_rows, n_kl = kl_on[loc].nonzero()[:, 0], int(kl_on.sum())
         n_train = math.ceil(K * cfg.timestep_fraction)  # steps trained per epoch; the loss is their mean
         per_pass = cfg.timesteps_per_pass  # steps recomputed in one UNet pass: the same sum of per-step losses
+        zero = torch.zeros((), device=R.device)
+        policy_loss = kl_total = retain_total = anchor_total = clipped = approx_kl = zero
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             order = torch.randperm(K, generator=ctx.gen)[:n_train].tolist()
             for at in range(0, len(order), per_pass):
                 js = order[at : at + per_pass]
                 n = len(js)
-                # rows grouped by step: row q * B + b is chain b at step js[q]
-                x = traj.latents[:, js].transpose(0, 1).reshape(n * B, *traj.latents.shape[2:])
-                x_next = traj.latents[:, [j + 1 for j in js]].transpose(0, 1).reshape(x.shape)
-                ks = torch.tensor(js, device=x.device).repeat_interleave(B)
+                # rows grouped by step: row q * b + i is this process's chain i at step js[q]
+                x = lat[:, js].transpose(0, 1).reshape(n * b, *lat.shape[2:])
+                x_next = lat[:, [j + 1 for j in js]].transpose(0, 1).reshape(x.shape)
+                ks = torch.tensor(js, device=x.device).repeat_interleave(b)
                 e_c, e_u = torch.cat([emb_c] * n), torch.cat([emb_u] * n)
                 out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
-                lp = out.log_prob.view(n, B)
+                lp = out.log_prob.view(n, b)
                 loss = 0.0
                 for q, j in enumerate(js):
-                    loss = loss + rl.ppo_clip_loss(lp[q], traj.log_probs[:, j], A[:, j], cfg.clip_range) / n_train
+                    loss = loss + share * rl.ppo_clip_loss(lp[q], old_lp[:, j], A_loc[:, j], cfg.clip_range) / n_train
                 if kl_rows is not None and len(kl_rows):
-                    rows = (torch.arange(n, device=x.device)[:, None] * B + kl_rows[None]).flatten()
+                    rows = (torch.arange(n, device=x.device)[:, None] * b + kl_rows[None]).flatten()
                     unet.disable_adapters()
                     try:
                         with torch.no_grad():
@@ -161,35 +169,54 @@ class CriticRl(Unlearner):
                     finally:
                         unet.enable_adapters()
                     per_row = (out.mean[rows] - mu_base).pow(2).flatten(1).mean(1) / (2 * out.std.flatten()[rows] ** 2)
-                    kl = per_row.view(n, -1).mean(1)  # (n,): each step's mean over its rows, as one step at a time
+                    kl = per_row.view(n, -1).sum(1) / n_kl  # (n,): each step's share of its mean over the KL rows
                     loss = loss + cfg.kl_weight * kl.sum() / n_train
-                    kl_total += kl.sum().item() / n_train
+                    kl_total = kl_total + kl.sum().detach() / n_train
                 loss.backward()
-                policy_loss += loss.item()
+                policy_loss = policy_loss + loss.detach()
                 with torch.no_grad():
-                    for q, j in enumerate(js):
-                        old = traj.log_probs[:, j]
-                        ratio = (lp[q] - old).exp()
-                        clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
-                        approx_kl.append((old - lp[q]).mean().item())
-            if cfg.retain_loss > 0 and len(ctx.data.retain):
-                m_r, t_r, c_r, eps_r = ctx.noisy_retain(ctx.recipe.train.batch_size)
-                L_r = (ctx.eps(m_r, t_r, c_r) - eps_r).pow(2).mean()
-                (cfg.retain_loss * L_r).backward()
-                retain_total += L_r.item()
+                    ratio = (lp - old_lp[:, js].T).exp()  # (n, b)
+                    clipped = clipped + ((ratio - 1).abs() > cfg.clip_range).float().sum() / (B * n_train)
+                    approx_kl = approx_kl + (old_lp[:, js].T - lp).sum() / (B * n_train)
+            L_r, L_a = self._denoising_terms()
+            if L_r is not None or L_a is not None:
+                (cfg.retain_loss * (zero if L_r is None else L_r) + cfg.anchor_loss * (zero if L_a is None else L_a)
+                 ).backward()
+                retain_total = retain_total + (zero if L_r is None else L_r.detach())
+                anchor_total = anchor_total + (zero if L_a is None else L_a.detach())
             params = [p for p in ctx.params if p.grad is not None]
+            world.sum_([p.grad for p in params])
             norm = grad_norm([p.grad for p in params])
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             self.opt.step()
         critic_loss = fit_critic(self.critic, self.critic_opt, env, traj, R, cfg.updates_per_step, 256, ctx.gen) \
             if cfg.updates_per_step else float("nan")
-        return {"loss": policy_loss / cfg.inner_epochs, "reward": R.mean().item(),
-                "reward_forget": R[forget].mean().item(),
+        policy_loss, kl_total, retain_total, anchor_total, clipped, approx_kl = (
+            v.item() / cfg.inner_epochs
+            for v in world.total(policy_loss, kl_total, retain_total, anchor_total, clipped, approx_kl))
+        return {"loss": policy_loss, "reward": R.mean().item(), "reward_forget": R[forget].mean().item(),
                 "reward_retain": R[~forget].mean().item() if (~forget).any() else float("nan"),
-                "critic_loss": critic_loss, "clipfrac": sum(clipped) / len(clipped),
-                "approx_kl": sum(approx_kl) / len(approx_kl), "kl_base": kl_total / cfg.inner_epochs,
-                "L_r": retain_total / cfg.inner_epochs,
-                "grad_norm": norm.item()}
+                "critic_loss": critic_loss, "clipfrac": clipped, "approx_kl": approx_kl, "kl_base": kl_total,
+                "L_r": retain_total, "L_a": anchor_total, "grad_norm": norm.item()}
+
+    def _denoising_terms(self):
+        """(L_r, L_a), None where off: critic.retain_loss's term on B base retain latents, and critic.anchor_loss's
+        on B base anchor latents (row i drawn for forget row i's anchor prompt) predicted under their forget
+        prompts; each noised to random t, this process's share of the batch mean, both in one UNet pass."""
+        ctx, cfg, d, B = self.ctx, self.ctx.recipe.critic, self.ctx.data, self.ctx.recipe.train.batch_size
+        parts = []
+        if cfg.retain_loss > 0 and len(d.retain):
+            parts.append(("r", ctx.noisy_retain(B)))
+        if cfg.anchor_loss > 0 and len(d.anchor):
+            i = ctx.randint(len(d.anchor), B)
+            t, eps = ctx.randint(ctx.num_timesteps, B), ctx.randn(d.anchor[i].shape)
+            parts.append(("a", (ctx.noise.add_noise(d.anchor[i], eps, t), t, d.forget_c[i], eps)))
+        if not parts:
+            return None, None
+        x_t, t, c, eps = (torch.cat([ctx.world.local(p[1][j]) for p in parts]) for j in range(4))
+        per_row = mse(ctx.eps(x_t, t, c), eps)
+        out = dict(zip([p[0] for p in parts], per_row.split([len(ctx.world.local(p[1][0])) for p in parts])))
+        return (None if "r" not in out else out["r"].sum() / B), (None if "a" not in out else out["a"].sum() / B)
 
     def finished(self, rows: list[dict]) -> bool:
         """critic.stop_reward: the forget reward's mean over the last critic.stop_window steps reached it."""

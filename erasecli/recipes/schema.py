@@ -587,6 +587,9 @@ class CriticRlConfig:
     clip_model: str = field(default="openai/clip-vit-large-patch14",
                             metadata={"help": "CLIP for the clip reward on non-tiny bases: hub id or folder."})
     retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain prompts' utility reward, >= 0 [ours]."})
+    keep_weight: float = field(default=0.0, metadata={"help": "Weight of a forget prompt's reward for what it names "
+                                                      "besides the concept (the colour of 'a red three'; elsewhere "
+                                                      "its anchor prompt), >= 0 [ours]."})
     zero_shot: bool = field(default=False, metadata={"help": "clip reward: score the concept as CLIP's zero-shot "
                                                      "probability against critic.contrast (the other digits or "
                                                      "colours on the tiny base) instead of the raw cosine [ours]."})
@@ -625,6 +628,10 @@ class CriticRlConfig:
     retain_loss: float = field(default=0.0, metadata={"help": "Weight of a denoising loss on the base's retain "
                                                       "images added to each PPO update (0: off; > 0 samples "
                                                       "data.* like siss) [ours]."})
+    anchor_loss: float = field(default=0.0, metadata={"help": "Weight of a denoising loss on the base's anchor "
+                                                      "images under their forget prompts (the image 'a red digit' "
+                                                      "drew, captioned 'a red three'), added to each PPO update "
+                                                      "(0: off; > 0 samples data.*) [ours]."})
     kl_prompts: str = field(default="all", metadata={"help": "Rollouts the KL applies to: 'all', or 'retain' (only "
                                                      "retain prompts' chains stay near the base's) [ours]."})
     width: int = field(default=64, metadata={"help": "Critic conv width, >= 8."})
@@ -645,6 +652,8 @@ class CriticRlConfig:
         "reward": (one_of(*REWARD_NAMES),),
         "clip_model": (NOT_BLANK,),
         "retain_weight": (at_least(0),),
+        "keep_weight": (at_least(0),),
+        "anchor_loss": (at_least(0),),
         "temperature": (above(0),),
         "steps": (at_least(2), at_most(1000)),
         "eta": (between(0, 1, open_lo=True),),

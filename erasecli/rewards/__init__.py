@@ -1,19 +1,25 @@
 """Rewards for critic-guided RL: REWARDS = {name: factory}; a reward is (images, prompts) -> Tensor[B].
 
 Both rewards "penalise the concept on forget prompts, keep utility on retain prompts" (docs/methods.md,
-"Reward"; the retain term is ours and weighted by critic.retain_weight):
+"Reward"; the retain and keep terms are ours, weighted by critic.retain_weight and critic.keep_weight):
 
-    forget prompt:  r = -score(image, concept)
+    forget prompt:  r = -score(image, erased concepts) + keep_weight * keep(image, prompt)
     retain prompt:  r = retain_weight * utility(image, prompt)
+
+With several concepts erased together, score sums over all of them (a forget prompt of one concept must not
+turn into another erased one).
 
 - `clip`: score = cosine similarity between the image and the concept text (or, with critic.zero_shot,
   CLIP's zero-shot probability of the concept against critic.contrast, at CLIP's logit scale divided by
-  critic.temperature), utility = cosine similarity
-  to the prompt itself. The tiny base uses its tiny CLIP (not the evaluation judge); other bases a
-  transformers CLIP id (critic.clip_model).
+  critic.temperature), utility = cosine similarity to the prompt itself. keep: on the tiny base the zero-shot
+  probability of the attribute the prompt names besides the concept (the colour of "a red three") among
+  that attribute's labels; elsewhere the cosine similarity to the prompt's anchor (the prompt without the
+  concept). The tiny base uses its tiny CLIP (not the evaluation judge); other bases a transformers CLIP id
+  (critic.clip_model).
 - `classifier`: score = the tiny classifier's probability of the concept, utility = its probability of the
-  prompt's own digit and colour. Tiny base only. It is the same network `erase evaluate` judges with, so UA
-  measured after training on it is optimistic: prefer `clip` for numbers you report.
+  prompt's own digit and colour, keep = its probability of the other attribute the prompt names. Tiny base
+  only. It is the same network `erase evaluate` judges with, so UA measured after training on it is
+  optimistic: prefer `clip` for numbers you report.
 
 Images are decoded pixels, (B, 3, H, W) in [-1, 1].
 """
@@ -30,51 +36,73 @@ from erasecli.recipes.schema import REWARD_NAMES
 Reward = Callable[[torch.Tensor, list], torch.Tensor]
 
 
-def _concept_text(recipe, sets) -> str:
-    """The text a CLIP reward compares images with: on the tiny base the concept in its training captions."""
+def _label_text(kind: str, i: int) -> str:
+    """How the tiny CLIP reward names a digit or a colour (the training captions' forms)."""
     from erasecli.models import tiny_world as W
 
-    from erasecli.models.registry import resolve_base
-
-    if resolve_base(recipe.base).tiny_world:
-        from erasecli.concepts import parse_tiny_concept
-
-        kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
-        return f"a handwritten digit {W.DIGIT_WORDS[i]}" if kind == "digit" else f"a {W.COLOUR_NAMES[i]} digit"
-    return recipe.concept.forget_templates[0].format(concept=recipe.concept.name)
+    return f"a handwritten digit {W.DIGIT_WORDS[i]}" if kind == "digit" else f"a {W.COLOUR_NAMES[i]} digit"
 
 
-def _contrast_texts(recipe, base) -> list:
-    """The texts the concept competes with in the zero-shot score: the other digits (or colours) on the tiny
+def _concept_texts(recipe, sets) -> list:
+    """The texts a CLIP reward compares images with, one per erased concept: on the tiny base each concept in
+    its training captions' form, elsewhere the first forget template."""
+    if sets.tiny_world:
+        return [_label_text(sets.kind, i) for i in sets.targets]
+    return [recipe.concept.forget_templates[0].format(concept=n) for n in sets.names]
+
+
+def _contrast_texts(recipe, sets) -> list:
+    """The texts the concepts compete with in the zero-shot score: the other digits (or colours) on the tiny
     base, critic.contrast elsewhere, in the same template as the concept."""
     from erasecli.models import tiny_world as W
 
-    if base.ref.tiny_world:
-        from erasecli.concepts import parse_tiny_concept
-
-        kind, i = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
-        if kind == "digit":
-            return [f"a handwritten digit {w}" for j, w in enumerate(W.DIGIT_WORDS) if j != i]
-        return [f"a {c} digit" for j, c in enumerate(W.COLOUR_NAMES) if j != i]
+    if sets.tiny_world:
+        n = len(W.DIGIT_WORDS) if sets.kind == "digit" else len(W.COLOUR_NAMES)
+        return [_label_text(sets.kind, j) for j in range(n) if j not in sets.targets]
     if not recipe.critic.contrast:
         raise RecipeError("critic.zero_shot needs critic.contrast on this base",
                           hint="e.g. --set 'critic.contrast=[claude monet, pablo picasso]'")
     return [recipe.concept.forget_templates[0].format(concept=c) for c in recipe.critic.contrast]
 
 
+def kept_labels(sets) -> dict:
+    """Tiny world: forget prompt -> the label of the attribute it names besides the concept (a digit concept's
+    prompt -> its colour index), for the prompts that name one."""
+    from erasecli.models.tiny_world import parse_tiny_concept
+
+    other = "colour" if sets.kind == "digit" else "digit"
+    out = {}
+    for p in sets.forget:
+        try:
+            out[p] = parse_tiny_concept(p, other)[1]
+        except RecipeError:  # "a handwritten digit three" names no colour: nothing to keep
+            pass
+    return out
+
+
 def clip_reward(recipe, base, sets) -> Reward:
     from erasecli.judges import Clip
+    from erasecli.models import tiny_world as W
 
     clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.critic.clip_model)
     clip.model.to(base.device)  # on the GPU with the base: the reward runs every rollout
     forget = set(sets.forget)
-    texts = [_concept_text(recipe, sets)]
+    texts = _concept_texts(recipe, sets)
+    n_erased = len(texts)
     if recipe.critic.zero_shot:
-        texts += _contrast_texts(recipe, base)
-    concepts = clip.embed_text(texts)  # (K, D); row 0 is the concept
+        texts += _contrast_texts(recipe, sets)
+    concepts = clip.embed_text(texts)  # (K, D); the first n_erased rows are the erased concepts
     scale = float(clip.model.logit_scale.detach().exp()) if hasattr(clip.model, "logit_scale") else 100.0
     scale /= recipe.critic.temperature
-    w = recipe.critic.retain_weight
+    w, w_keep = recipe.critic.retain_weight, recipe.critic.keep_weight
+    keep_texts = keep_of = anchor_of = None
+    if w_keep > 0 and sets.tiny_world:
+        other = "colour" if sets.kind == "digit" else "digit"
+        keep_texts = clip.embed_text([_label_text(other, j) for j in
+                                      range(len(W.COLOUR_NAMES) if other == "colour" else len(W.DIGIT_WORDS))])
+        keep_of = kept_labels(sets)
+    elif w_keep > 0:
+        anchor_of = dict(zip(sets.forget, sets.anchor))
 
     @torch.no_grad()
     def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
@@ -82,8 +110,20 @@ def clip_reward(recipe, base, sets) -> Reward:
         own = clip.embed_text(list(prompts))  # (B, D)
         is_forget = torch.tensor([p in forget for p in prompts], device=img.device)
         sim = img @ concepts.T  # (B, K)
-        score = (scale * sim).softmax(-1)[:, 0] if len(texts) > 1 else sim[:, 0]
-        return torch.where(is_forget, -score, w * (img * own).sum(-1))
+        if recipe.critic.zero_shot:
+            score = (scale * sim).softmax(-1)[:, :n_erased].sum(-1)
+        else:
+            score = sim[:, :n_erased].max(-1).values
+        r_forget = -score
+        if keep_of is not None:
+            p_keep = (scale * img @ keep_texts.T).softmax(-1)  # (B, labels of the kept kind)
+            lab = torch.tensor([keep_of.get(p, -1) for p in prompts], device=img.device)
+            r_forget = r_forget + w_keep * torch.where(lab >= 0, p_keep.gather(1, lab.clamp(min=0)[:, None])[:, 0],
+                                                       torch.zeros_like(score))
+        elif anchor_of is not None:
+            anchors = clip.embed_text([anchor_of.get(p, p) for p in prompts])
+            r_forget = r_forget + w_keep * (img * anchors).sum(-1)
+        return torch.where(is_forget, r_forget, w * (img * own).sum(-1))
 
     return reward
 
@@ -96,9 +136,10 @@ def classifier_reward(recipe, base, sets) -> Reward:
         raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
                           hint="use --reward clip on this base")
     clf = load_classifier().eval()
-    kind, target = parse_tiny_concept(recipe.concept.name, recipe.concept.kind)
+    kind, targets = sets.kind, list(sets.targets)
     forget = set(sets.forget)
-    w = recipe.critic.retain_weight
+    keep_of = kept_labels(sets)
+    w, w_keep = recipe.critic.retain_weight, recipe.critic.keep_weight
 
     def labels(prompt: str) -> tuple[int, int]:
         return parse_tiny_concept(prompt, "digit")[1], parse_tiny_concept(prompt, "colour")[1]
@@ -107,10 +148,14 @@ def classifier_reward(recipe, base, sets) -> Reward:
     def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
         digit_logits, colour_logits = clf(images.float().cpu())
         pd, pc = digit_logits.softmax(-1), colour_logits.softmax(-1)  # (B, 10), (B, 5)
+        p_concept, p_other = (pd, pc) if kind == "digit" else (pc, pd)
         out = []
         for i, p in enumerate(prompts):
             if p in forget:
-                out.append(-(pd[i, target] if kind == "digit" else pc[i, target]))
+                r = -p_concept[i, targets].sum()
+                if w_keep > 0 and p in keep_of:
+                    r = r + w_keep * p_other[i, keep_of[p]]
+                out.append(r)
             else:
                 d, c = labels(p)
                 out.append(w * pd[i, d] * pc[i, c])
