@@ -72,14 +72,12 @@ class RolloutEnv:
 
         c = torch.tensor([self.index[p] for p in prompts], device=self.base.device)
         w, n = self.world, len(prompts)
-        traj = self.sampler.sample(unet, c, self.embeds, self.shape, gen, rows=None if w.size == 1 else w.rows(n))
+        traj = self.sampler.sample(unet, c, self.embeds, self.shape, gen, rows=w.rows(n))
         R = self.reward(decode(self.base, traj.latents[:, -1]), [prompts[i] for i in w.rows(n)]).to(self.base.device)
-        if w.size > 1:
-            traj = Trajectories(c=c, latents=w.gather_rows(traj.latents, n), x0_hats=w.gather_rows(traj.x0_hats, n),
-                                log_probs=w.gather_rows(traj.log_probs, n), timesteps=traj.timesteps,
-                                prev_timesteps=traj.prev_timesteps)
-            R = w.gather_rows(R, n)
-        return traj, R
+        traj = Trajectories(c=c, latents=w.gather_rows(traj.latents, n), x0_hats=w.gather_rows(traj.x0_hats, n),
+                            log_probs=w.gather_rows(traj.log_probs, n), timesteps=traj.timesteps,
+                            prev_timesteps=traj.prev_timesteps)  # one process: its own rows, all of them
+        return traj, w.gather_rows(R, n)
 
 
 def explained_variance(pred, target) -> float:

@@ -178,12 +178,10 @@ class CriticRl(Unlearner):
                     ratio = (lp - old_lp[:, js].T).exp()  # (n, b)
                     clipped = clipped + ((ratio - 1).abs() > cfg.clip_range).float().sum() / (B * n_train)
                     approx_kl = approx_kl + (old_lp[:, js].T - lp).sum() / (B * n_train)
-            L_r, L_a = self._denoising_terms()
-            if L_r is not None or L_a is not None:
-                (cfg.retain_loss * (zero if L_r is None else L_r) + cfg.anchor_loss * (zero if L_a is None else L_a)
-                 ).backward()
-                retain_total = retain_total + (zero if L_r is None else L_r.detach())
-                anchor_total = anchor_total + (zero if L_a is None else L_a.detach())
+            denoise, L_r, L_a = self._denoising_terms(zero)
+            if denoise is not None:
+                denoise.backward()
+                retain_total, anchor_total = retain_total + L_r.detach(), anchor_total + L_a.detach()
             params = [p for p in ctx.params if p.grad is not None]
             world.sum_([p.grad for p in params])
             norm = grad_norm([p.grad for p in params])
@@ -199,24 +197,27 @@ class CriticRl(Unlearner):
                 "critic_loss": critic_loss, "clipfrac": clipped, "approx_kl": approx_kl, "kl_base": kl_total,
                 "L_r": retain_total, "L_a": anchor_total, "grad_norm": norm.item()}
 
-    def _denoising_terms(self):
-        """(L_r, L_a), None where off: critic.retain_loss's term on B base retain latents, and critic.anchor_loss's
-        on B base anchor latents (row i drawn for forget row i's anchor prompt) predicted under their forget
-        prompts; each noised to random t, this process's share of the batch mean, both in one UNet pass."""
+    def _denoising_terms(self, zero):
+        """critic.retain_loss's term L_r on B base retain latents and critic.anchor_loss's L_a on B base anchor
+        latents (row i drawn for forget row i's anchor prompt) predicted under their forget prompts; each noised to
+        random t, this process's share of the batch mean, both in one UNet pass. Returns (their weighted sum, or
+        None when both are off, L_r, L_a), `zero` for a term that is off."""
         ctx, cfg, d, B = self.ctx, self.ctx.recipe.critic, self.ctx.data, self.ctx.recipe.train.batch_size
-        parts = []
+        draws = {}  # term -> (x_t, t, c, eps) of the whole batch
         if cfg.retain_loss > 0 and len(d.retain):
-            parts.append(("r", ctx.noisy_retain(B)))
+            draws["r"] = ctx.noisy_retain(B)
         if cfg.anchor_loss > 0 and len(d.anchor):
             i = ctx.randint(len(d.anchor), B)
             t, eps = ctx.randint(ctx.num_timesteps, B), ctx.randn(d.anchor[i].shape)
-            parts.append(("a", (ctx.noise.add_noise(d.anchor[i], eps, t), t, d.forget_c[i], eps)))
-        if not parts:
-            return None, None
-        x_t, t, c, eps = (torch.cat([ctx.world.local(p[1][j]) for p in parts]) for j in range(4))
-        per_row = mse(ctx.eps(x_t, t, c), eps)
-        out = dict(zip([p[0] for p in parts], per_row.split([len(ctx.world.local(p[1][0])) for p in parts])))
-        return (None if "r" not in out else out["r"].sum() / B), (None if "a" not in out else out["a"].sum() / B)
+            draws["a"] = (ctx.noise.add_noise(d.anchor[i], eps, t), t, d.forget_c[i], eps)
+        if not draws:
+            return None, zero, zero
+        mine = {k: [ctx.world.local(v) for v in x] for k, x in draws.items()}
+        x_t, t, c, eps = (torch.cat([x[j] for x in mine.values()]) for j in range(4))
+        per_row = mse(ctx.eps(x_t, t, c), eps).split([len(x[0]) for x in mine.values()])
+        L = {k: rows.sum() / B for k, rows in zip(mine, per_row)}
+        L_r, L_a = L.get("r", zero), L.get("a", zero)
+        return cfg.retain_loss * L_r + cfg.anchor_loss * L_a, L_r, L_a
 
     def finished(self, rows: list[dict]) -> bool:
         """critic.stop_reward: the forget reward's mean over the last critic.stop_window steps reached it."""

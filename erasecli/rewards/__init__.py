@@ -54,11 +54,8 @@ def _concept_texts(recipe, sets) -> list:
 def _contrast_texts(recipe, sets) -> list:
     """The texts the concepts compete with in the zero-shot score: the other digits (or colours) on the tiny
     base, critic.contrast elsewhere, in the same template as the concept."""
-    from erasecli.models import tiny_world as W
-
     if sets.tiny_world:
-        n = len(W.DIGIT_WORDS) if sets.kind == "digit" else len(W.COLOUR_NAMES)
-        return [_label_text(sets.kind, j) for j in range(n) if j not in sets.targets]
+        return [_label_text(sets.kind, j) for j in range(len(sets.label_names[sets.kind])) if j not in sets.targets]
     if not recipe.critic.contrast:
         raise RecipeError("critic.zero_shot needs critic.contrast on this base",
                           hint="e.g. --set 'critic.contrast=[claude monet, pablo picasso]'")
@@ -70,11 +67,10 @@ def kept_labels(sets) -> dict:
     prompt -> its colour index), for the prompts that name one."""
     from erasecli.models.tiny_world import parse_tiny_concept
 
-    other = "colour" if sets.kind == "digit" else "digit"
     out = {}
     for p in sets.forget:
         try:
-            out[p] = parse_tiny_concept(p, other)[1]
+            out[p] = parse_tiny_concept(p, sets.other_kind)[1]
         except RecipeError:  # "a handwritten digit three" names no colour: nothing to keep
             pass
     return out
@@ -82,7 +78,6 @@ def kept_labels(sets) -> dict:
 
 def clip_reward(recipe, base, sets) -> Reward:
     from erasecli.judges import Clip
-    from erasecli.models import tiny_world as W
 
     clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.critic.clip_model)
     clip.model.to(base.device)  # on the GPU with the base: the reward runs every rollout
@@ -97,9 +92,8 @@ def clip_reward(recipe, base, sets) -> Reward:
     w, w_keep = recipe.critic.retain_weight, recipe.critic.keep_weight
     keep_texts = keep_of = anchor_of = None
     if w_keep > 0 and sets.tiny_world:
-        other = "colour" if sets.kind == "digit" else "digit"
-        keep_texts = clip.embed_text([_label_text(other, j) for j in
-                                      range(len(W.COLOUR_NAMES) if other == "colour" else len(W.DIGIT_WORDS))])
+        other = sets.other_kind
+        keep_texts = clip.embed_text([_label_text(other, j) for j in range(len(sets.label_names[other]))])
         keep_of = kept_labels(sets)
     elif w_keep > 0:
         anchor_of = dict(zip(sets.forget, sets.anchor))
