@@ -4,7 +4,7 @@
 
 Per training seed, each method runs `erase unlearn --recipe recipes/tiny-digit-<method>.yaml --seed S` (a delta
 already in --keep is reused) and, in the `robust` variant, the same with `--set robust.enabled=true` (the
-training methods only: siss, adaptive-siss, ppo-alpha, esd); `robust-te` adds `--set lora.text_encoder=true`.
+methods whose class supports it); `robust-te` adds `--set lora.text_encoder=true`.
 Then one `erase evaluate` gives UA, IRA, CRA and the robustness metrics for the base and every delta, and a
 second one the same for the oracle. JSON lines to stdout, a Markdown table to stderr; attack seconds are each
 model's attack wall time (the first run of a model; a rerun reads the cache), train seconds the delta's own.
@@ -35,7 +35,6 @@ from bench.unlearn_compare import ROOT, erase
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
 COLUMNS = ("ua", "ua_paraphrase", "pre_asr", "asr_paraphrase", "asr_prompt", "asr_inversion", "ira", "cra")
 ORACLE = "tiny-oracle-digit-3"
-ROBUST_METHODS = ("siss", "adaptive-siss", "ppo-alpha", "esd", "ac", "receler")  # the methods with a `robust` section
 VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
             "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
 CLOSED_METHODS = ("uce", "rece")  # their robust variants are the closed form's own (uce.robust, uce.robust_project)
@@ -46,8 +45,11 @@ CLOSED_VARIANTS = {"plain": [], "robust": ["--set", "uce.robust=inversion"],
 
 def variant_args(method: str, variant: str):
     """The unlearn options of `variant` for `method`, or None where the variant does not apply to it."""
+    from erasecli.methods import METHODS
+
     table = CLOSED_VARIANTS if method in CLOSED_METHODS else VARIANTS
-    if variant not in table or (variant != "plain" and method not in ROBUST_METHODS + CLOSED_METHODS):
+    if variant not in table or (variant != "plain" and method not in CLOSED_METHODS
+                                and not METHODS[method].supports_robust):
         return None
     return table[variant]
 

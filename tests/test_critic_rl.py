@@ -161,8 +161,9 @@ def test_train_critic_then_unlearn_with_it_raises_ua(tmp_path):
     assert ua["base"] <= 0.1 and ua["no-three"] >= ua["base"] + 0.2, ua
 
 
-@pytest.mark.slow
-def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
+def _interrupt_at_step_2_and_resume(r, tiny, tmp_path):
+    """Run `r` straight and interrupted after step 2 (checkpoint), resume; returns (steps the resume ran, straight
+    delta's tensors, resumed delta's tensors)."""
     import os
     import signal
 
@@ -170,8 +171,6 @@ def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
     from erasecli.methods.loop import checkpoint_dir_for
     from test_unlearn import _delta_tensors
 
-    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=4", "train.checkpoint_every=3",
-                           *SHORT])
     api.unlearn(r, out=tmp_path / "straight", base=tiny)
 
     def interrupt(k, total, row):
@@ -184,8 +183,15 @@ def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
     steps_run = []
     api.unlearn(None, out=None, resume=checkpoint_dir_for(out), base=tiny,
                 progress=lambda k, total, row: steps_run.append(k))
+    return steps_run, _delta_tensors(tmp_path / "straight"), _delta_tensors(out)
+
+
+@pytest.mark.slow
+def test_critic_rl_resumes_to_the_same_delta(tiny, tmp_path):
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=4", "train.checkpoint_every=3",
+                           *SHORT])
+    steps_run, a, b = _interrupt_at_step_2_and_resume(r, tiny, tmp_path)
     assert steps_run == [3, 4]  # continued after the checkpoint at step 2
-    a, b = _delta_tensors(tmp_path / "straight"), _delta_tensors(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -261,10 +267,10 @@ def test_retain_prompts_sets_the_share_of_retain_rollouts(fraction, n_retain):
     r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "critic.prompts_per_step=4",
                            "critic.samples_per_prompt=3", f"critic.retain_prompts={fraction}"])
     sets = SimpleNamespace(forget=["f0", "f1", "f2"], retain=["r0", "r1", "r2", "r3"])
-    fake = SimpleNamespace(ctx=SimpleNamespace(recipe=r, data=SimpleNamespace(sets=sets),
+    fake = SimpleNamespace(ctx=SimpleNamespace(recipe=r, data=SimpleNamespace(sets=sets), adversary=None,
                                                gen=torch.Generator().manual_seed(0)))
-    prompts = CriticRl._prompts(fake)
-    assert len(prompts) == 12 and sum(p.startswith("r") for p in prompts) == 3 * n_retain
+    prompts, adv = CriticRl._prompts(fake)
+    assert len(prompts) == 12 and sum(p.startswith("r") for p in prompts) == 3 * n_retain and not any(adv)
     assert all(prompts[i] == prompts[i - i % 3] for i in range(12))  # each prompt's rollouts are adjacent
     with pytest.raises(RecipeError, match="retain_prompts"):
         load_recipe(None, ["method=critic-rl", "critic.retain_prompts=1.0"])
@@ -347,3 +353,54 @@ def test_stop_reward_ends_the_run_once_the_forget_reward_mean_reaches_it(tiny, t
     assert summary["steps"] == len(rows) == 4 and "stopped_early" not in summary
     with pytest.raises(RecipeError, match="stop_window"):
         load_recipe(None, ["method=critic-rl", "critic.stop_window=0"])
+
+
+def test_chains_conditioned_through_token_ids_match_the_cached_prompt_path(tiny):
+    """Robust and text-encoder runs condition each chain through token ids (ChainConditions); with no soft token
+    in them a chain gets its prompt's cached states, the same trajectories and rewards, and (critic.robust_input:
+    states) its prompt's pooled embedding."""
+    from erasecli.concepts import tiny_concept
+    from erasecli.critic.train import RolloutEnv
+    from erasecli.methods.critic_rl import ChainConditions
+    from erasecli.methods.robust import Conditions
+
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", *SHORT])
+    env = RolloutEnv(r, tiny, tiny_concept("digit 3"))
+    prompts = [env.prompts[1], env.prompts[1], env.prompts[-1], env.prompts[-1]]
+    c = torch.tensor([env.index[p] for p in prompts])
+    cond = Conditions(tiny, [""])
+    try:
+        ids = cond.tokenize(prompts)
+        chains = ChainConditions(cond, ids, torch.full_like(ids, -1), torch.zeros(4, dtype=torch.bool))
+        with torch.no_grad():
+            emb_c, emb_u = chains.states()
+        assert torch.allclose(emb_c, env.embeds[c], atol=1e-5) and torch.allclose(emb_u[0], env.embeds[0], atol=1e-5)
+        assert torch.allclose(chains.pooled(), env.pooled[c], atol=1e-5)
+        a, R_a = env.rollout(tiny.pipe.unet, prompts, torch.Generator().manual_seed(0))
+        b, R_b = env.rollout(tiny.pipe.unet, prompts, torch.Generator().manual_seed(0), states=(emb_c, emb_u[0]))
+        assert torch.equal(a.c, b.c) and torch.allclose(a.latents, b.latents, atol=1e-4)
+        assert torch.allclose(R_a, R_b, atol=1e-4)
+    finally:
+        cond.close()
+
+
+@pytest.mark.slow
+def test_robust_critic_rl_rolls_out_adversarial_chains_and_trains_the_text_encoder(tiny, tmp_path):
+    """robust.enabled: from the first inner attack on, robust.mix of each step's forget prompts roll out under the
+    attack's soft tokens (their reward logged apart); lora.text_encoder trains the text encoder's adapter through
+    the PPO update; an interrupted run resumes to the same delta."""
+    r = load_recipe(None, ["method=critic-rl", "concept.name=digit 3", "train.steps=4", "train.checkpoint_every=3",
+                           *SHORT, "critic.prompts_per_step=4", "critic.retain_prompts=0", "data.images_per_prompt=1",
+                           "data.retain_images_per_prompt=0",
+                           "robust.enabled=true", "robust.warmup=1", "robust.every=2", "robust.attack_steps=2",
+                           "lora.text_encoder=true", "critic.robust_input=states", "critic.anchor_loss=1.0"])
+    steps_run, sd, resumed = _interrupt_at_step_2_and_resume(r, tiny, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    # 4 forget prompts x mix 0.5 = 2 adversarial prompts x 2 rollouts each, once the attack ran (before step 2)
+    assert [row["adv_chains"] for row in rows] == [0, 4, 4, 4]
+    assert all(row["reward_adv"] == row["reward_adv"] for row in rows[1:])  # measured, not NaN
+    summary = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
+    assert summary["robust"]["refreshes"] == 2 and summary["robust"]["text_encoder_lora"]  # before steps 2 and 4
+    up = [v for k, v in sd.items() if k.startswith("text_encoder.") and ".up." in k]
+    assert up and max(float(v.abs().max()) for v in up) > 0  # the text encoder's adapter learned
+    assert steps_run == [3, 4] and sd.keys() == resumed.keys() and all(torch.equal(sd[k], resumed[k]) for k in sd)

@@ -20,7 +20,7 @@ def test_the_tiny_base_starts_every_method_from_its_shipped_preset(method):
     assert r.defaults == f"tiny-digit-{method}"
     shipped = load_recipe(PRESETS_DIR / f"tiny-digit-{method}.yaml")
     for section in ("train", "lora", "data", "siss", "esd", "critic", "ppo", "adaptive", "ac", "sa", "receler", "mace",
-                    "ant", "sld", "safree"):
+                    "ant", "sld", "safree", "robust"):
         assert getattr(r, section) == getattr(shipped, section), section
     assert r.concept.name == "digit 3" and r.method == method
 

@@ -140,7 +140,7 @@ def test_interrupted_robust_run_resumes_to_the_same_delta(method, sets, tiny, tm
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--method", "critic-rl", "--set", "robust.enabled=true"], "robust.enabled is not supported by critic-rl"),
+    (["--method", "mace", "--set", "robust.enabled=true"], "robust.enabled is not supported by mace"),
     (["--method", "uce", "--set", "lora.text_encoder=true"], "lora.text_encoder is not supported by uce"),
     (["--method", "siss", "--set", "robust.attack=pgd"], "robust.attack"),
     (["--method", "siss", "--set", "robust.mix=0"], "robust.mix"),

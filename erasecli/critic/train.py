@@ -65,14 +65,21 @@ class RolloutEnv:
         self.reward = make_reward(cfg.reward, recipe, base, sets)
         self.shape = base_latent_shape(base)
 
-    def rollout(self, unet, prompts, gen):
-        """Trajectories for `prompts` with `unet`, and their rewards (B,). Several processes each sample and
-        score their rows (`World.rows`) and gather the rest: every process returns the whole batch."""
+    def rollout(self, unet, prompts, gen, states=None):
+        """Trajectories for `prompts` with `unet`, and their rewards (B,), scored against the prompts. `states`
+        (emb_c (B, L, D), emb_u (L, D)): each chain's condition instead of its prompt's cached embedding (critic-rl's
+        adversarial or text-encoder-adapted states); the trajectories' `c` still index the prompts. Several
+        processes each sample and score their rows (`World.rows`) and gather the rest: every process returns the
+        whole batch."""
         from erasecli.diffusion.rollout import Trajectories, decode
 
         c = torch.tensor([self.index[p] for p in prompts], device=self.base.device)
         w, n = self.world, len(prompts)
-        traj = self.sampler.sample(unet, c, self.embeds, self.shape, gen, rows=w.rows(n))
+        if states is None:
+            table, cs = self.embeds, c
+        else:  # row 0 the unconditional state, row 1 + i chain i's condition
+            table, cs = torch.cat([states[1][None], states[0]]), torch.arange(1, n + 1, device=c.device)
+        traj = self.sampler.sample(unet, cs, table, self.shape, gen, rows=w.rows(n))
         R = self.reward(decode(self.base, traj.latents[:, -1]), [prompts[i] for i in w.rows(n)]).to(self.base.device)
         traj = Trajectories(c=c, latents=w.gather_rows(traj.latents, n), x0_hats=w.gather_rows(traj.x0_hats, n),
                             log_probs=w.gather_rows(traj.log_probs, n), timesteps=traj.timesteps,
@@ -85,13 +92,14 @@ def explained_variance(pred, target) -> float:
     return float("nan") if var <= 0 else float(1 - (target - pred).var(unbiased=False) / var)
 
 
-def fit_critic(critic, opt, env, traj, R, epochs: int, batch: int, gen):
-    """Regress R on every step of `traj` (B trajectories x K steps), `epochs` passes; returns the last loss."""
+def fit_critic(critic, opt, env, traj, R, epochs: int, batch: int, gen, pooled=None):
+    """Regress R on every step of `traj` (B trajectories x K steps), `epochs` passes; returns the last loss.
+    `pooled` (B, D): the critic's c per chain, if not its prompt's pooled embedding."""
     x = critic_inputs(traj, env.recipe.critic.input)
     B, K = x.shape[:2]
     flat = x.reshape(B * K, *x.shape[2:])  # (B*K, C, h, w)
     t = traj.timesteps.repeat(B)
-    c = env.pooled[traj.c].repeat_interleave(K, 0)  # (B*K, D)
+    c = (env.pooled[traj.c] if pooled is None else pooled).repeat_interleave(K, 0)  # (B*K, D)
     target = R.repeat_interleave(K)  # (B*K,)
     loss = torch.zeros(())
     for _ in range(epochs):

@@ -100,6 +100,14 @@ def tokenizers(pipe) -> list:
     return [getattr(pipe, a) for a in kind_of(pipe).tokenizers]
 
 
+def pooled_ids(pipe, ids) -> torch.Tensor:
+    """The pooled (end-of-text) embedding of token ids (B, L): SD's text-encoder pooler output, SDXL's second
+    encoder's projection (what the UNet receives). Input-embedding hooks apply, as in `encode_ids`.  (B, Dp)"""
+    if not added_conditioning(pipe.unet):
+        return pipe.text_encoder(ids).pooler_output
+    return encode_ids(pipe, ids)[:, -1, : pooled_dim(pipe.unet)]
+
+
 def encode_ids(pipe, ids) -> torch.Tensor:
     """The condition tensor of token ids (B, L) through the base's encoders, as `encode_prompts` makes it from
     text (forward hooks on the encoders' input embeddings, as the attacks set, apply). On SDXL both encoders

@@ -38,6 +38,8 @@ class Context:
     device: torch.device
     encode: Callable | None = None  # prompt indices -> text embeddings, when train.cache_text_embeds is false
     world: World = field(default_factory=World)  # this process's share of each batch (erasecli.dist)
+    cond: object = None  # methods.robust.Conditions: token ids + soft tokens, with robust.enabled or lora.text_encoder
+    adversary: object = None  # methods.robust.Adversary: the inner attack, with robust.enabled
 
     @property
     def params(self) -> list:

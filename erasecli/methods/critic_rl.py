@@ -22,6 +22,12 @@ DDIM (eta > 0) kernel p_theta(x_{t-1} | x_t, c) with the adapter, reward only at
                   the critic then fits R on the fresh trajectories (critic.updates_per_step passes)
     stop          optional [ours]: the run ends before train.steps once the mean forget reward over the last
                   critic.stop_window steps reaches critic.stop_reward
+    robust        robust.enabled [ours]: once the inner attack (methods.robust) has run, a share robust.mix of each
+                  step's forget prompts (at least one) roll out under their adversarial states c_j[P*]; their
+                  reward still scores the plain prompt, their advantages are normalised apart from the plain
+                  chains', and the critic's c is the plain prompt's pooled embedding or the adversarial states'
+                  (critic.robust_input). The anchor term reads the adversary's mixed forget conditions too.
+                  lora.text_encoder: every chain's states come through the text encoder and its adapter.
 
 Log-probs are means over latent dims (DDPO's convention; see diffusion/ddim.py), which is why eps is small.
 """
@@ -36,6 +42,7 @@ import torch
 from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
+from erasecli.methods.adapter import base_only
 from erasecli.methods.losses import grad_norm, mse
 
 
@@ -58,13 +65,38 @@ def normalise_per_prompt(A, prompts):
     return out
 
 
+class ChainConditions:
+    """Each chain's condition when robust training or a text-encoder adapter is on: token ids with soft-token
+    overrides read through methods.robust.Conditions, so an adversarial chain sees the inner attack's current soft
+    tokens and every chain's states come through the text encoder (and its adapter, with gradient in the update).
+
+        ids, S   (B, L) each chain's token ids and override map: its prompt's, or its adversarial row's
+        adv      (B,) bool: the chains rolled out under adversarial states
+    """
+
+    def __init__(self, cond, ids, S, adv):
+        self.cond, self.ids, self.S, self.adv = cond, ids, S, adv
+        self.empty = cond.tokenize([""])  # (1, L)
+
+    def states(self, rows=None):
+        """(emb_c, emb_u) of chains `rows` (all by default), each (b, L, D); gradient to the text encoder's
+        adapter when one trains and gradients are on."""
+        ids, S = (self.ids, self.S) if rows is None else (self.ids[rows], self.S[rows])
+        P = None if self.cond.P is None else self.cond.P.detach()
+        with torch.set_grad_enabled(self.cond.trains and torch.is_grad_enabled()):
+            both = self.cond.encode_ids(torch.cat([ids, self.empty]), torch.cat([S, torch.full_like(self.empty, -1)]),
+                                        P).float()  # (b + 1, L, D)
+        return both[:-1], both[-1:].expand(len(ids), *both.shape[1:])
+
+    @torch.no_grad()
+    def pooled(self):
+        """Each chain's pooled embedding (B, D) from its own (possibly adversarial) states."""
+        return self.cond.pooled_ids(self.ids, self.S, self.cond.P).float()
+
+
 class CriticRl(Unlearner):
     name = "critic-rl"
     uses_critic = True
-    supports_robust = supports_text_encoder = False
-    why_not_robust = ("its forget term is the critic's reward on rollouts of plain prompts, and a critic trained "
-                      "on the base's plain-prompt trajectories has never seen adversarial conditions (nor a changing "
-                      "text encoder), so its reward there would not be trusted")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -72,6 +104,8 @@ class CriticRl(Unlearner):
 
         r, base = ctx.recipe, ctx.base
         self.env = RolloutEnv(r, base, ctx.data.sets, world=ctx.world)
+        if ctx.cond is not None:  # robust or text-encoder adapter: chains are conditioned through token ids
+            self.ids = ctx.cond.tokenize(self.env.prompts)  # (P, L), row i env.prompts[i]
         self.report = {}
         if r.critic.path:
             try:
@@ -96,35 +130,70 @@ class CriticRl(Unlearner):
 
     @classmethod
     def uses_images(cls, recipe) -> bool:
-        return recipe.critic.retain_loss > 0 or recipe.critic.anchor_loss > 0  # latents for the denoising terms
+        # latents for the denoising terms; robust: the inner attack's forget images
+        return recipe.critic.retain_loss > 0 or recipe.critic.anchor_loss > 0 or recipe.robust.enabled
 
     def extra_summary(self) -> dict:
         return self.report
 
     def _prompts(self):
-        cfg, sets, gen = self.ctx.recipe.critic, self.ctx.data.sets, self.ctx.gen
+        """Each chain's prompt (B,) and whether it rolls out under the prompt's adversarial states (B,): robust,
+        after the first inner attack, the first round(robust.mix x forget prompts) (at least one) of the randomly
+        drawn forget prompts that have adversarial states."""
+        ctx = self.ctx
+        cfg, sets, gen = ctx.recipe.critic, ctx.data.sets, ctx.gen
         n_r = math.floor(cfg.prompts_per_step * cfg.retain_prompts) if sets.retain else 0
         n_f = cfg.prompts_per_step - n_r
         pick = [sets.forget[int(i)] for i in torch.randint(len(sets.forget), (n_f,), generator=gen)]
+        adv = [False] * len(pick)
+        a = ctx.adversary
+        if a is not None and a.log:  # the inner attack has run (a user folder's captions: only those have rows)
+            has = [j for j, p in enumerate(pick) if p in a.adv_row]
+            for j in has[: max(1, round(ctx.recipe.robust.mix * n_f))]:
+                adv[j] = True
         if n_r:
             pick += [sets.retain[int(i)] for i in torch.randint(len(sets.retain), (n_r,), generator=gen)]
-        return [p for p in pick for _ in range(cfg.samples_per_prompt)]
+            adv += [False] * n_r
+        n = cfg.samples_per_prompt
+        return [p for p in pick for _ in range(n)], [x for x in adv for _ in range(n)]
+
+    def _conditions(self, prompts, adv):
+        """The chains' ChainConditions, or None when neither robust training nor a text-encoder adapter is on
+        (the prompts' cached embeddings then condition every chain)."""
+        cond = self.ctx.cond
+        if cond is None:
+            return None
+        ids = self.ids[torch.tensor([self.env.index[p] for p in prompts], device=self.ids.device)].clone()
+        S = torch.full_like(ids, -1)
+        for i in [i for i, x in enumerate(adv) if x]:
+            r = self.ctx.adversary.adv_row[prompts[i]]
+            ids[i], S[i] = cond.ids[r], cond.S[r]
+        return ChainConditions(cond, ids, S, torch.tensor(adv, device=ids.device))
 
     def step(self, k: int) -> dict:
         ctx, cfg = self.ctx, self.ctx.recipe.critic
         env, unet = self.env, ctx.unet
-        prompts = self._prompts()
+        prompts, adv = self._prompts()
+        conds = self._conditions(prompts, adv)
         unet.eval()
-        traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
+        if conds is None:
+            traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
+        else:
+            with torch.no_grad():
+                states = conds.states()  # (B, L, D) each
+            traj, R = env.rollout(unet, prompts, ctx.gen, states=(states[0], states[1][0]))
         unet.train()
         B, K = traj.log_probs.shape
+        # the critic's c: the prompt's pooled embedding, or (critic.robust_input: states) the chain's own states'
+        pooled = conds.pooled() if conds is not None and cfg.robust_input == "states" else env.pooled[traj.c]
         if cfg.per_step:
             with torch.no_grad():
-                V = values(self.critic, traj, env.pooled[traj.c], cfg.input)  # (B, K)
+                V = values(self.critic, traj, pooled, cfg.input)  # (B, K)
             A = gae_over_steps(V, R, cfg.gae_lambda)
         else:
             A = R[:, None].expand(B, K)
-        A = normalise_per_prompt(A, prompts)
+        # advantages are normalised per condition: a prompt's adversarial chains form their own group
+        A = normalise_per_prompt(A, [p + "\n[adversarial]" if a else p for p, a in zip(prompts, adv)])
         forget_set = set(ctx.data.sets.forget)
         forget = torch.tensor([p in forget_set for p in prompts], device=R.device)
         # several processes: each updates on its rows of the batch (every process holds every trajectory) and
@@ -133,7 +202,12 @@ class CriticRl(Unlearner):
         loc = torch.tensor(world.rows(B), device=R.device)
         share = len(loc) / B
         lat, old_lp, A_loc = traj.latents[loc], traj.log_probs[loc], A[loc]
-        emb_c, emb_u = env.embeds[traj.c[loc]], env.embeds[torch.zeros_like(traj.c[loc])]
+        if conds is None:
+            emb_c, emb_u = env.embeds[traj.c[loc]], env.embeds[torch.zeros_like(traj.c[loc])]
+        else:
+            emb_c, emb_u = states[0][loc], states[1][loc]
+        te_trains = conds is not None and conds.cond.trains  # the states take gradients: re-encoded every pass
+        tes = list(ctx.adapter.text_encoders.values())
         b = len(loc)
         kl_rows = None
         if cfg.kl_weight > 0:  # this process's rows whose kernel is pulled towards the base's
@@ -153,6 +227,8 @@ class CriticRl(Unlearner):
                 x = lat[:, js].transpose(0, 1).reshape(n * b, *lat.shape[2:])
                 x_next = lat[:, [j + 1 for j in js]].transpose(0, 1).reshape(x.shape)
                 ks = torch.tensor(js, device=x.device).repeat_interleave(b)
+                if te_trains:
+                    emb_c, emb_u = conds.states(loc)
                 e_c, e_u = torch.cat([emb_c] * n), torch.cat([emb_u] * n)
                 out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
                 lp = out.log_prob.view(n, b)
@@ -161,13 +237,10 @@ class CriticRl(Unlearner):
                     loss = loss + share * rl.ppo_clip_loss(lp[q], old_lp[:, j], A_loc[:, j], cfg.clip_range) / n_train
                 if kl_rows is not None and len(kl_rows):
                     rows = (torch.arange(n, device=x.device)[:, None] * b + kl_rows[None]).flatten()
-                    unet.disable_adapters()
-                    try:
-                        with torch.no_grad():
-                            mu_base = env.sampler.step(unet, x[rows], ks[rows], e_c[rows], e_u[rows],
-                                                       prev_sample=x_next[rows]).mean
-                    finally:
-                        unet.enable_adapters()
+                    with base_only(unet, *tes), torch.no_grad():  # the base's kernel: its text states too
+                        b_c, b_u = (torch.cat([s] * n) for s in conds.states(loc)) if te_trains else (e_c, e_u)
+                        mu_base = env.sampler.step(unet, x[rows], ks[rows], b_c[rows], b_u[rows],
+                                                   prev_sample=x_next[rows]).mean
                     per_row = (out.mean[rows] - mu_base).pow(2).flatten(1).mean(1) / (2 * out.std.flatten()[rows] ** 2)
                     kl = per_row.view(n, -1).sum(1) / n_kl  # (n,): each step's share of its mean over the KL rows
                     loss = loss + cfg.kl_weight * kl.sum() / n_train
@@ -187,15 +260,18 @@ class CriticRl(Unlearner):
             norm = grad_norm([p.grad for p in params])
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             self.opt.step()
-        critic_loss = fit_critic(self.critic, self.critic_opt, env, traj, R, cfg.updates_per_step, 256, ctx.gen) \
-            if cfg.updates_per_step else float("nan")
+        critic_loss = fit_critic(self.critic, self.critic_opt, env, traj, R, cfg.updates_per_step, 256, ctx.gen,
+                                 pooled=pooled) if cfg.updates_per_step else float("nan")
         policy_loss, kl_total, retain_total, anchor_total, clipped, approx_kl = (
             v.item() / cfg.inner_epochs
             for v in world.total(policy_loss, kl_total, retain_total, anchor_total, clipped, approx_kl))
         return {"loss": policy_loss, "reward": R.mean().item(), "reward_forget": R[forget].mean().item(),
                 "reward_retain": R[~forget].mean().item() if (~forget).any() else float("nan"),
                 "critic_loss": critic_loss, "clipfrac": clipped, "approx_kl": approx_kl, "kl_base": kl_total,
-                "L_r": retain_total, "L_a": anchor_total, "grad_norm": norm.item()}
+                "L_r": retain_total, "L_a": anchor_total, "grad_norm": norm.item(),
+                **({} if conds is None else {"adv_chains": int(conds.adv.sum()),
+                                             "reward_adv": R[conds.adv].mean().item() if adv.count(True) else
+                                             float("nan")})}
 
     def _denoising_terms(self, zero):
         """critic.retain_loss's term L_r on B base retain latents and critic.anchor_loss's L_a on B base anchor

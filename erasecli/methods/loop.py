@@ -186,6 +186,7 @@ def run(recipe, base, data, cls, adapter, *, out: Path, resume_state: dict | Non
             ctx.encode = cond.encode
         if recipe.robust.enabled:
             adversary = Adversary(ctx, cond)
+        ctx.cond, ctx.adversary = cond, adversary  # critic-rl conditions its rollouts through them
     try:
         return _run(recipe, base, ctx, cls, autocast, out=out, resume_state=resume_state, progress=progress,
                     checkpoint_dir=checkpoint_dir, adversary=adversary)

@@ -91,12 +91,22 @@ class Conditions:
         """Text-encoder states of ids (B, L) with the soft tokens P put where S >= 0."""
         from erasecli.diffusion.cond import encode_ids
 
+        return self._with_soft(encode_ids, ids, S, P)
+
+    def pooled_ids(self, ids, S, P):
+        """The pooled embeddings (B, Dp) of ids with the soft tokens P put where S >= 0 (what critic-rl's critic
+        reads as c)."""
+        from erasecli.diffusion.cond import pooled_ids
+
+        return self._with_soft(pooled_ids, ids, S, P)
+
+    def _with_soft(self, fn, ids, S, P):
         mask = S >= 0
         if P is None or not bool(mask.any()):
-            return encode_ids(self.pipe, ids)
+            return fn(self.pipe, ids)
         self._slot = (mask, P[S.clamp(min=0)])
         try:
-            return encode_ids(self.pipe, ids)
+            return fn(self.pipe, ids)
         finally:
             self._slot = None
 
@@ -172,6 +182,7 @@ class Adversary:
             init = cond.tok(ctx.recipe.attack.inversion_init, add_special_tokens=False).input_ids
             cond.P = E[init].mean(0, keepdim=True).clone()
         self.rows_adv = self.n_plain + torch.arange(len(texts), device=cond.ids.device)  # condition rows
+        self.adv_row = {t: int(r) for t, r in zip(texts, self.rows_adv)}  # forget prompt -> its adversarial row
         if ctx.encode is None:  # cached states: the adversarial rows live in data.embeds too
             d.embeds = torch.cat([d.embeds, d.embeds[plain_rows]])
         self.log: list[dict] = []

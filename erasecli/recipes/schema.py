@@ -634,6 +634,10 @@ class CriticRlConfig:
                                                       "(0: off; > 0 samples data.*) [ours]."})
     kl_prompts: str = field(default="all", metadata={"help": "Rollouts the KL applies to: 'all', or 'retain' (only "
                                                      "retain prompts' chains stay near the base's) [ours]."})
+    robust_input: str = field(default="prompt", metadata={"help": "robust.enabled: the text c the critic sees for "
+                              "a chain rolled out under the inner attack's adversarial states: 'prompt', the plain "
+                              "forget prompt's pooled embedding (the prompt the reward scores), or 'states', the "
+                              "pooled adversarial states (the critic learns their values from its refits) [ours]."})
     width: int = field(default=64, metadata={"help": "Critic conv width, >= 8."})
     blocks: int = field(default=3, metadata={"help": "Critic FiLM residual blocks, >= 1."})
     lr: float = field(default=1e-3, metadata={"help": "Critic Adam learning rate, > 0."})
@@ -668,6 +672,7 @@ class CriticRlConfig:
         "timestep_fraction": (between(0, 1, open_lo=True),),
         "kl_weight": (at_least(0),),
         "kl_prompts": (one_of("all", "retain"),),
+        "robust_input": (one_of("prompt", "states"),),
         "retain_loss": (at_least(0),),
         "width": (at_least(8),),
         "blocks": (at_least(1),),
@@ -790,8 +795,9 @@ class RobustConfig:
     being trained finds soft tokens that bring the concept back; the method's forget term then also trains on
     them. docs/methods.md, "Robust erasure"."""
 
-    enabled: bool = field(default=False, metadata={"help": "Turn adversarial training on (siss, adaptive-siss, "
-                                                   "ppo-alpha, esd)."})
+    enabled: bool = field(default=False, metadata={"help": "Turn adversarial training on (every training method "
+                                                   "but mace; critic-rl rolls a share robust.mix of each step's "
+                                                   "forget prompts out under the attack's states)."})
     attack: str = field(default="inversion", metadata={"help": "Inner attack: 'prefix' (soft tokens before each "
                                                        "forget prompt, AdvUnlearn's) or 'inversion' (one soft "
                                                        "token in place of the concept's words, concept "
