@@ -810,7 +810,8 @@ class RobustConfig:
     attack_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the soft tokens, > 0."})
     attack_batch: int = field(default=16, metadata={"help": "Forget images per inner-attack step, >= 1."})
     mix: float = field(default=0.5, metadata={"help": "Share of the forget images whose prompt is the adversarial "
-                                              "one after each inner attack (drawn anew each time), in (0, 1]."})
+                                              "one after each inner attack (drawn anew each time), in (0, 1]; "
+                                              "critic-rl: also of each step's forget prompts rolled out under it."})
 
     CHECKS: ClassVar[Checks] = {
         "attack": (one_of(*ROBUST_ATTACKS),),
