@@ -380,6 +380,27 @@ def test_chains_conditioned_through_token_ids_match_the_cached_prompt_path(tiny)
         b, R_b = env.rollout(tiny.pipe.unet, prompts, torch.Generator().manual_seed(0), states=(emb_c, emb_u[0]))
         assert torch.equal(a.c, b.c) and torch.allclose(a.latents, b.latents, atol=1e-4)
         assert torch.allclose(R_a, R_b, atol=1e-4)
+
+        # an adversarial chain reads its prompt's adversarial row (a soft token after BOS); its twin stays plain
+        from types import SimpleNamespace
+
+        from erasecli.methods.critic_rl import CriticRl
+
+        row = len(cond.ids)
+        S_adv = torch.full_like(ids[:1], -1)
+        S_adv[0, 1] = 0
+        cond.ids, cond.S = torch.cat([cond.ids, ids[:1]]), torch.cat([cond.S, S_adv])
+        cond.P = torch.randn(1, cond.widths[0], generator=torch.Generator().manual_seed(1))
+        fake = SimpleNamespace(ctx=SimpleNamespace(cond=cond, adversary=SimpleNamespace(adv_row={prompts[0]: row})),
+                               ids=cond.tokenize(env.prompts), env=env)
+        mixed = CriticRl._conditions(fake, prompts, [True, False, False, False])
+        with torch.no_grad():
+            m_c, _ = mixed.states()
+        assert mixed.adv.tolist() == [True, False, False, False]
+        assert torch.allclose(m_c[1:], env.embeds[c[1:]], atol=1e-5)
+        assert (m_c[0] - env.embeds[c[0]]).abs().max() > 1e-2  # the soft token changed its states
+        assert torch.allclose(m_c[:1], cond.encode_ids(cond.ids[row:], cond.S[row:], cond.P).float(), atol=1e-6)
+        assert (mixed.pooled()[0] - env.pooled[c[0]]).abs().max() > 1e-3
     finally:
         cond.close()
 

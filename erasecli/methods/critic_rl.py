@@ -270,7 +270,7 @@ class CriticRl(Unlearner):
                 "critic_loss": critic_loss, "clipfrac": clipped, "approx_kl": approx_kl, "kl_base": kl_total,
                 "L_r": retain_total, "L_a": anchor_total, "grad_norm": norm.item(),
                 **({} if conds is None else {"adv_chains": int(conds.adv.sum()),
-                                             "reward_adv": R[conds.adv].mean().item() if adv.count(True) else
+                                             "reward_adv": R[conds.adv].mean().item() if conds.adv.any() else
                                              float("nan")})}
 
     def _denoising_terms(self, zero):
