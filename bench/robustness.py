@@ -12,12 +12,14 @@ model's attack wall time (the first run of a model; a rerun reads the cache), tr
     python -m bench.robustness [--seeds 0,1] [--methods siss,esd] [--variants plain,robust] [--keep DIR]
                                [--budget 1.0] [--samples-per-prompt 4] [--set KEY=VALUE ...] [--base tiny-xl]
                                [--attack-seeds 2000,2100,2200] [--metrics ua,ira,cra,pre_asr,asr_inversion]
+                               [--concept "digit 3"]
 
 uce and rece take the closed form's own variants: `robust` (`uce.robust=inversion`), `project`
 (`uce.robust_project=2`) and `robust-project` (both).
 
 `--base tiny-xl` runs the same on the SDXL tiny base with its recipes (`recipes/tiny-xl-digit-<method>.yaml`);
-there is no retrained oracle for it, so its row is left out.
+there is no retrained oracle for it, so its row is left out. `--concept` erases another concept (e.g. `--base
+tiny-canvas --concept "style dotted"`); the oracle row appears where ORACLES holds one for the base and concept.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from bench.unlearn_compare import ROOT, erase
 
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
 COLUMNS = ("ua", "ua_paraphrase", "pre_asr", "asr_paraphrase", "asr_prompt", "asr_inversion", "ira", "cra")
-ORACLE = "tiny-oracle-digit-3"
+# The retrained oracle of a (base, concept): the base retrained without any image of the concept.
+ORACLES = {("tiny", "digit 3"): "tiny-oracle-digit-3"}
 VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
             "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
 CLOSED_METHODS = ("uce", "rece")  # their robust variants are the closed form's own (uce.robust, uce.robust_project)
@@ -56,12 +59,12 @@ def variant_args(method: str, variant: str):
 
 def evaluate(base: str, deltas: list[tuple], a, attack_seed: int = 2000) -> dict:
     """Every (method, folder) beside the base in one `erase evaluate`; {column name: metrics}."""
-    args = ["evaluate", "--base", base, "--concept", "digit 3", "--metrics", a.metrics,
+    args = ["evaluate", "--base", base, "--concept", a.concept, "--metrics", a.metrics,
             "--samples-per-prompt", str(a.samples_per_prompt), "--set", f"attack.budget={a.budget}",
             "--set", f"attack.seed={attack_seed}"]
     for m, d in deltas:
         args += model_args(m, d)
-    if base == ORACLE:  # the deltas were made for the tiny base
+    if base in ORACLES.values():  # the deltas were made for the base it was retrained from
         args.append("--force")
     rep = erase(*args)
     seconds = {m["name"]: m["seconds"] for m in rep["robustness"]["models"]}
@@ -83,7 +86,9 @@ def main(argv=None) -> None:
     ap.add_argument("--metrics", default=METRICS, help="erase evaluate --metrics (columns not measured show -).")
     ap.add_argument("--attack-seeds", default="2000", help="attack.seed of each evaluation, comma-separated: "
                     "every model is attacked once per seed (a row per seed).")
-    ap.add_argument("--base", default="tiny", help="a bundled tiny-world base: tiny or tiny-xl (no oracle row)")
+    ap.add_argument("--base", default="tiny", help="a bundled base: tiny, tiny-xl or tiny-canvas (an oracle row "
+                    "where one is shipped for the concept)")
+    ap.add_argument("--concept", default="digit 3", help='The erased concept (e.g. "style dotted" on tiny-canvas).')
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="Extra recipe overrides for the robust variants (e.g. robust.attack=prefix).")
     a = ap.parse_args(argv)
@@ -98,7 +103,8 @@ def main(argv=None) -> None:
     methods = [m for m in a.methods.split(",") if m]
     rows = []
     for aseed in attack_seeds:
-        oracle = evaluate(ORACLE, [], a, aseed)["base"] if a.base == "tiny" else None
+        oracle_base = ORACLES.get((a.base, a.concept))
+        oracle = evaluate(oracle_base, [], a, aseed)["base"] if oracle_base else None
         first = True
         for seed in [int(s) for s in a.seeds.split(",") if s]:
             deltas, names = [], []
@@ -111,7 +117,8 @@ def main(argv=None) -> None:
                     d = work / f"seed{seed}" / name.replace(" ", "-")
                     if not output_file(m, d).exists():
                         extra = extra + ([x for kv in a.sets for x in ("--set", kv)] if v != "plain" else [])
-                        erase("unlearn", *method_args(m, ROOT, a.base), "--seed", str(seed), *extra,
+                        erase("unlearn", *method_args(m, ROOT, a.base), "--concept", a.concept, "--seed", str(seed),
+                              *extra,
                               "--out", str(d), "--overwrite")
                     deltas.append((m, d))
                     names.append(name)
@@ -119,7 +126,7 @@ def main(argv=None) -> None:
             if first:
                 rows.append(("base", "-", aseed, figures["base"]))
                 if oracle is not None:
-                    rows.append(("oracle (retrained without 3s)", "-", aseed, oracle))
+                    rows.append((f"oracle ({oracle_base})", "-", aseed, oracle))
                 first = False
             for name, (_, d) in zip(names, deltas):
                 train = json.loads((d / "train_summary.json").read_text())["train_seconds"]
@@ -129,7 +136,7 @@ def main(argv=None) -> None:
             if key == "train_seconds" and key not in f:
                 continue
             emit("robustness", key, f.get(key), "s" if key.endswith("seconds") else "fraction", model=name, base=a.base,
-                 seed=seed, attack_seed=aseed, concept="digit 3", budget=a.budget,
+                 seed=seed, attack_seed=aseed, concept=a.concept, budget=a.budget,
                  samples_per_prompt=a.samples_per_prompt, robust_sets=a.sets)
     head = "| model | seed | attack seed | " + " | ".join(COLUMNS) + " | attack s | train s |"
     lines = [head, "|" + " --- |" * (len(COLUMNS) + 5)]

@@ -211,7 +211,7 @@ def random_train_data(recipe, base, latent: int, gen_seed: int = 0):
     from erasecli.concepts import concept_for
     from erasecli.data import TrainData
 
-    sets = concept_for(recipe, tiny_world=False)
+    sets = concept_for(recipe, world=None)
     n, nr = recipe.data.images_per_prompt, recipe.data.retain_images_per_prompt
     prompts = list(dict.fromkeys(["", *sets.forget, *sets.anchor, *sets.retain]))
     index = {p: i for i, p in enumerate(prompts)}
@@ -554,7 +554,7 @@ def sampling_estimate(base, shipped, batch: int | None = None) -> float:
     from erasecli.concepts import concept_for
 
     cfg, d = shipped.sample, shipped.data
-    sets = concept_for(shipped, tiny_world=False)
+    sets = concept_for(shipped, world=None)
     n_images = 2 * d.images_per_prompt * len(sets.forget) + d.retain_images_per_prompt * len(sets.retain)
     batch = batch or cfg.batch_size
     key = (cfg.steps, cfg.guidance, cfg.eta, batch)

@@ -48,7 +48,7 @@ def _judged_concept(recipe, ref):
     from erasecli.concepts import concept_for
     from erasecli.judges import judge_kind
 
-    return concept_for(recipe, ref.tiny_world and judge_kind(recipe, ref) == "classifier")
+    return concept_for(recipe, ref.world if judge_kind(recipe, ref) == "classifier" else None)
 
 
 def check_sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = (), out: Path | None = None,

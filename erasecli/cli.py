@@ -39,8 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Options shared by the commands (typer reads them as defaults; one definition, one help text).
-BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, sd-1.4, sd-1.5, sd-2.1-base, sdxl-1.0, a local "
-                    "diffusers folder (SD or SDXL) or a hub id.")
+BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, tiny-canvas, sd-1.4, sd-1.5, sd-2.1-base, "
+                    "sdxl-1.0, a local diffusers folder (SD or SDXL) or a hub id.")
 DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
 GUARDS = typer.Option([], "--guard", help="A guard folder from `erase unlearn --method sld|safree` (a sampling-time "
                       "erasure; repeatable where each model is its own column).")
@@ -158,8 +158,9 @@ def sample(
 
 @app.command()
 def evaluate(
-    concept: List[str] = typer.Option([], "--concept", help='The erased concept, e.g. "digit 3" or "red"; '
-                                      'repeat it for a delta that erased several (UA per concept).'),
+    concept: List[str] = typer.Option([], "--concept", help='The erased concept, e.g. "digit 3", "red" or '
+                                      '(tiny-canvas) "style dotted"; repeat it for a delta that erased several '
+                                      '(UA per concept).'),
     base: Optional[str] = BASE,
     delta: List[Path] = DELTAS,
     guard: List[Path] = GUARDS,
@@ -268,7 +269,8 @@ def unlearn(
                                          "colour one where there is one); elsewhere from its paper settings. "
                                          "--set defaults=paper|<preset> chooses; the recipe.yaml written beside "
                                          "the delta names the one used."),
-    concept: List[str] = typer.Option([], "--concept", help='What to erase, e.g. "digit 3" or "van gogh"; '
+    concept: List[str] = typer.Option([], "--concept", help='What to erase, e.g. "digit 3", "style dotted" '
+                                      '(tiny-canvas) or "van gogh"; '
                                       "repeat it to erase several into one delta."),
     concepts_file: Optional[Path] = typer.Option(None, "--concepts-file", help="Batch job: erase each concept "
                                                  "in this file (one per line) into OUT/<concept>/; done ones are "

@@ -9,7 +9,8 @@ A concept has two sets of prompts (docs/methods.md, "Shared pieces" and "Evaluat
 
 On a base that knows the tiny world (coloured handwritten digits), a concept is a digit ("digit 3", "three",
 "3") or a colour ("red"): every prompt names a digit and a colour, so every image carries a label of each kind,
-and the sets are derived. On other bases they come from the recipe's `concept` and `eval` sections, and the
+and the sets are derived. On the canvas world (the same digits in drawing styles, `tiny-canvas`) a style
+("style dotted") is a concept too, and every evaluation prompt names a digit, a colour and a style. On other bases they come from the recipe's `concept` and `eval` sections, and the
 judge is CLIP zero-shot over `judge_texts`.
 """
 
@@ -19,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from erasecli.errors import RecipeError
+from erasecli.models import canvas_world as CW
 from erasecli.models import tiny_world as W
 from erasecli.models.tiny_world import parse_tiny_concept  # noqa: F401 - part of this module's face
 
@@ -44,6 +46,7 @@ class Concept:
     prompts: tuple[PromptSpec, ...]  # the evaluation plan
     judge_texts: dict | None = None  # CLIP zero-shot judge: kind -> one text per label; None on the tiny world
     tiny_world: bool = False
+    world: str = ""  # the bundled world the concept was derived from ("digits", "canvas"); "" from a recipe
     names: tuple[str, ...] = ()  # every concept erased together (one: (name,)); `name` joins them with " + "
     targets: tuple[int, ...] = ()  # their label indices within `kind`, in the order of `names`
 
@@ -65,14 +68,15 @@ class Concept:
             )
 
 
-def concept_for(recipe, tiny_world: bool) -> Concept:
-    """The recipe's concept on a base: derived from the tiny world there, read from the recipe elsewhere."""
+def concept_for(recipe, world: str | None) -> Concept:
+    """The recipe's concept on a base: derived from a bundled world (`world`: "digits", "canvas") there, read
+    from the recipe elsewhere (`world` None)."""
     c = recipe.concept
     if not c.name:
         raise RecipeError("no concept given", hint='pass --concept, e.g. --concept "digit 3"')
     names = concept_names(recipe)
-    if tiny_world:
-        return tiny_concept(names, c.kind)
+    if world:
+        return tiny_concept(names, c.kind, world)
     e = recipe.eval
     return recipe_concept(names, c.forget_templates, c.anchor, c.retain_prompts, e.in_domain, e.cross_domain,
                           e.cross_template)
@@ -99,7 +103,48 @@ _COLOUR_FORGET = ("a {c} handwritten digit {w}", "the number {d} in {c}")
 _COLOUR_ONLY = ("a {c} handwritten digit", "a {c} digit")
 
 
-def tiny_concept(name, kind: str = "") -> Concept:
+def parse_concept(name: str, kind: str = "", world: str = "digits") -> tuple[str, int]:
+    """A concept name on a bundled world -> (kind, label index)."""
+    return CW.parse_canvas_concept(name, kind) if world == "canvas" else parse_tiny_concept(name, kind)
+
+
+def label_phrase(kind: str, i: int) -> str:
+    """How the bundled worlds' captions name one label on its own (a CLIP text for it)."""
+    if kind == "digit":
+        return f"a handwritten digit {W.DIGIT_WORDS[i]}"
+    if kind == "colour":
+        return f"a {W.COLOUR_NAMES[i]} digit"
+    if kind == "style":
+        return f"a digit in {CW.STYLE_NAMES[i]} style"
+    raise ValueError(f"unknown label kind {kind!r}")
+
+
+def label_words(kind: str, i: int) -> list[str]:
+    """The words that name one label in a prompt: a digit's word and numeral, a colour's or a style's name."""
+    if kind == "digit":
+        return [W.DIGIT_WORDS[i], str(i)]
+    if kind == "colour":
+        return [W.COLOUR_NAMES[i]]
+    if kind == "style":
+        return [CW.STYLE_NAMES[i]]
+    raise ValueError(f"unknown label kind {kind!r}")
+
+
+def _parse_all(names, kind: str, world: str) -> tuple[str, tuple[int, ...]]:
+    """(kind, targets) of concepts erased together, which must be of one kind and each named once."""
+    parsed = [parse_concept(n, kind, world) for n in names]
+    k = parsed[0][0]
+    if any(p[0] != k for p in parsed):
+        raise RecipeError(f"concepts erased together must be of one kind on the tiny base, got "
+                          f"{', '.join(f'{n!r} ({p[0]})' for n, p in zip(names, parsed))}",
+                          hint="erase each kind into its own delta (apply both with --delta A --delta B)")
+    targets = tuple(dict.fromkeys(p[1] for p in parsed))
+    if len(targets) < len(parsed):
+        raise RecipeError(f"concepts {', '.join(map(repr, names))} name the same {k} twice", hint="list each once")
+    return k, targets
+
+
+def tiny_concept(name, kind: str = "", world: str = "digits") -> Concept:
     """Erasing digit d forgets it in every colour and in its numeral forms, anchors each prompt to the same
     prompt without the digit, and retains the other digits in every colour; a colour likewise. The evaluation
     asks for every (colour, digit) once, and the erased ones in their numeral form too.
@@ -107,15 +152,11 @@ def tiny_concept(name, kind: str = "") -> Concept:
     `name` may be a sequence of names of one kind erased together: the union of their forget prompts, the
     retain prompts that name none of them."""
     names = (name,) if isinstance(name, str) else tuple(name)
-    parsed = [parse_tiny_concept(n, kind) for n in names]
-    k = parsed[0][0]
-    if any(p[0] != k for p in parsed):
-        raise RecipeError(f"concepts erased together must be of one kind on the tiny base, got "
-                          f"{', '.join(f'{n!r} ({p[0]})' for n, p in zip(names, parsed))}",
-                          hint="erase digits and colours into separate deltas (apply both with --delta A --delta B)")
-    targets = tuple(dict.fromkeys(p[1] for p in parsed))
-    if len(targets) < len(parsed):
-        raise RecipeError(f"concepts {', '.join(map(repr, names))} name the same {k} twice", hint="list each once")
+    if world == "canvas":
+        return canvas_concept(names, kind)
+    if world != "digits":
+        raise ValueError(f"unknown world {world!r}")
+    k, targets = _parse_all(names, kind, world)
     forget, anchor, retain = [], [], []
     for target in targets:
         if k == "digit":
@@ -157,6 +198,86 @@ def tiny_concept(name, kind: str = "") -> Concept:
                    other_kind="colour" if k == "digit" else "digit",
                    label_names={"digit": W.DIGIT_WORDS, "colour": W.COLOUR_NAMES}, forget=tuple(forget),
                    anchor=tuple(anchor), retain=tuple(retain), prompts=tuple(prompts), tiny_world=True,
+                   world="digits", names=names, targets=targets)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The canvas world: digits (objects) x colours x drawing styles, the UnlearnCanvas protocol.
+
+_CANVAS_OTHER = {"style": "digit", "digit": "style", "colour": "digit"}  # what CRA and cra_forget read
+
+
+def canvas_concept(names, kind: str = "") -> Concept:
+    """A style, a digit or a colour of the canvas world, as UnlearnCanvas defines the sets: a style's IRA is
+    the other styles' accuracy and its CRA the digits' (objects'); a digit's IRA the other digits' and its CRA
+    the styles'. Forget prompts name the concept in the caption forms the base was trained on, over every
+    digit (or style) with the colours cycling; each anchor is the same caption without the concept. For a
+    style that is the caption that names no style, which the canvas base draws solid (only solid images had
+    such captions): it does not name another style, so no other style's prompts are pulled towards the
+    erased one. Retain prompts name the other labels of the kind. The evaluation asks for every (style,
+    digit) once, its colour cycling, and the erased ones in a second form too."""
+    k, targets = _parse_all(names, kind, "canvas")
+    C, D, S = CW.COLOUR_NAMES, CW.DIGIT_WORDS, CW.STYLE_NAMES
+    nc, ns = len(C), len(S)
+    forget, anchor = [], []
+
+    def add(prompt: str, instead: str) -> None:
+        forget.append(prompt)
+        anchor.append(instead)
+
+    for t in targets:
+        if k == "style":
+            st = S[t]
+            for d in range(10):
+                c0, c1 = C[d % nc], C[(d + 1) % nc]
+                add(f"a {c0} {D[d]} in {st} style", f"a {c0} handwritten digit {D[d]}")
+                add(f"a {c1} handwritten digit {D[d]} in {st} style", f"a {c1} handwritten digit {D[d]}")
+                add(f"a {D[d]}, {st}", f"a handwritten digit {D[d]}")
+            add(f"{st} style", "a handwritten digit")
+            add(f"a digit in {st} style", "a digit")
+            for c in C:
+                add(f"a {c} digit in {st} style", f"a {c} digit")
+        elif k == "digit":
+            w = D[t]
+            for si, st in enumerate(S):
+                c0, c1 = C[(t + si) % nc], C[(t + si + 1) % nc]
+                add(f"a {c0} {w} in {st} style", f"a {c0} digit in {st} style")
+                add(f"the number {t} in {c1}, {st} style", f"a {c1} digit in {st} style")
+                add(f"a {w}, {st}", f"a digit in {st} style")
+            for c in C:
+                add(f"a {c} handwritten digit {w}", f"a {c} handwritten digit")
+            add(f"a handwritten digit {w}", "a handwritten digit")
+        else:
+            c = C[t]
+            for d in range(10):
+                s0, s1 = S[d % ns], S[(d + 3) % ns]
+                add(f"a {c} handwritten digit {D[d]} in {s0} style", f"a handwritten digit {D[d]} in {s0} style")
+                add(f"a {c} {D[d]} in {s1} style", f"a {D[d]} in {s1} style")
+                add(f"a {c} handwritten digit {D[d]}", f"a handwritten digit {D[d]}")
+            add(f"a {c} digit", "a digit")
+    kinds = CW.KINDS
+    plan = [(prompt, dict(zip(kinds, labels))) for prompt, labels in CW.quality_prompts()]
+
+    def erased(labels: dict) -> bool:
+        return labels[k] in targets
+
+    retain = [prompt for prompt, labels in plan if not erased(labels)]
+    retain += [W.quality_prompt(C[(d + 2) % nc], d) for d in range(10)  # captions that name no style
+               if not erased({"digit": d, "colour": (d + 2) % nc, "style": CW.SOLID})]
+    prompts = []
+    for prompt, labels in plan:
+        if not erased(labels):
+            prompts.append(PromptSpec(prompt, "retain", labels))
+            continue
+        d, c, st = D[labels["digit"]], C[labels["colour"]], S[labels["style"]]
+        instead = {"style": W.quality_prompt(c, labels["digit"]), "digit": f"a {c} digit in {st} style",
+                   "colour": f"a handwritten digit {d} in {st} style"}[k]
+        prompts.append(PromptSpec(prompt, "forget", labels, instead))
+        # a second caption form: an erasure must not hold only for the trained wording
+        prompts.append(PromptSpec(f"the number {labels['digit']} in {c}, {st} style", "forget", labels, instead))
+    return Concept(name=joined_name(names), kind=k, target=targets[0], other_kind=_CANVAS_OTHER[k],
+                   label_names=dict(CW.LABEL_NAMES), forget=tuple(forget), anchor=tuple(anchor),
+                   retain=tuple(dict.fromkeys(retain)), prompts=tuple(prompts), tiny_world=True, world="canvas",
                    names=names, targets=targets)
 
 

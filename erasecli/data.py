@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def concept_of(recipe, base_ref):
     """The recipe's concept on this base (erasecli.concepts): its forget, anchor and retain prompts."""
-    return concept_for(recipe, base_ref.tiny_world)
+    return concept_for(recipe, base_ref.world)
 
 
 def check_folder(path: str, key: str) -> None:

@@ -38,23 +38,25 @@ class _Features(torch.nn.Module):
 
 
 class TinyClassifierJudge(Judge):
-    """The shipped tiny-world classifier: a digit head and a colour head on shared 128-d features."""
+    """The shipped classifier of a bundled world: a digit head and a colour head on shared 128-d features, and
+    a style head on the canvas world."""
 
-    def __init__(self):
+    def __init__(self, world: str = "digits"):
         from erasecli.models.judges import CLASSIFIER_VERSION, load_classifier
+        from erasecli.models.registry import judges_dir
 
-        super().__init__("tiny-classifier", CLASSIFIER_VERSION, ("digit", "colour"))
-        self.model = load_classifier()
+        self.model = load_classifier(judges_dir(world) / "classifier")
+        name = "tiny-classifier" if world == "digits" else f"tiny-classifier-{world}"
+        super().__init__(name, CLASSIFIER_VERSION, self.model.kinds)
         self.feature_name = "tiny-classifier penultimate layer (128-d), not Inception"
 
     def features_module(self):
         return _Features(self.model.features, self.model.config["feature_dim"])
 
     def predict(self, images):
-        from erasecli.models.judges import classify
+        from erasecli.models.judges import classify_all
 
-        d, c = classify(self.model, images)
-        return {"digit": d, "colour": c}
+        return classify_all(self.model, images)
 
 
 class ClipZeroShotJudge(Judge):
@@ -82,13 +84,14 @@ class Clip:
         self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
 
     @classmethod
-    def tiny(cls) -> "Clip":
-        """The tiny CLIP shipped beside the tiny base."""
+    def tiny(cls, world: str = "digits") -> "Clip":
+        """The tiny CLIP shipped beside the bundled bases of a world."""
         from erasecli.models.judges import CLIP_VERSION
-        from erasecli.models.registry import JUDGES_DIR
+        from erasecli.models.registry import judges_dir
 
-        clip = cls.load(str(JUDGES_DIR / "clip"))
-        clip.name, clip.version = "tiny-clip", CLIP_VERSION
+        clip = cls.load(str(judges_dir(world) / "clip"))
+        clip.name = "tiny-clip" if world == "digits" else f"tiny-clip-{world}"
+        clip.version = CLIP_VERSION
         return clip
 
     @classmethod
@@ -169,6 +172,6 @@ def make_judges(recipe, base, concept, need_clip: bool):
     """(judge, clip) for evaluating `concept` on `base`: the judge that labels images, and the CLIP that scores
     prompts (None when no metric needs it on the tiny world)."""
     if judge_kind(recipe, base.ref) == "classifier":
-        return TinyClassifierJudge(), (Clip.tiny() if need_clip else None)
-    clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.eval.clip_model)
+        return TinyClassifierJudge(base.ref.world), (Clip.tiny(base.ref.world) if need_clip else None)
+    clip = Clip.tiny(base.ref.world) if base.ref.tiny_world else Clip.load(recipe.eval.clip_model)
     return ClipZeroShotJudge(clip, concept.judge_texts), clip

@@ -20,6 +20,14 @@ def _session_root(tmp_path_factory):
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
+@pytest.fixture(scope="session")
+def tiny_canvas():
+    """The bundled tiny-canvas base (digits x colours x drawing styles) on the CPU in fp32."""
+    from erasecli.models.registry import load_base
+
+    return load_base("tiny-canvas", device="cpu")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Tests never read or fill the user's sample cache. The session's workers share one: a cached image, latent

@@ -122,7 +122,7 @@ def test_every_shipped_recipe_loads_validates_and_plans(path):
         out = Path("/nonexistent-erasecli-test") / path.stem
         assert api.check_unlearn(r, out=out) is METHODS[r.method]
         if not r.base.startswith("tiny"):
-            s = concept_for(r, tiny_world=False)
+            s = concept_for(r, world=None)
             assert s.forget and len(s.anchor) == len(s.forget) and s.retain
             assert all(r.concept.name in p for p in s.forget) and not any(r.concept.name in p for p in s.anchor)
     if r.concept.name and not r.base.startswith("tiny"):

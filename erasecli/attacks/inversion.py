@@ -34,10 +34,9 @@ def inverted_prompt(prompt: str, concept, token: str) -> str:
     'a red handwritten digit <digit-3-inverted>'; on the tiny world the word and the numeral of a digit, or a
     colour's name; elsewhere the concept's name."""
     if concept.tiny_world:
-        from erasecli.models import tiny_world as W
+        from erasecli.concepts import label_words
 
-        words = ([W.DIGIT_WORDS[concept.target], str(concept.target)] if concept.kind == "digit"
-                 else [W.COLOUR_NAMES[concept.target]])
+        words = label_words(concept.kind, concept.target)
     else:
         words = [concept.name]
     for w in words:

@@ -1,7 +1,8 @@
 """paraphrase: prompts that name the concept in other words than the erasure trained on.
 
 On the tiny world a built-in set of templates (numerals and words, other word orders, other nouns), none of
-them a form the base was captioned with or the erasure trained on; elsewhere the recipe's
+them a form the base was captioned with or the erasure trained on (a canvas style: words for it the captions
+never used, "stippled", "pointillist"); elsewhere the recipe's
 `attack.paraphrases` (templates with '{concept}') or the lines of `attack.paraphrases_file`.
 
 A paraphrase counts only where the *base* draws the concept for it (`base_rate` is the share that do). Over
@@ -59,6 +60,32 @@ def tiny_paraphrases(concept) -> list[str]:
     return out
 
 
+# The canvas world's styles in words its captions never used ({p}); the digit and colour cycle.
+STYLE_PHRASES = {
+    "solid": ("filled in", "painted flat", "in a plain fill"),
+    "outline": ("outlined", "drawn as a contour", "in line art", "hollow"),
+    "dotted": ("stippled", "made of dots", "pointillist", "in polka dots"),
+    "striped": ("with stripes", "in diagonal lines", "hatched", "banded"),
+    "checkered": ("in a checkerboard pattern", "chequered", "in a chessboard pattern"),
+    "glowing": ("with a halo", "neon", "luminous", "with a glow"),
+    "pixel": ("pixelated", "in 8-bit", "blocky", "made of big pixels"),
+    "negative": ("inverted", "in negative", "dark on a coloured ground", "reversed out"),
+}
+STYLE_TEMPLATES = ("a {c} {w}, {p}", "the number {d} in {c}, {p}", "a {c} handwritten {w} {p}")
+
+
+def canvas_style_paraphrases(concept) -> list[str]:
+    from erasecli.models import tiny_world as W
+
+    out = []
+    for t in concept.targets:
+        phrases = STYLE_PHRASES[concept.label_names["style"][t]]
+        for i, (p, tpl) in enumerate((p, tpl) for p in phrases for tpl in STYLE_TEMPLATES):
+            d, c = (i * 3) % 10, W.COLOUR_NAMES[i % len(W.COLOUR_NAMES)]
+            out.append(tpl.format(c=c, w=W.DIGIT_WORDS[d], d=d, p=p))
+    return out
+
+
 def recipe_paraphrases(recipe) -> list[str]:
     a = recipe.attack
     templates = list(a.paraphrases)
@@ -75,6 +102,8 @@ def recipe_paraphrases(recipe) -> list[str]:
 
 
 def paraphrases_of(recipe, concept) -> list[str]:
+    if concept.tiny_world and concept.kind == "style":
+        return canvas_style_paraphrases(concept)
     return tiny_paraphrases(concept) if concept.tiny_world else recipe_paraphrases(recipe)
 
 

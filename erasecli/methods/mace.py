@@ -65,7 +65,7 @@ def parts_of(concept) -> list:
         return [concept]
     from erasecli.concepts import tiny_concept
 
-    return [tiny_concept(n, concept.kind) for n in concept.names]
+    return [tiny_concept(n, concept.kind, concept.world) for n in concept.names]
 
 
 def pixel_masks(images, threshold: float) -> torch.Tensor:

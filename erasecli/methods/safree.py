@@ -37,9 +37,12 @@ class Safree(Sld):
                 if concept.kind == "digit":
                     w = W.DIGIT_WORDS[t]
                     out += [w, f"digit {w}", f"a handwritten digit {w}"]
-                else:
+                elif concept.kind == "colour":
                     w = W.COLOUR_NAMES[t]
                     out += [w, f"{w} digit", f"a {w} digit"]
+                else:
+                    w = concept.label_names["style"][t]
+                    out += [w, f"{w} style", f"a digit in {w} style"]
             return out
         return list(concept.names)
 

@@ -45,11 +45,9 @@ class Sld(Method):
         if recipe.sld.concept_text.strip():
             return recipe.sld.concept_text.strip()
         if concept.tiny_world:
-            from erasecli.models import tiny_world as W
+            from erasecli.concepts import label_phrase
 
-            if concept.kind == "digit":
-                return ", ".join(f"a handwritten digit {W.DIGIT_WORDS[t]}" for t in concept.targets)
-            return ", ".join(f"a {W.COLOUR_NAMES[t]} digit" for t in concept.targets)
+            return ", ".join(label_phrase(concept.kind, t) for t in concept.targets)
         return ", ".join(concept.names)
 
     @classmethod

@@ -227,7 +227,8 @@ def guides_of(u, concept) -> list:
         from erasecli.concepts import tiny_concept
 
         word = u.guide[len("swap:"):].strip()
-        parts = [tiny_concept(n, concept.kind) for n in concept.names] if concept.tiny_world else [concept]
+        parts = ([tiny_concept(n, concept.kind, concept.world) for n in concept.names] if concept.tiny_world
+                 else [concept])
         out = []
         for prompt in concept.forget:
             for part in parts:

@@ -19,11 +19,15 @@ CLIP_VERSION = "tiny-clip-1"
 
 
 class TinyClassifier(nn.Module):
-    """A small CNN with a digit head (10) and a colour head (5) on shared 128-d features."""
+    """A small CNN with a digit head (10) and a colour head (5) on shared 128-d features, and on the canvas
+    world a style head (`n_styles`) too."""
 
-    def __init__(self, n_digits: int = 10, n_colours: int = 5, width: int = 32, feature_dim: int = 128):
+    def __init__(self, n_digits: int = 10, n_colours: int = 5, width: int = 32, feature_dim: int = 128,
+                 n_styles: int = 0):
         super().__init__()
         self.config = {"n_digits": n_digits, "n_colours": n_colours, "width": width, "feature_dim": feature_dim}
+        if n_styles:
+            self.config["n_styles"] = n_styles
         w = width
         self.body = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(),  # (B, w, 32, 32)
@@ -36,15 +40,23 @@ class TinyClassifier(nn.Module):
         self.dropout = nn.Dropout(0.2)
         self.digit_head = nn.Linear(feature_dim, n_digits)
         self.colour_head = nn.Linear(feature_dim, n_colours)
+        self.style_head = nn.Linear(feature_dim, n_styles) if n_styles else None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) in [-1, 1] -> (B, feature_dim)."""
         return self.body(images)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Digit logits (B, 10) and colour logits (B, 5)."""
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The label kinds its heads read, in the order `forward` returns them."""
+        return ("digit", "colour", "style") if self.style_head is not None else ("digit", "colour")
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Digit logits (B, 10) and colour logits (B, 5), then style logits (B, n_styles) when it has them."""
         h = self.dropout(self.features(images))
-        return self.digit_head(h), self.colour_head(h)
+        if self.style_head is None:
+            return self.digit_head(h), self.colour_head(h)
+        return self.digit_head(h), self.colour_head(h), self.style_head(h)
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -139,21 +151,29 @@ def write_clip_preprocessor(folder: Path) -> None:
 
 
 @torch.no_grad()
+def classify_all(clf: TinyClassifier, images, batch: int = 256) -> dict[str, torch.Tensor]:
+    """Kind -> predicted label index (B,) for PIL images or a [-1, 1] tensor, for every head of `clf`."""
+    x = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
+    preds: dict[str, list] = {k: [] for k in clf.kinds}
+    for i in range(0, len(x), batch):
+        for k, logits in zip(clf.kinds, clf(x[i : i + batch])):
+            preds[k].append(logits.argmax(1))
+    return {k: torch.cat(v) for k, v in preds.items()}
+
+
 def classify(clf: TinyClassifier, images, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted digit (B,) and colour index (B,) for PIL images or a [-1, 1] tensor."""
-    x = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
-    digits, colours = [], []
-    for i in range(0, len(x), batch):
-        ld, lc = clf(x[i : i + batch])
-        digits.append(ld.argmax(1))
-        colours.append(lc.argmax(1))
-    return torch.cat(digits), torch.cat(colours)
+    p = classify_all(clf, images, batch)
+    return p["digit"], p["colour"]
 
 
-def classifier_accuracy_on(split: str, clf: TinyClassifier, seed: int = 11) -> tuple[float, float]:
-    """Digit and colour accuracy on every digit of a split, drawn in every colour with seeded shifts."""
-    from erasecli.models import tiny_world as W
+def classifier_accuracy_on(split: str, clf: TinyClassifier, seed: int = 11, world: str = "digits"):
+    """Digit and colour accuracy on every digit of a split, drawn in every colour with seeded shifts; on the
+    canvas world (`world="canvas"`, each image in a seeded random style) a dict kind -> accuracy, style too."""
+    from erasecli.models.worlds import world as get_world
 
-    x, d, c = W.render_split(split, seed)
-    pd, pc = classify(clf, x)
-    return (pd == d).float().mean().item(), (pc == c).float().mean().item()
+    w = get_world(world)
+    x, labels = w.render_labelled(split, seed)
+    pred = classify_all(clf, x)
+    acc = {k: (pred[k] == y).float().mean().item() for k, y in zip(w.KINDS, labels)}
+    return (acc["digit"], acc["colour"]) if world == "digits" else acc

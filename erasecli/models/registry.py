@@ -24,7 +24,13 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_DIR = ASSETS / "tiny"
 TINY_XL_DIR = ASSETS / "tiny-xl"
 ORACLE_DIR = ASSETS / "tiny-oracle-digit-3"  # the tiny base retrained without any image of a 3
-JUDGES_DIR = ASSETS / "judges"
+CANVAS_DIR = ASSETS / "tiny-canvas"
+JUDGES_DIR = ASSETS / "judges"  # the digits world's judges; each other world's in a subfolder of its name
+
+
+def judges_dir(world: str = "digits") -> Path:
+    """Where a bundled world's judges (classifier/, clip/) are."""
+    return JUDGES_DIR if world == "digits" else JUDGES_DIR / world
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class BaseSpec:
     folder: Path | None = None  # a bundled base's folder
     reference: str | None = None  # a retrained base: the base it was retrained from (attack targets come from it)
     kind: str = "sd"  # erasecli.diffusion.kinds.KINDS: the family a hub base's pipeline is
+    world: str = "digits"  # a bundled base: the world it was trained on (erasecli.models.worlds)
 
 
 BASES: dict[str, BaseSpec] = {
@@ -50,6 +57,9 @@ BASES: dict[str, BaseSpec] = {
     "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
                                     "UNet retrained without any image of a 3 (exact unlearning, the reference "
                                     "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
+    "tiny-canvas": BaseSpec("tiny-canvas", None, 32, "bundled: the digits in five colours and eight drawing "
+                            "styles (dotted, striped, ...), 32x32, runs on a CPU: style erasure as UnlearnCanvas "
+                            "measures it", CANVAS_DIR, world="canvas"),
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -62,6 +72,7 @@ class BaseRef:
     kind: str
     location: str
     reference: str | None = None  # the base a retrained base stands in for (its concept images come from there)
+    world: str | None = None  # a bundled base's world ("digits", "canvas"); None for any other base
 
     @property
     def tiny_world(self) -> bool:
@@ -75,7 +86,7 @@ def resolve_base(name: str) -> BaseRef:
     if name in BASES:
         spec = BASES[name]
         if spec.repo is None:
-            return BaseRef(name, "bundled", str(spec.folder), spec.reference)
+            return BaseRef(name, "bundled", str(spec.folder), spec.reference, spec.world)
         return BaseRef(name, "hub", spec.repo)
     path = Path(name).expanduser()
     if path.is_dir():

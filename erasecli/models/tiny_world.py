@@ -150,3 +150,33 @@ def parse_tiny_concept(name: str, kind: str = "") -> tuple[str, int]:
             hint="use e.g. 'digit 3', 'seven' or 'red' (colours: " + ", ".join(COLOUR_NAMES) + ")",
         )
     return found[0]
+
+
+# The face every bundled world shows the trainer and the judges (models/worlds.py): its label kinds, labelled
+# renders, captions from labels, and which labels a caption names.
+KINDS = ("digit", "colour")
+LABEL_NAMES = {"digit": DIGIT_WORDS, "colour": COLOUR_NAMES}
+
+
+def render_labelled(split: str, seed: int, copies: int = 1):
+    """`render_split` as (images, labels): labels a tuple of (N,) tensors in the order of KINDS."""
+    x, d, c = render_split(split, seed, copies)
+    return x, (d, c)
+
+
+def caption_for(labels, rng: random.Random) -> str:
+    """One caption for an image with these labels (digit, colour indices)."""
+    return caption(int(labels[0]), COLOUR_NAMES[int(labels[1])], rng)
+
+
+def named(text: str) -> tuple[int, int]:
+    """(digit, colour) a caption names, -1 for each it does not name."""
+    words = text.split()
+    d = next((i for i, w in enumerate(DIGIT_WORDS) if w in words or str(i) in words), -1)
+    c = next((i for i, n in enumerate(COLOUR_NAMES) if n in words), -1)
+    return d, c
+
+
+def quality_prompts() -> list[tuple[str, tuple[int, ...]]]:
+    """The base's quality-bar prompts and the labels their images should carry."""
+    return [(quality_prompt(c, d), (d, ci)) for ci, c in enumerate(COLOUR_NAMES) for d in range(10)]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from erasecli.models import tiny_world as W
+from erasecli.models.worlds import world as get_world
 from erasecli.models.judges import (TinyClassifier, classifier_accuracy_on, clip_config, clip_image_embeds,
                                     clip_text_embeds, write_clip_preprocessor)
 
@@ -137,11 +138,11 @@ def _set_lr(opt, lr):
         g["lr"] = lr
 
 
-def train_vae(steps: int, seed: int, batch: int = 64):
+def train_vae(steps: int, seed: int, batch: int = 64, world: str = "digits"):
     torch.manual_seed(seed)
     vae = vae_model()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    x_all, _, _ = W.render_split("train", seed, copies=2)
+    x_all, _ = get_world(world).render_labelled("train", seed, copies=2)
     for step in range(steps):
         _set_lr(opt, cosine_lr(step, steps, 1e-3, 50))
         x = x_all[torch.randint(len(x_all), (batch,))]
@@ -156,7 +157,7 @@ def train_vae(steps: int, seed: int, batch: int = 64):
             _log(f"vae {step}/{steps} loss {loss.item():.4f} kl {kl.item():.1f}")
     vae.eval()
     with torch.no_grad():
-        xh, _, _ = W.render_split("heldout", seed + 1)
+        xh, _ = get_world(world).render_labelled("heldout", seed + 1)
         mean = vae.encode(xh[:512]).latent_dist.mean
         rec_mse = F.mse_loss(vae.decode(mean).sample, xh[:512]).item()
         lat = vae.encode(x_all[:2048]).latent_dist.mean
@@ -165,33 +166,42 @@ def train_vae(steps: int, seed: int, batch: int = 64):
     return vae, {"steps": steps, "heldout_recon_mse": rec_mse, "scaling_factor": scaling}
 
 
-def train_classifier(steps: int, seed: int, batch: int = 128):
+def train_classifier(steps: int, seed: int, batch: int = 128, world: str = "digits"):
+    w = get_world(world)
     torch.manual_seed(seed)
-    clf = TinyClassifier()
+    clf = TinyClassifier(n_styles=len(w.LABEL_NAMES["style"]) if "style" in w.KINDS else 0)
     opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
-    x_all, d_all, c_all = W.render_split("train", seed + 10, copies=4)
+    x_all, labels = w.render_labelled("train", seed + 10, copies=4)
     clf.train()
     for step in range(steps):
         _set_lr(opt, cosine_lr(step, steps, 2e-3, 50))
         i = torch.randint(len(x_all), (batch,))
         x = x_all[i] + 0.05 * torch.randn_like(x_all[i])  # a little noise: generated images are not exact
-        ld, lc = clf(x.clamp(-1, 1))
-        loss = F.cross_entropy(ld, d_all[i], label_smoothing=0.05) + F.cross_entropy(lc, c_all[i])
+        logits = clf(x.clamp(-1, 1))
+        loss = F.cross_entropy(logits[0], labels[0][i], label_smoothing=0.05)  # the digit head
+        for lg, y in zip(logits[1:], labels[1:]):
+            loss = loss + F.cross_entropy(lg, y[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 200 == 0 or step == steps - 1:
             _log(f"classifier {step}/{steps} loss {loss.item():.4f}")
-    acc_d, acc_c = classifier_accuracy_on("heldout", clf.eval(), seed + 11)
-    _log(f"classifier held-out digit acc {acc_d:.4f} colour acc {acc_c:.4f}")
-    return clf.eval(), {"steps": steps, "heldout_digit_acc": acc_d, "heldout_colour_acc": acc_c}
+    if world == "digits":
+        acc_d, acc_c = classifier_accuracy_on("heldout", clf.eval(), seed + 11)
+        acc = {"digit": acc_d, "colour": acc_c}
+    else:
+        acc = classifier_accuracy_on("heldout", clf.eval(), seed + 11, world)
+    _log("classifier held-out " + " ".join(f"{k} acc {v:.4f}" for k, v in acc.items()))
+    return clf.eval(), {"steps": steps, **{f"heldout_{k}_acc": v for k, v in acc.items()}}
 
 
 class Captioner:
-    """Random captions for (digit, colour) pairs, tokenized with a cache (the caption set is small)."""
+    """Random captions for labelled images (digit, colour[, style]), tokenized with a cache (the caption set
+    is small)."""
 
-    def __init__(self, tokenizer, seed: int):
+    def __init__(self, tokenizer, seed: int, world: str = "digits"):
         self.tok = tokenizer
+        self.world = get_world(world)
         self.rng = random.Random(seed)
         self.cache: dict[str, torch.Tensor] = {}
 
@@ -201,21 +211,25 @@ class Captioner:
                                         return_tensors="pt").input_ids[0]
         return self.cache[text]
 
-    def __call__(self, digits, colours) -> tuple[list[str], torch.Tensor]:
-        texts = [W.caption(int(d), W.COLOUR_NAMES[int(c)], self.rng) for d, c in zip(digits, colours)]
+    def __call__(self, *labels) -> tuple[list[str], torch.Tensor]:
+        texts = [self.world.caption_for(lab, self.rng) for lab in zip(*labels)]
         return texts, torch.stack([self.ids(t) for t in texts])  # (B, MAX_TOKENS)
 
 
 def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
                ckpt: Path | None = None, ckpt_every: int = 250, exclude_digit: int | None = None,
-               frozen_te1=None):
+               frozen_te1=None, world: str = "digits", exclude_style: int | None = None,
+               init_from: Path | None = None):
     """Text encoder + UNet jointly. With `ckpt`, saves a checkpoint every `ckpt_every` steps (weights, EMA,
     optimiser, RNG states) and resumes from it, reaching the same weights as an uninterrupted run.
     `exclude_digit` drops every image of that digit (so no caption names it either): exact unlearning, the
-    reference a concept erasure is measured against.
+    reference a concept erasure is measured against; `exclude_style` likewise drops every image of that style
+    (canvas world).
     `frozen_te1` (a CLIPTextModel) makes it SDXL: the UNet attends to both encoders' penultimate states side by
     side (te1's frozen, te2's trained), and takes te2's pooled projection plus the time ids as added
-    conditioning, exactly as StableDiffusionXLPipeline calls it; `te` is then text_encoder_2."""
+    conditioning, exactly as StableDiffusionXLPipeline calls it; `te` is then text_encoder_2.
+    `init_from` (a Stable Diffusion pipeline folder this trainer wrote) starts the text encoder and UNet from
+    its weights instead of from scratch: a further run of `steps` with its own warm-up and decay."""
     from diffusers import DDPMScheduler
 
     from erasecli.outputs import atomic_write
@@ -224,6 +238,15 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
     torch.manual_seed(seed)
     if frozen_te1 is None:
         te, unet = text_encoder_model(), unet_model(64)
+        if init_from is not None:
+            from diffusers import UNet2DConditionModel
+            from transformers import CLIPTextModel
+
+            te.load_state_dict(CLIPTextModel.from_pretrained(str(init_from / "text_encoder"),
+                                                             dtype=torch.float32).state_dict())
+            unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init_from / "unet"),
+                                                                      torch_dtype=torch.float32).state_dict())
+            _log(f"unet: text encoder and UNet start from {init_from}")
     else:
         frozen_te1.requires_grad_(False).eval()
         te = text_encoder_2_model()
@@ -232,16 +255,18 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
     noise_sched = DDPMScheduler(**SD_BETAS)
-    x_all, d_all, c_all = W.render_split("train", seed + 20, copies=3)
-    if exclude_digit is not None:
-        keep = d_all != exclude_digit
-        x_all, d_all, c_all = x_all[keep], d_all[keep], c_all[keep]
-        _log(f"unet: {int((~keep).sum())} images of digit {exclude_digit} left out, {len(x_all)} kept")
+    w = get_world(world)
+    x_all, labels = w.render_labelled("train", seed + 20, copies=3)
+    for kind, left_out in (("digit", exclude_digit), ("style", exclude_style)):
+        if left_out is not None:
+            keep = labels[w.KINDS.index(kind)] != left_out
+            x_all, labels = x_all[keep], tuple(y[keep] for y in labels)
+            _log(f"unet: {int((~keep).sum())} images of {kind} {left_out} left out, {len(x_all)} kept")
     with torch.no_grad():  # encode once; sample the posterior each step as SD training does
         moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
                              for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
     scale = vae.config.scaling_factor
-    cap = Captioner(tokenizer, seed)
+    cap = Captioner(tokenizer, seed, world)
     start = 0
     if ckpt is not None and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)  # our own file, written below
@@ -259,7 +284,7 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
         i = torch.randint(len(moments), (batch,))
         mean, logvar = moments[i].chunk(2, dim=1)  # (B, 4, 8, 8) each
         z = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * scale
-        _, ids = cap(d_all[i], c_all[i])
+        _, ids = cap(*(y[i] for y in labels))
         noise = torch.randn_like(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
         x_t = noise_sched.add_noise(z, noise, t)
@@ -288,37 +313,39 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
     return te.eval(), unet.eval(), {"steps": steps, "batch": batch, "lr": lr, "final_loss": loss.item()}
 
 
-def train_clip(tokenizer, steps: int, seed: int, batch: int = 256):
+def train_clip(tokenizer, steps: int, seed: int, batch: int = 256, world: str = "digits"):
     """Contrastive training with multi-positive targets: a caption matches every image it describes."""
     from transformers import CLIPModel
 
+    w = get_world(world)
     torch.manual_seed(seed)
     model = CLIPModel(clip_config())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    x_all, d_all, c_all = W.render_split("train", seed + 30, copies=2)
+    x_all, labels = w.render_labelled("train", seed + 30, copies=2)
     rng = random.Random(seed)
     cache: dict[str, torch.Tensor] = {}
     model.train()
     for step in range(steps):
         _set_lr(opt, cosine_lr(step, steps, 1e-3, 100))
         i = torch.randint(len(x_all), (batch,))
-        d, c = d_all[i], c_all[i]
-        named_d, named_c, texts = [], [], []
-        for di, ci in zip(d.tolist(), c.tolist()):
+        lab = [y[i] for y in labels]  # per kind, (B,)
+        texts, names = [], []
+        for one in zip(*(y.tolist() for y in lab)):
             text = ""
             while not text:  # empty captions carry no contrastive signal
-                text = W.caption(di, W.COLOUR_NAMES[ci], rng)
+                text = w.caption_for(one, rng)
             texts.append(text)
-            named_d.append(di if (W.DIGIT_WORDS[di] in text.split() or str(di) in text.split()) else -1)
-            named_c.append(ci if W.COLOUR_NAMES[ci] in text.split() else -1)
+            names.append(w.named(text))
         for t in texts:
             if t not in cache:
                 cache[t] = tokenizer(t, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                                      return_tensors="pt").input_ids[0]
         ids = torch.stack([cache[t] for t in texts])  # (B, MAX_TOKENS)
-        nd, nc = torch.tensor(named_d), torch.tensor(named_c)
+        nm = torch.tensor(names)  # (B, kinds): the label each caption names, -1 for none
         # match[j, k]: caption j describes image k (every attribute it names agrees). (B, B)
-        match = ((nd[:, None] == -1) | (nd[:, None] == d[None])) & ((nc[:, None] == -1) | (nc[:, None] == c[None]))
+        match = torch.ones(len(texts), len(texts), dtype=torch.bool)
+        for a, y in enumerate(lab):
+            match &= (nm[:, a, None] == -1) | (nm[:, a, None] == y[None])
         out = model(input_ids=ids, pixel_values=x_all[i])
         logits_img = out.logits_per_image  # (B images, B texts)
         tgt_img = match.T.float() / match.T.float().sum(1, keepdim=True)
@@ -331,16 +358,21 @@ def train_clip(tokenizer, steps: int, seed: int, batch: int = 256):
         if step % 200 == 0 or step == steps - 1:
             _log(f"clip {step}/{steps} loss {loss.item():.4f}")
     model.eval()
-    # Held-out zero-shot accuracy: does "a {colour} handwritten digit {word}" pick the right pair?
-    xh, dh, ch = W.render_split("heldout", seed + 31)
-    prompts = [W.quality_prompt(col, dg) for col in W.COLOUR_NAMES for dg in range(10)]
+    # Held-out zero-shot accuracy: does the prompt naming every label of the image ("a {colour} handwritten
+    # digit {word}", "... in {style} style") score highest among the prompts for every label combination?
+    xh, lh = w.render_labelled("heldout", seed + 31)
+    combos = torch.cartesian_prod(*(torch.arange(len(w.LABEL_NAMES[k])) for k in w.KINDS))  # (P, kinds)
+    if world == "digits":
+        prompts = [W.quality_prompt(W.COLOUR_NAMES[c], d) for d, c in combos.tolist()]
+    else:
+        prompts = [w.quality_prompt(w.COLOUR_NAMES[c], d, w.STYLE_NAMES[st]) for d, c, st in combos.tolist()]
     ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         tf = clip_text_embeds(model, ids)
         imf = clip_image_embeds(model, xh)
-        pick = (imf @ tf.T).argmax(1)
-    acc = ((pick // 10 == ch) & (pick % 10 == dh)).float().mean().item()
-    _log(f"clip held-out zero-shot (digit, colour) acc {acc:.4f}")
+        pick = combos[(imf @ tf.T).argmax(1)]  # (N, kinds)
+    acc = (pick == torch.stack(lh, dim=1)).all(1).float().mean().item()
+    _log(f"clip held-out zero-shot {tuple(w.KINDS)} acc {acc:.4f}")
     return model, {"steps": steps, "heldout_zero_shot_acc": acc}
 
 
@@ -411,6 +443,16 @@ def main(argv=None) -> None:
     ap.add_argument("--exclude-digit", type=int, choices=range(10), default=None,
                     help="train the text encoder and UNet without any image of this digit (the retrained "
                     "'oracle' of exact unlearning)")
+    ap.add_argument("--world", choices=("digits", "canvas"), default="digits",
+                    help="canvas: the digits in colours and eight drawing styles (OUT/tiny-canvas, with judges that "
+                    "read the style too)")
+    ap.add_argument("--exclude-style", choices=get_world("canvas").STYLE_NAMES, default=None,
+                    help="with --world canvas: train the text encoder and UNet without any image of this style")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start the text encoder and UNet from this pipeline folder (one this script wrote, e.g. "
+                    "OUT/tiny-canvas of an earlier run) and train them --unet-steps more; with --vae FOLDER/vae and "
+                    "--unet-only it retrains nothing else")
+    ap.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the text encoder + UNet stage")
     ap.add_argument("--vae", type=Path, default=None,
                     help="use this VAE folder (e.g. erasecli/models/assets/tiny/vae) instead of training one")
     ap.add_argument("--unet-only", action="store_true",
@@ -424,6 +466,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.arch == "sdxl":
         args.vae, args.unet_only = args.from_base / "vae", True
+    if args.exclude_style is not None and args.world != "canvas":
+        ap.error("--exclude-style needs --world canvas")
+    if args.world != "digits" and args.arch != "sd":
+        ap.error("--world canvas trains a Stable Diffusion pipeline (--arch sd)")
     if args.unet_only and args.vae is None:
         ap.error("--unet-only needs --vae FOLDER")
     if args.pilot:
@@ -441,6 +487,12 @@ def main(argv=None) -> None:
         settings.update(exclude_digit=args.exclude_digit, vae=str(args.vae), unet_only=args.unet_only)
     if args.arch != "sd":
         settings.update(arch=args.arch, from_base=str(args.from_base))
+    if args.world != "digits":
+        settings.update(world=args.world, exclude_style=args.exclude_style)
+    if args.init_from is not None or args.unet_lr != 1e-3:
+        settings.update(init_from=str(args.init_from), unet_lr=args.unet_lr)
+    if args.init_from is not None and args.arch != "sd":
+        ap.error("--init-from continues a Stable Diffusion pipeline (--arch sd)")
     state_file = tmp / "stages.json"
     if args.resume and state_file.exists():
         state = json.loads(state_file.read_text())
@@ -474,7 +526,7 @@ def main(argv=None) -> None:
         vae = AutoencoderKL.from_pretrained(str(tmp / "stages" / "vae"))
     else:
         t = time.time()
-        vae, info = train_vae(args.vae_steps, args.seed)
+        vae, info = train_vae(args.vae_steps, args.seed, world=args.world)
         vae.save_pretrained(str(tmp / "stages" / "vae"))
         finish("vae", info, t)
     if args.unet_only:
@@ -482,7 +534,7 @@ def main(argv=None) -> None:
         report.setdefault("clip", {"skipped": "--unet-only", "seconds": 0.0})
     if "classifier" not in report:
         t = time.time()
-        clf, info = train_classifier(args.classifier_steps, args.seed)
+        clf, info = train_classifier(args.classifier_steps, args.seed, world=args.world)
         clf.save(tmp / "judges" / "classifier")
         finish("classifier", info, t)
     if "unet" not in report:
@@ -494,19 +546,27 @@ def main(argv=None) -> None:
             te1 = CLIPTextModel.from_pretrained(str(args.from_base / "text_encoder"), dtype=torch.float32)
         te, unet, info = train_unet(vae, tokenizer, args.unet_steps, args.seed, ckpt=tmp / "stages" / "unet.ckpt",
                                      ckpt_every=args.checkpoint_every, exclude_digit=args.exclude_digit,
-                                     frozen_te1=te1)
+                                     frozen_te1=te1, world=args.world, init_from=args.init_from, lr=args.unet_lr,
+                                     exclude_style=(None if args.exclude_style is None
+                                                    else get_world("canvas").STYLE_NAMES.index(args.exclude_style)))
         if args.exclude_digit is not None:
             info["excluded_digit"] = args.exclude_digit
+        if args.exclude_style is not None:
+            info["excluded_style"] = args.exclude_style
+        if args.world != "digits":
+            info["world"] = args.world
+        if args.init_from is not None:
+            info["init_from"] = str(args.init_from)
         if args.arch == "sdxl":
             info["arch"] = "sdxl"
             save_xl_pipeline(args.vae, args.from_base / "text_encoder", args.from_base / "tokenizer", te, unet,
                              tmp / "tiny-xl")
         else:
-            save_pipeline(vae, te, tok_dir, unet, tmp / "tiny")
+            save_pipeline(vae, te, tok_dir, unet, tmp / ("tiny" if args.world == "digits" else "tiny-" + args.world))
         finish("unet", info, t)
     if "clip" not in report:
         t = time.time()
-        clip, info = train_clip(tokenizer, args.clip_steps, args.seed)
+        clip, info = train_clip(tokenizer, args.clip_steps, args.seed, world=args.world)
         clip.to(torch.float16).save_pretrained(str(tmp / "judges" / "clip"))
         shutil.copytree(tok_dir, tmp / "judges" / "clip", dirs_exist_ok=True)
         write_clip_preprocessor(tmp / "judges" / "clip")

@@ -55,12 +55,15 @@ def load_with_defaults(path=None, overrides: Sequence[str] = (), **values):
         if path is None and r.method:
             from erasecli.models.registry import resolve_base
 
-            if resolve_base(r.base).tiny_world:
+            ref = resolve_base(r.base)
+            if ref.tiny_world:
                 kind = "digit"
                 if r.concept.name:
+                    from erasecli.models.canvas_world import parse_canvas_concept
                     from erasecli.models.tiny_world import parse_tiny_concept
 
-                    kind = parse_tiny_concept(r.concept.name, r.concept.kind)[0]
+                    parse = parse_canvas_concept if ref.world == "canvas" else parse_tiny_concept
+                    kind = parse(r.concept.name, r.concept.kind)[0]
                 name = tiny_preset(r.method, kind, r.base) or "paper"
     if name == "paper":
         return replace(r, defaults="paper")

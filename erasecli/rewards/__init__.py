@@ -30,24 +30,18 @@ from typing import Callable
 
 import torch
 
+from erasecli.concepts import label_phrase, parse_concept
 from erasecli.errors import RecipeError
 from erasecli.recipes.schema import REWARD_NAMES
 
 Reward = Callable[[torch.Tensor, list], torch.Tensor]
 
 
-def _label_text(kind: str, i: int) -> str:
-    """How the tiny CLIP reward names a digit or a colour (the training captions' forms)."""
-    from erasecli.models import tiny_world as W
-
-    return f"a handwritten digit {W.DIGIT_WORDS[i]}" if kind == "digit" else f"a {W.COLOUR_NAMES[i]} digit"
-
-
 def _concept_texts(recipe, sets) -> list:
     """The texts a CLIP reward compares images with, one per erased concept: on the tiny base each concept in
     its training captions' form, elsewhere the first forget template."""
     if sets.tiny_world:
-        return [_label_text(sets.kind, i) for i in sets.targets]
+        return [label_phrase(sets.kind, i) for i in sets.targets]
     return [recipe.concept.forget_templates[0].format(concept=n) for n in sets.names]
 
 
@@ -55,7 +49,7 @@ def _contrast_texts(recipe, sets) -> list:
     """The texts the concepts compete with in the zero-shot score: the other digits (or colours) on the tiny
     base, critic.contrast elsewhere, in the same template as the concept."""
     if sets.tiny_world:
-        return [_label_text(sets.kind, j) for j in range(len(sets.label_names[sets.kind])) if j not in sets.targets]
+        return [label_phrase(sets.kind, j) for j in range(len(sets.label_names[sets.kind])) if j not in sets.targets]
     if not recipe.critic.contrast:
         raise RecipeError("critic.zero_shot needs critic.contrast on this base",
                           hint="e.g. --set 'critic.contrast=[claude monet, pablo picasso]'")
@@ -63,14 +57,13 @@ def _contrast_texts(recipe, sets) -> list:
 
 
 def kept_labels(sets) -> dict:
-    """Tiny world: forget prompt -> the label of the attribute it names besides the concept (a digit concept's
-    prompt -> its colour index), for the prompts that name one."""
-    from erasecli.models.tiny_world import parse_tiny_concept
-
+    """Tiny worlds: forget prompt -> the label of the attribute it names besides the concept (a digit concept's
+    prompt -> its colour index; on the canvas world a style's prompt -> its digit), for the prompts that name
+    one."""
     out = {}
     for p in sets.forget:
         try:
-            out[p] = parse_tiny_concept(p, sets.other_kind)[1]
+            out[p] = parse_concept(p, sets.other_kind, sets.world)[1]
         except RecipeError:  # "a handwritten digit three" names no colour: nothing to keep
             pass
     return out
@@ -79,7 +72,7 @@ def kept_labels(sets) -> dict:
 def clip_reward(recipe, base, sets) -> Reward:
     from erasecli.judges import Clip
 
-    clip = Clip.tiny() if base.ref.tiny_world else Clip.load(recipe.critic.clip_model)
+    clip = Clip.tiny(base.ref.world) if base.ref.tiny_world else Clip.load(recipe.critic.clip_model)
     clip.model.to(base.device)  # on the GPU with the base: the reward runs every rollout
     forget = set(sets.forget)
     texts = _concept_texts(recipe, sets)
@@ -93,7 +86,7 @@ def clip_reward(recipe, base, sets) -> Reward:
     keep_texts = keep_of = anchor_of = None
     if w_keep > 0 and sets.tiny_world:
         other = sets.other_kind
-        keep_texts = clip.embed_text([_label_text(other, j) for j in range(len(sets.label_names[other]))])
+        keep_texts = clip.embed_text([label_phrase(other, j) for j in range(len(sets.label_names[other]))])
         keep_of = kept_labels(sets)
     elif w_keep > 0:
         anchor_of = dict(zip(sets.forget, sets.anchor))
@@ -123,26 +116,36 @@ def clip_reward(recipe, base, sets) -> Reward:
 
 
 def classifier_reward(recipe, base, sets) -> Reward:
-    from erasecli.concepts import parse_tiny_concept
+    """The world's classifier: on forget prompts minus the probability of the erased labels (plus, with
+    critic.keep_weight, that of the other attribute the prompt names); elsewhere the product of the
+    probabilities of every label the prompt names."""
     from erasecli.models.judges import load_classifier
+    from erasecli.models.registry import judges_dir
 
     if not base.ref.tiny_world:
         raise RecipeError("critic.reward 'classifier' uses the tiny base's classifier",
                           hint="use --reward clip on this base")
-    clf = load_classifier().eval()
+    clf = load_classifier(judges_dir(base.ref.world) / "classifier").eval()
     kind, targets = sets.kind, list(sets.targets)
     forget = set(sets.forget)
     keep_of = kept_labels(sets)
     w, w_keep = recipe.critic.retain_weight, recipe.critic.keep_weight
+    named: dict[str, list] = {}  # prompt -> [(kind, label)] it names
 
-    def labels(prompt: str) -> tuple[int, int]:
-        return parse_tiny_concept(prompt, "digit")[1], parse_tiny_concept(prompt, "colour")[1]
+    def labels(prompt: str) -> list:
+        if prompt not in named:
+            named[prompt] = []
+            for k in clf.kinds:
+                try:
+                    named[prompt].append((k, parse_concept(prompt, k, sets.world)[1]))
+                except RecipeError:  # the prompt does not name this kind
+                    pass
+        return named[prompt]
 
     @torch.no_grad()
     def reward(images: torch.Tensor, prompts: list) -> torch.Tensor:
-        digit_logits, colour_logits = clf(images.float().cpu())
-        pd, pc = digit_logits.softmax(-1), colour_logits.softmax(-1)  # (B, 10), (B, 5)
-        p_concept, p_other = (pd, pc) if kind == "digit" else (pc, pd)
+        probs = {k: lg.softmax(-1) for k, lg in zip(clf.kinds, clf(images.float().cpu()))}  # kind -> (B, labels)
+        p_concept, p_other = probs[kind], probs.get(sets.other_kind)
         out = []
         for i, p in enumerate(prompts):
             if p in forget:
@@ -151,8 +154,10 @@ def classifier_reward(recipe, base, sets) -> Reward:
                     r = r + w_keep * p_other[i, keep_of[p]]
                 out.append(r)
             else:
-                d, c = labels(p)
-                out.append(w * pd[i, d] * pc[i, c])
+                r = torch.ones(())
+                for k, j in labels(p):
+                    r = r * probs[k][i, j]
+                out.append(w * r)
         return torch.stack(out)
 
     return reward
