@@ -162,7 +162,7 @@ def test_uce_on_sdxl_edits_the_pooled_path_and_plain_diffusers_and_kohya_load_it
     pooled = res["summary"]["pooled"]
     assert pooled["module"] == "add_embedding.linear_1" and pooled["erased"] == 17  # every forget prompt
     assert pooled["residual"] < 0.3  # the concept's pooled output now mostly its guide's
-    concept = concept_for(r, True)
+    concept = concept_for(r, "digits")
     C, G = _pooled(xl, concept.forget), _pooled(xl, guides_of(r.uce, concept))
     C_p = _pooled(xl, [p for p in concept.retain if p not in set(concept.forget)])
     P = shared_map(C, G, C_p, 0.7, r.uce.erase_scale, r.uce.preserve_scale)

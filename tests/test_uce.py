@@ -42,7 +42,7 @@ def test_uce_delta_loads_in_plain_diffusers_and_reproduces_the_edited_weights(ti
     s = res["summary"]
     assert s["steps"] == 0 and s["rank"] >= 1 and s["modules"] == 14  # every attn2 to_k / to_v of the tiny UNet
     assert res["delta"]["concepts"] == ["digit 3"] and res["delta"]["method"] == "uce"
-    concept = concept_for(r, True)
+    concept = concept_for(r, "digits")
     C_e, G_e, C_p, _ = plan(r, tiny, concept)
     assert r.uce.erase_scale == 3.0 and r.defaults == "tiny-digit-uce"  # the shipped tiny preset's
     expected = {n: _by_formula(m.weight.detach().double(), C_e, G_e @ m.weight.detach().double().T, C_p, 0.7, 3.0, 0.5)
@@ -67,7 +67,7 @@ def test_sampling_with_a_uce_delta_equals_the_directly_edited_model(tiny, tmp_pa
     prompts = ["a red handwritten digit three", "a blue handwritten digit five"]
     s = api.load_recipe(None, ["sample.steps=10"])
     with_delta = api.sample(s, prompts=prompts, n=3, deltas=[str(tmp_path / "uce")], base=tiny)
-    C_e, G_e, C_p, _ = plan(r, tiny, concept_for(r, True))
+    C_e, G_e, C_p, _ = plan(r, tiny, concept_for(r, "digits"))
     mods = edited_modules(tiny.pipe.unet, ("to_k", "to_v"))
     saved = {n: m.weight.detach().clone() for n, m in mods.items()}
     try:
@@ -300,7 +300,7 @@ def test_swap_guide_replaces_every_erased_concepts_words_and_keeps_the_rest_of_t
     from erasecli.methods.uce import guides_of
 
     r = recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=["digit 7"])
-    c = concept_for(r, True)
+    c = concept_for(r, "digits")
     guides = guides_of(r.uce, c)
     assert len(guides) == len(c.forget)
     for p, g in zip(c.forget, guides):
