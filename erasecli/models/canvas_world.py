@@ -131,9 +131,9 @@ def render(grey8, colour_idx, style_idx, shift=None, brightness=None):
     return m * rgb[:, :, None, None] * 2 - 1  # (B, 3, 32, 32)
 
 
-def render_split(split: str, seed: int, copies: int = 1, max_shift: int = 2, solid_share: float | None = None):
-    """Every digit of a split in every colour, each copy in a seeded random style (uniform over the styles, or
-    solid with probability `solid_share`), with random shifts and brightness.
+def render_split(split: str, seed: int, copies: int = 1, max_shift: int = 2):
+    """Every digit of a split in every colour, each copy in a seeded random style (uniform over the styles),
+    with random shifts and brightness.
 
     Returns images (N, 3, 32, 32) in [-1, 1] and digit, colour and style labels, each (N,)."""
     import torch
@@ -145,9 +145,6 @@ def render_split(split: str, seed: int, copies: int = 1, max_shift: int = 2, sol
     digits = torch.from_numpy(d.labels).repeat(k * copies)
     colours = torch.arange(k).repeat_interleave(n).repeat(copies)
     styles = torch.randint(len(STYLE_NAMES), (len(digits),), generator=g)
-    if solid_share is not None:
-        solid = torch.rand(len(digits), generator=g) < solid_share
-        styles = torch.where(solid, torch.zeros_like(styles), styles)
     shift = torch.randint(-max_shift, max_shift + 1, (len(digits), 2), generator=g)
     bright = 0.75 + 0.25 * torch.rand(len(digits), generator=g)
     return render(grey, colours, styles, shift, bright), digits, colours, styles
