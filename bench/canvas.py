@@ -5,8 +5,9 @@ For every method and every concept ("style dotted", ..., "digit 3", ...) `erase 
 tiny-canvas --concept C --seed S` writes one delta (the method's canvas preset, else its tiny preset; a delta
 already in --keep is reused); one `erase evaluate` per concept judges the base and every method's delta on the
 same images (UA, IRA, CRA with UnlearnCanvas's definitions: docs/methods.md, "The canvas world"). For one
-style (--attack-style) a second evaluation adds the attacks' ASR. JSON lines to stdout (per method, concept and
-figure, and the averages), a Markdown table to stderr.
+style (--attack-style) a second evaluation adds the attacks' ASR. A method that fails or refuses a concept is
+reported (a `failed` line with its one-line error) and left out of that concept's averages; the others go on.
+JSON lines to stdout (per method, concept and figure, and the averages), a Markdown table to stderr.
 
     python -m bench.canvas [--methods uce,esd] [--styles dotted,striped,checkered,glowing] [--digits 3,5,7,8]
                            [--seed 0] [--samples-per-prompt 16] [--attack-style dotted] [--keep DIR]
@@ -53,13 +54,19 @@ def main(argv=None) -> None:
     sets = [x for kv in a.sets for x in ("--set", kv)]
     figures: dict = {}  # (model, concept) -> metrics
     train: dict = {}  # (method, concept) -> summary
+    failed: dict = {}  # (method, concept) -> the error's last line
     for _, concept in concepts:
         folders = []
         for m in methods:
             d = work / f"seed{a.seed}" / concept.replace(" ", "-") / m  # evaluate names a model by its folder
             if not output_file(m, d).exists():
-                erase("unlearn", "--method", m, "--base", BASE, "--concept", concept, "--seed", str(a.seed), *sets,
-                      "--out", str(d), "--overwrite")
+                try:
+                    erase("unlearn", "--method", m, "--base", BASE, "--concept", concept, "--seed", str(a.seed),
+                          *sets, "--out", str(d), "--overwrite")
+                except SystemExit as e:
+                    failed[m, concept] = " ".join(str(e).strip().splitlines()[-2:])[:400]
+                    emit("canvas", "failed", failed[m, concept], "text", model=m, concept=concept, seed=a.seed)
+                    continue
             s = json.loads((d / "train_summary.json").read_text())
             train[m, concept] = {"train_seconds": s["train_seconds"] + s.get("critic_seconds", 0.0),
                                  "peak_rss_mb": s.get("peak_rss_mb"), "delta_bytes": output_file(m, d).stat().st_size}
@@ -80,19 +87,20 @@ def main(argv=None) -> None:
         for kind in ("style", "object"):
             named = [c for k, c in concepts if k == kind]
             for key in keys:
-                vals = [figures[model, c][key] for c in named if figures[model, c].get(key) is not None]
+                done = [c for c in named if (model, c) in figures]
+                vals = [figures[model, c][key] for c in done if figures[model, c].get(key) is not None]
                 row[f"{kind}_{key}"] = statistics.fmean(vals) if vals else None
-                for c in named:
+                for c in done:
                     emit("canvas", key, figures[model, c].get(key), "fraction", model=model, concept=c, kind=kind,
                          seed=a.seed, samples_per_prompt=a.samples_per_prompt)
         if model != "base":
-            runs = [train[model, c] for _, c in concepts]
-            row["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
-            row["peak_rss_mb"] = max((r["peak_rss_mb"] or 0) for r in runs)
-            row["delta_bytes"] = max(r["delta_bytes"] for r in runs)
+            runs = [train[model, c] for _, c in concepts if (model, c) in train]
+            row["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs) if runs else None
+            row["peak_rss_mb"] = max((r["peak_rss_mb"] or 0) for r in runs) if runs else None
+            row["delta_bytes"] = max(r["delta_bytes"] for r in runs) if runs else None
         if a.attack_style:
             for key in ATTACK_METRICS.split(","):
-                row[key] = figures[model, f"style {a.attack_style}"].get(key)
+                row[key] = figures.get((model, f"style {a.attack_style}"), {}).get(key)
         for key, value in row.items():
             if key != "model":
                 unit = {"train_seconds": "s", "peak_rss_mb": "MiB", "delta_bytes": "bytes"}.get(key, "fraction")
@@ -111,6 +119,8 @@ def main(argv=None) -> None:
                          f"{v:.1f}" if c == "train_seconds" else f"{v:.3f}")
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     print("\n".join(lines), file=sys.stderr)
+    for (m, c), err in failed.items():
+        print(f"{m} on {c!r} failed: {err}", file=sys.stderr)
     print(f"seed {a.seed}, {a.samples_per_prompt} images per prompt; styles {a.styles}, digits {a.digits}; "
           f"deltas in {work}", file=sys.stderr)
 

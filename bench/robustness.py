@@ -37,7 +37,8 @@ from bench.unlearn_compare import ROOT, erase
 METRICS = "ua,ira,cra,pre_asr,asr_paraphrase,ua_paraphrase,asr_prompt,asr_inversion"
 COLUMNS = ("ua", "ua_paraphrase", "pre_asr", "asr_paraphrase", "asr_prompt", "asr_inversion", "ira", "cra")
 # The retrained oracle of a (base, concept): the base retrained without any image of the concept.
-ORACLES = {("tiny", "digit 3"): "tiny-oracle-digit-3"}
+ORACLES = {("tiny", "digit 3"): "tiny-oracle-digit-3",
+           ("tiny-canvas", "style dotted"): "tiny-canvas-oracle-style-dotted"}
 VARIANTS = {"plain": [], "robust": ["--set", "robust.enabled=true"],
             "robust-te": ["--set", "robust.enabled=true", "--set", "lora.text_encoder=true"]}
 CLOSED_METHODS = ("uce", "rece")  # their robust variants are the closed form's own (uce.robust, uce.robust_project)

@@ -4,10 +4,12 @@ classifier.
 For "a {colour} handwritten digit {word}" over 10 digits x 5 colours x --seeds seeds, DDIM --steps steps with
 guidance: the share of samples whose digit / colour the classifier reads as prompted (bar: >= 0.90 digit,
 >= 0.95 colour). On tiny-canvas the prompts are "... in {style} style" over 10 digits x 8 styles, the colour
-cycling (bar: >= 0.85 style, >= 0.85 digit, >= 0.90 colour). Also how mixed the digits are for generic colour
-prompts ("a red digit").
+cycling (bar: >= 0.85 style, >= 0.85 digit, >= 0.90 colour), and each figure again per prompted style with the
+styles the judge reads (what the style oracle draws for "dotted"). Also how mixed the digits are for generic
+colour prompts ("a red digit").
 
-    python -m bench.tiny_quality [--base tiny|tiny-xl|tiny-canvas] [--seeds 4] [--steps 25] [--guidance G ...]
+    python -m bench.tiny_quality [--base tiny|tiny-xl|tiny-canvas|tiny-canvas-oracle-style-dotted] [--seeds 4]
+                                 [--steps 25] [--guidance G ...]
 """
 
 from __future__ import annotations
@@ -46,10 +48,19 @@ def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int =
         secs = time.time() - t0
         pred = judge.predict(images)
         common = dict(base=base_name, n=len(prompts), steps=steps, guidance=g, scheduler="ddim", judge=judge.name)
-        for a, kind in enumerate(w.KINDS):
-            want = [labels[a] for _, labels in plan for _ in range(seeds)]
-            acc = sum(int(x == y) for x, y in zip(pred[kind].tolist(), want)) / len(prompts)
+        want = {kind: [labels[a] for _, labels in plan for _ in range(seeds)] for a, kind in enumerate(w.KINDS)}
+        for kind in w.KINDS:
+            acc = sum(int(x == y) for x, y in zip(pred[kind].tolist(), want[kind])) / len(prompts)
             emit("tiny_quality", f"{kind}_accuracy", round(acc, 4), "fraction", target=TARGETS[world][kind], **common)
+        for st, name in enumerate(getattr(w, "STYLE_NAMES", [])):  # per prompted style (what an oracle draws)
+            idx = [i for i, y in enumerate(want["style"]) if y == st]
+            for kind in w.KINDS:
+                acc = sum(int(pred[kind][i].item() == want[kind][i]) for i in idx) / len(idx)
+                emit("tiny_quality", f"{kind}_accuracy", round(acc, 4), "fraction", prompted_style=name,
+                     **{**common, "n": len(idx)})
+            drawn = Counter(w.STYLE_NAMES[int(pred["style"][i])] for i in idx)
+            emit("tiny_quality", "styles_drawn", dict(drawn.most_common()), "count", prompted_style=name,
+                 **{**common, "n": len(idx)})
         emit("tiny_quality", "sampling_throughput", round(len(prompts) / secs, 2), "images/s", **common)
         # Generic prompts should give a mix of digits: entropy of the judged digits, in bits (max log2 10).
         for colour in ("red", "white"):

@@ -117,12 +117,12 @@ def test_a_plain_diffusers_pipeline_draws_a_blue_seven_in_striped_style():
 @pytest.mark.slow
 def test_uce_erases_a_style_and_keeps_the_other_styles(tiny_canvas, tmp_path):
     """The plain command's path on tiny-canvas: `--concept "style dotted"` resolves to the style kind, the
-    method's tiny preset applies, and the canvas judge reads the result (docs/results.md: UA 1.000, IRA 0.99
-    at 16 images per prompt; what it costs the digits, CRA, is measured there)."""
+    method's canvas style preset applies, and the canvas judge reads the result (docs/results.md: UA 1.000, IRA
+    0.99 at 16 images per prompt; what it costs the digits, CRA, is measured there)."""
     from erasecli import api
 
     r = api.load_recipe(None, [], method="uce", base="tiny-canvas", concept={"name": "style dotted"})
-    assert r.defaults == "tiny-digit-uce"  # no canvas preset yet: the tiny digit one
+    assert r.defaults == "tiny-canvas-style-uce"
     res = api.unlearn(r, out=tmp_path / "no-dotted", base=tiny_canvas)
     assert res["delta"]["concept"] == "style dotted"
     e = api.load_recipe(None, ["eval.samples_per_prompt=2", "eval.metrics=[ua,ira]"], base="tiny-canvas",
@@ -131,3 +131,23 @@ def test_uce_erases_a_style_and_keeps_the_other_styles(tiny_canvas, tmp_path):
     before, after = rep["models"][0]["metrics"], rep["models"][1]["metrics"]
     assert before["ua"] <= 0.1 and after["ua"] >= 0.9, (before, after)
     assert after["ira"] >= 0.9, after
+
+
+@pytest.mark.slow
+def test_the_style_oracle_draws_every_style_but_dotted():
+    """tiny-canvas-oracle-style-dotted never saw a dotted image: asked for one it draws the digit undotted,
+    while the other styles, digits and colours stay (docs/results.md: other styles 1.000, digits 0.89 as the
+    base's). Attacks on it take their targets from tiny-canvas, its reference."""
+    from erasecli import sampling
+    from erasecli.judges import TinyClassifierJudge
+    from erasecli.models.registry import load_base
+
+    oracle = load_base("tiny-canvas-oracle-style-dotted", device="cpu")
+    assert oracle.ref.reference == "tiny-canvas" and oracle.ref.world == "canvas"
+    prompts = ["a red handwritten digit three in dotted style"] * 8 + ["a green handwritten digit seven in striped style"] * 8
+    pred = TinyClassifierJudge("canvas").predict(sampling.generate(oracle, prompts, list(range(16)), steps=25,
+                                                                   guidance=5.0, batch_size=16))
+    style, digit = pred["style"].tolist(), pred["digit"].tolist()
+    assert style[:8].count(CW.STYLE_NAMES.index("dotted")) <= 1, style
+    assert digit[:8].count(3) >= 6 and digit[8:].count(7) >= 6, digit
+    assert style[8:].count(CW.STYLE_NAMES.index("striped")) >= 7, style

@@ -42,6 +42,13 @@ def test_tiny_xl_starts_from_its_own_presets_and_keeps_the_kinds_choice():
     assert tiny_preset("siss", "colour", "tiny-oracle-digit-3") == "tiny-digit-siss"
 
 
+def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_one():
+    uce = plain("uce", "style dotted", "tiny-canvas")
+    assert uce.defaults == "tiny-canvas-style-uce" and uce.uce.erase_scale == 1.0 and uce.concept.name == "style dotted"
+    assert plain("uce", "digit 3", "tiny-canvas").uce.erase_scale == 3.0  # an object: the digit preset
+    assert plain("esd", "style striped", "tiny-canvas").defaults == "tiny-digit-esd"
+
+
 def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):
     paper = Recipe()
     r = plain("esd", "van gogh", "sd-1.4")

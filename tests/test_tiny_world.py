@@ -13,7 +13,8 @@ from erasecli.models.registry import ASSETS
 
 def test_shipped_assets_fit_the_size_budget():
     """As git stores them (identical files once): the tiny world within 30 MiB, tiny-xl adding at most 15 MB,
-    the canvas world (tiny-canvas, its judges) at most 20 MB."""
+    the canvas world (tiny-canvas, its judges) at most 20 MB, its style oracle (a text encoder and UNet; the rest
+    byte copies of tiny-canvas's) at most 10 MB more."""
     import hashlib
 
     def unique(files):
@@ -21,13 +22,17 @@ def test_shipped_assets_fit_the_size_budget():
 
     xl = ASSETS / "tiny-xl"
     canvas = [ASSETS / "tiny-canvas", ASSETS / "judges" / "canvas"]
-    added_by = [xl, *canvas]
+    canvas_oracle = ASSETS / "tiny-canvas-oracle-style-dotted"
+    added_by = [xl, *canvas, canvas_oracle]
     rest = unique(p for p in ASSETS.rglob("*") if not any(a in p.parents for a in added_by))
     assert sum(rest.values()) <= 30 * 2**20, f"{sum(rest.values()) / 2**20:.1f} MiB"
     added = sum(v for k, v in unique(xl.rglob("*")).items() if k not in rest)
     assert added <= 15e6, f"tiny-xl adds {added / 1e6:.1f} MB"
     added = sum(v for k, v in unique(p for c in canvas for p in c.rglob("*")).items() if k not in rest)
     assert added <= 20e6, f"the canvas world adds {added / 1e6:.1f} MB"
+    before = {**rest, **unique(p for c in canvas for p in c.rglob("*"))}
+    added = sum(v for k, v in unique(canvas_oracle.rglob("*")).items() if k not in before)
+    assert added <= 10e6, f"the canvas style oracle adds {added / 1e6:.1f} MB"
 
 
 def test_held_out_split_is_disjoint_and_fixed():

@@ -25,6 +25,7 @@ TINY_DIR = ASSETS / "tiny"
 TINY_XL_DIR = ASSETS / "tiny-xl"
 ORACLE_DIR = ASSETS / "tiny-oracle-digit-3"  # the tiny base retrained without any image of a 3
 CANVAS_DIR = ASSETS / "tiny-canvas"
+CANVAS_ORACLE_DIR = ASSETS / "tiny-canvas-oracle-style-dotted"  # tiny-canvas's world without any dotted image
 JUDGES_DIR = ASSETS / "judges"  # the digits world's judges; each other world's in a subfolder of its name
 
 
@@ -60,6 +61,11 @@ BASES: dict[str, BaseSpec] = {
     "tiny-canvas": BaseSpec("tiny-canvas", None, 32, "bundled: the digits in five colours and eight drawing "
                             "styles (dotted, striped, ...), 32x32, runs on a CPU: style erasure as UnlearnCanvas "
                             "measures it", CANVAS_DIR, world="canvas"),
+    "tiny-canvas-oracle-style-dotted": BaseSpec(
+        "tiny-canvas-oracle-style-dotted", None, 32, "bundled: a text encoder and UNet trained on tiny-canvas's "
+        "world without any dotted image (never taught the word 'dotted' or what it draws; exact unlearning, the "
+        "reference an erasure of 'style dotted' is measured against)", CANVAS_ORACLE_DIR, "tiny-canvas",
+        world="canvas"),
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
