@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import sys
@@ -26,14 +25,11 @@ from erasecli.models import tiny_world as W
 from erasecli.models.worlds import world as get_world
 from erasecli.models.judges import (TinyClassifier, classifier_accuracy_on, clip_config, clip_image_embeds,
                                     clip_text_embeds, write_clip_preprocessor)
+from erasecli.models.training import (MAX_TOKENS, Captioner, cosine_lr, latent_batch, load_checkpoint, log,
+                                      save_checkpoint, set_lr, update)
 
-MAX_TOKENS = 16
 STAGES = ("vae", "classifier", "unet", "clip")
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _find_bpe() -> Path:
@@ -127,24 +123,13 @@ def xl_time_ids(n: int) -> torch.Tensor:
     return torch.tensor([[XL_SIZE, XL_SIZE, 0, 0, XL_SIZE, XL_SIZE]], dtype=torch.float32).repeat(n, 1)
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _set_lr(opt, lr):
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 def train_vae(steps: int, seed: int, batch: int = 64, world: str = "digits"):
     torch.manual_seed(seed)
     vae = vae_model()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     x_all, _ = get_world(world).render_labelled("train", seed, copies=2)
     for step in range(steps):
-        _set_lr(opt, cosine_lr(step, steps, 1e-3, 50))
+        set_lr(opt, cosine_lr(step, steps, 1e-3, 50))
         x = x_all[torch.randint(len(x_all), (batch,))]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -154,7 +139,7 @@ def train_vae(steps: int, seed: int, batch: int = 64, world: str = "digits"):
         loss.backward()
         opt.step()
         if step % 200 == 0 or step == steps - 1:
-            _log(f"vae {step}/{steps} loss {loss.item():.4f} kl {kl.item():.1f}")
+            log(f"vae {step}/{steps} loss {loss.item():.4f} kl {kl.item():.1f}")
     vae.eval()
     with torch.no_grad():
         xh, _ = get_world(world).render_labelled("heldout", seed + 1)
@@ -174,7 +159,7 @@ def train_classifier(steps: int, seed: int, batch: int = 128, world: str = "digi
     x_all, labels = w.render_labelled("train", seed + 10, copies=4)
     clf.train()
     for step in range(steps):
-        _set_lr(opt, cosine_lr(step, steps, 2e-3, 50))
+        set_lr(opt, cosine_lr(step, steps, 2e-3, 50))
         i = torch.randint(len(x_all), (batch,))
         x = x_all[i] + 0.05 * torch.randn_like(x_all[i])  # a little noise: generated images are not exact
         logits = clf(x.clamp(-1, 1))
@@ -185,35 +170,14 @@ def train_classifier(steps: int, seed: int, batch: int = 128, world: str = "digi
         loss.backward()
         opt.step()
         if step % 200 == 0 or step == steps - 1:
-            _log(f"classifier {step}/{steps} loss {loss.item():.4f}")
+            log(f"classifier {step}/{steps} loss {loss.item():.4f}")
     if world == "digits":
         acc_d, acc_c = classifier_accuracy_on("heldout", clf.eval(), seed + 11)
         acc = {"digit": acc_d, "colour": acc_c}
     else:
         acc = classifier_accuracy_on("heldout", clf.eval(), seed + 11, world)
-    _log("classifier held-out " + " ".join(f"{k} acc {v:.4f}" for k, v in acc.items()))
+    log("classifier held-out " + " ".join(f"{k} acc {v:.4f}" for k, v in acc.items()))
     return clf.eval(), {"steps": steps, **{f"heldout_{k}_acc": v for k, v in acc.items()}}
-
-
-class Captioner:
-    """Random captions for labelled images (digit, colour[, style]), tokenized with a cache (the caption set
-    is small)."""
-
-    def __init__(self, tokenizer, seed: int, world: str = "digits"):
-        self.tok = tokenizer
-        self.world = get_world(world)
-        self.rng = random.Random(seed)
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def ids(self, text: str) -> torch.Tensor:
-        if text not in self.cache:
-            self.cache[text] = self.tok(text, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                                        return_tensors="pt").input_ids[0]
-        return self.cache[text]
-
-    def __call__(self, *labels) -> tuple[list[str], torch.Tensor]:
-        texts = [self.world.caption_for(lab, self.rng) for lab in zip(*labels)]
-        return texts, torch.stack([self.ids(t) for t in texts])  # (B, MAX_TOKENS)
 
 
 def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: float = 1e-3,
@@ -231,8 +195,6 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
     `init_from` (a Stable Diffusion pipeline folder this trainer wrote) starts the text encoder and UNet from
     its weights instead of from scratch: a further run of `steps` with its own warm-up and decay."""
     from diffusers import DDPMScheduler
-
-    from erasecli.outputs import atomic_write
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
@@ -246,7 +208,7 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
                                                              dtype=torch.float32).state_dict())
             unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init_from / "unet"),
                                                                       torch_dtype=torch.float32).state_dict())
-            _log(f"unet: text encoder and UNet start from {init_from}")
+            log(f"unet: text encoder and UNet start from {init_from}")
     else:
         frozen_te1.requires_grad_(False).eval()
         te = text_encoder_2_model()
@@ -261,29 +223,19 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
         if left_out is not None:
             keep = labels[w.KINDS.index(kind)] != left_out
             x_all, labels = x_all[keep], tuple(y[keep] for y in labels)
-            _log(f"unet: {int((~keep).sum())} images of {kind} {left_out} left out, {len(x_all)} kept")
+            log(f"unet: {int((~keep).sum())} images of {kind} {left_out} left out, {len(x_all)} kept")
     with torch.no_grad():  # encode once; sample the posterior each step as SD training does
         moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
                              for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
     scale = vae.config.scaling_factor
     cap = Captioner(tokenizer, seed, world)
-    start = 0
-    if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)  # our own file, written below
-        unet.load_state_dict(st["unet"])
-        te.load_state_dict(st["te"])
-        opt.load_state_dict(st["opt"])
-        ema.load_state_dict(st["ema"])
-        torch.set_rng_state(st["rng"])
-        cap.rng.setstate(st["cap_rng"])
-        start = st["step"]
-        _log(f"unet: resumed at step {start}")
+    start = load_checkpoint(ckpt, {"unet": unet, "te": te}, opt, ema, cap)
+    if start:
+        log(f"unet: resumed at step {start}")
     t0 = time.time()
     for step in range(start, steps):
-        _set_lr(opt, cosine_lr(step, steps, lr, 200))
-        i = torch.randint(len(moments), (batch,))
-        mean, logvar = moments[i].chunk(2, dim=1)  # (B, 4, 8, 8) each
-        z = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * scale
+        set_lr(opt, cosine_lr(step, steps, lr, 200))
+        i, z = latent_batch(moments, batch, scale)
         _, ids = cap(*(y[i] for y in labels))
         noise = torch.randn_like(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
@@ -298,17 +250,11 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
             added = {"text_embeds": out2.text_embeds, "time_ids": xl_time_ids(batch)}
             pred = unet(x_t, t, cond, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.step(params)
+        update(loss, params, opt, ema)
         if step % 100 == 0 or step == steps - 1:
-            _log(f"unet {step}/{steps} loss {loss.item():.4f} ({(step + 1 - start) / (time.time() - t0):.2f} it/s)")
+            log(f"unet {step}/{steps} loss {loss.item():.4f} ({(step + 1 - start) / (time.time() - t0):.2f} it/s)")
         if ckpt is not None and ((step + 1) % ckpt_every == 0 or step == steps - 1):
-            st = {"step": step + 1, "unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
-                  "ema": ema.state_dict(), "rng": torch.get_rng_state(), "cap_rng": cap.rng.getstate()}
-            atomic_write(ckpt, lambda tmp: torch.save(st, tmp))
+            save_checkpoint(ckpt, step + 1, {"unet": unet, "te": te}, opt, ema, cap)
     ema.copy_to(params)
     return te.eval(), unet.eval(), {"steps": steps, "batch": batch, "lr": lr, "final_loss": loss.item()}
 
@@ -326,7 +272,7 @@ def train_clip(tokenizer, steps: int, seed: int, batch: int = 256, world: str = 
     cache: dict[str, torch.Tensor] = {}
     model.train()
     for step in range(steps):
-        _set_lr(opt, cosine_lr(step, steps, 1e-3, 100))
+        set_lr(opt, cosine_lr(step, steps, 1e-3, 100))
         i = torch.randint(len(x_all), (batch,))
         lab = [y[i] for y in labels]  # per kind, (B,)
         texts, names = [], []
@@ -356,7 +302,7 @@ def train_clip(tokenizer, steps: int, seed: int, batch: int = 256, world: str = 
         loss.backward()
         opt.step()
         if step % 200 == 0 or step == steps - 1:
-            _log(f"clip {step}/{steps} loss {loss.item():.4f}")
+            log(f"clip {step}/{steps} loss {loss.item():.4f}")
     model.eval()
     # Held-out zero-shot accuracy: does the prompt naming every label of the image ("a {colour} handwritten
     # digit {word}", "... in {style} style") score highest among the prompts for every label combination?
@@ -372,7 +318,7 @@ def train_clip(tokenizer, steps: int, seed: int, batch: int = 256, world: str = 
         imf = clip_image_embeds(model, xh)
         pick = combos[(imf @ tf.T).argmax(1)]  # (N, kinds)
     acc = (pick == torch.stack(lh, dim=1)).all(1).float().mean().item()
-    _log(f"clip held-out zero-shot {tuple(w.KINDS)} acc {acc:.4f}")
+    log(f"clip held-out zero-shot {tuple(w.KINDS)} acc {acc:.4f}")
     return model, {"steps": steps, "heldout_zero_shot_acc": acc}
 
 
@@ -457,14 +403,17 @@ def main(argv=None) -> None:
                     help="use this VAE folder (e.g. erasecli/models/assets/tiny/vae) instead of training one")
     ap.add_argument("--unet-only", action="store_true",
                     help="train only the text encoder and UNet (needs --vae); judges are not retrained")
-    ap.add_argument("--arch", choices=("sd", "sdxl"), default="sd",
+    ap.add_argument("--arch", choices=("sd", "sdxl", "flux"), default="sd",
                     help="sdxl: a StableDiffusionXLPipeline (OUT/tiny-xl) whose VAE, first text encoder and "
-                    "tokenizer are the tiny base's (--from), frozen; a second text encoder and the UNet are trained")
+                    "tokenizer are the tiny base's (--from), frozen; a second text encoder and the UNet are trained. "
+                    "flux: a FluxPipeline (OUT/tiny-flux) with the same frozen parts, a T5 encoder and tokenizer and "
+                    "a Flux transformer trained (erasecli.models.train_flux)")
     ap.add_argument("--from", dest="from_base", type=Path,
                     default=Path(__file__).resolve().parent / "assets" / "tiny",
-                    help="with --arch sdxl: the Stable Diffusion folder whose VAE, text encoder and tokenizer are reused")
+                    help="with --arch sdxl / flux: the Stable Diffusion folder whose VAE, text encoder and tokenizer "
+                    "are reused")
     args = ap.parse_args(argv)
-    if args.arch == "sdxl":
+    if args.arch in ("sdxl", "flux"):
         args.vae, args.unet_only = args.from_base / "vae", True
     if args.exclude_style is not None and args.world != "canvas":
         ap.error("--exclude-style needs --world canvas")
@@ -498,7 +447,7 @@ def main(argv=None) -> None:
         state = json.loads(state_file.read_text())
         if state["settings"] != settings:
             sys.exit(f"--resume: {tmp} was started with {state['settings']}, not {settings}")
-        _log(f"resuming {tmp}: done {[k for k in state['report'] if k in STAGES]}")
+        log(f"resuming {tmp}: done {[k for k in state['report'] if k in STAGES]}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -511,12 +460,12 @@ def main(argv=None) -> None:
         state_file.write_text(json.dumps(state, indent=2))
 
     tok_dir = tmp / "tokenizer_files"
-    if args.arch == "sdxl":
+    if args.arch in ("sdxl", "flux"):
         tokenizer = CLIPTokenizer.from_pretrained(str(args.from_base / "tokenizer"))
     elif not (tok_dir / "vocab.json").exists():
         write_tokenizer_files(_find_bpe(), tok_dir, MAX_TOKENS)
         (tok_dir / "tokenizer.json").unlink(missing_ok=True)
-    if args.arch != "sdxl":
+    if args.arch == "sd":
         tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
 
     if args.vae is not None:
@@ -537,6 +486,23 @@ def main(argv=None) -> None:
         clf, info = train_classifier(args.classifier_steps, args.seed, world=args.world)
         clf.save(tmp / "judges" / "classifier")
         finish("classifier", info, t)
+    if "unet" not in report and args.arch == "flux":
+        from transformers import CLIPTextModel, T5TokenizerFast
+
+        from erasecli.models.train_flux import save_flux_pipeline, train_flux, write_t5_tokenizer
+
+        t = time.time()
+        t5_dir = tmp / "t5_tokenizer"
+        if not (t5_dir / "tokenizer.json").exists():
+            write_t5_tokenizer(t5_dir, args.seed)
+        clip_te = CLIPTextModel.from_pretrained(str(args.from_base / "text_encoder"), dtype=torch.float32)
+        t5, transformer, info = train_flux(vae, clip_te, tokenizer, T5TokenizerFast.from_pretrained(str(t5_dir)),
+                                           args.unet_steps, args.seed, lr=args.unet_lr,
+                                           ckpt=tmp / "stages" / "unet.ckpt", ckpt_every=args.checkpoint_every,
+                                           exclude_digit=args.exclude_digit)
+        save_flux_pipeline(args.from_base, t5_dir, t5, transformer, tmp / "tiny-flux")
+        shutil.rmtree(t5_dir)
+        finish("unet", info, t)
     if "unet" not in report:
         t = time.time()
         te1 = None
@@ -578,7 +544,7 @@ def main(argv=None) -> None:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    _log(f"done: {report['total_seconds']:.0f} s of training -> {out}")
+    log(f"done: {report['total_seconds']:.0f} s of training -> {out}")
 
 
 if __name__ == "__main__":
