@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from erasecli.models import tiny_world as W
-from erasecli.models.training import (Captioner, cosine_lr, latent_batch, load_checkpoint, log, save_checkpoint,
-                                      set_lr, update)
+from erasecli.models.training import (Captioner, cosine_lr, encode_moments, latent_batch, load_checkpoint, log,
+                                      save_checkpoint, set_lr, update)
 
 MAX_T5 = 16  # the T5 sequence length the transformer is trained on (= the CLIP tokenizer's)
 LATENT = 8  # the tiny VAE's latent side for 32x32 images
@@ -117,9 +117,7 @@ def train_flux(vae, clip_te, clip_tok, t5_tok, steps: int, seed: int, batch: int
     if exclude_digit is not None:
         keep = labels[0] != exclude_digit
         x_all, labels = x_all[keep], tuple(y[keep] for y in labels)
-    with torch.no_grad():
-        moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
-                             for i in range(0, len(x_all), 512)])
+    moments = encode_moments(vae, x_all)
     scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
     cap = Captioner(clip_tok, seed)
     t5_cache: dict[str, torch.Tensor] = {}

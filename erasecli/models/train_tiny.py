@@ -25,8 +25,8 @@ from erasecli.models import tiny_world as W
 from erasecli.models.worlds import world as get_world
 from erasecli.models.judges import (TinyClassifier, classifier_accuracy_on, clip_config, clip_image_embeds,
                                     clip_text_embeds, write_clip_preprocessor)
-from erasecli.models.training import (MAX_TOKENS, Captioner, cosine_lr, latent_batch, load_checkpoint, log,
-                                      save_checkpoint, set_lr, update)
+from erasecli.models.training import (MAX_TOKENS, Captioner, cosine_lr, encode_moments, latent_batch,
+                                      load_checkpoint, log, save_checkpoint, set_lr, update)
 
 STAGES = ("vae", "classifier", "unet", "clip")
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
@@ -224,9 +224,7 @@ def train_unet(vae, tokenizer, steps: int, seed: int, batch: int = 128, lr: floa
             keep = labels[w.KINDS.index(kind)] != left_out
             x_all, labels = x_all[keep], tuple(y[keep] for y in labels)
             log(f"unet: {int((~keep).sum())} images of {kind} {left_out} left out, {len(x_all)} kept")
-    with torch.no_grad():  # encode once; sample the posterior each step as SD training does
-        moments = torch.cat([vae.encode(x_all[i : i + 512]).latent_dist.parameters
-                             for i in range(0, len(x_all), 512)])  # (N, 8, 8, 8): mean, logvar
+    moments = encode_moments(vae, x_all)  # (N, 8, 8, 8): mean, logvar
     scale = vae.config.scaling_factor
     cap = Captioner(tokenizer, seed, world)
     start = load_checkpoint(ckpt, {"unet": unet, "te": te}, opt, ema, cap)

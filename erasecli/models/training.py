@@ -85,6 +85,13 @@ def update(loss, params, opt, ema) -> None:
     ema.step(params)
 
 
+def encode_moments(vae, x: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior of every training image, encoded once (N, 2C, h, w: mean, logvar); a stage then draws
+    a fresh posterior sample per step (`latent_batch`), as Stable Diffusion's training does."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(x[i : i + 512]).latent_dist.parameters for i in range(0, len(x), 512)])
+
+
 def latent_batch(moments, batch: int, scale: float, shift: float = 0.0):
     """Indices of a random batch of training images and their latents as the denoiser sees them: a sample of
     each image's VAE posterior (moments (N, 2C, h, w): mean, logvar), shifted and scaled ((z - shift) * scale,
