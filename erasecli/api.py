@@ -164,6 +164,16 @@ def check_attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None,
 
     ref = _check_model_request(recipe, deltas, out, overwrite, force, "attack", guards)
     concept = _judged_concept(recipe, ref)
+    kind = known_kind(ref)
+    if kind is not None:
+        from erasecli.attacks import get_attack
+
+        cannot = [a for a in recipe.attack.attacks if kind.name not in get_attack(a).kinds]
+        if cannot:
+            can = [a for a in recipe.attack.attacks if a not in cannot]
+            raise UsageError(f"the {', '.join(cannot)} attack{'s are' if len(cannot) > 1 else ' is'} not restated "
+                             f"for {kind.name} bases yet (docs/methods.md, 'Flux')",
+                             hint=f"run --attacks {','.join(can) or 'paraphrase'}")
     check_attacks(recipe, concept, recipe.attack.attacks)
     return concept
 
@@ -211,6 +221,37 @@ def attack(recipe, *, deltas: Sequence[str] = (), out: Path | None = None, overw
     return report
 
 
+def known_kind(ref):
+    """The base kind of a resolved base when it is known without the network (bundled, a folder, a registry
+    name), else None."""
+    from erasecli.diffusion.kinds import kind_for_pipeline
+    from erasecli.models.registry import BASES, pipeline_class_name
+
+    if ref.kind == "hub" and not any(s.repo == ref.location for s in BASES.values()):
+        return None
+    return kind_for_pipeline(pipeline_class_name(ref))
+
+
+def check_kind(recipe, cls, ref) -> None:
+    """A method runs on the base kinds it is restated for (Method.kinds); on Flux, adapters sit on the transformer
+    only for now. Decided before the base loads, for bases whose kind is known without the network."""
+    from erasecli.methods import METHODS
+
+    kind = known_kind(ref)
+    if kind is None:
+        return
+    if kind.name not in cls.kinds:
+        can = ", ".join(n for n, m in METHODS.items() if kind.name in m.kinds)
+        raise UsageError(f"{recipe.method} is not restated for {kind.name} bases yet (docs/methods.md, 'Flux')",
+                         hint=f"on {recipe.base} use {can}")
+    if kind.flow and (recipe.lora.text_encoder or recipe.robust.enabled):
+        raise UsageError("on a Flux base the adapter sits on the transformer only (no lora.text_encoder, no "
+                         "robust training yet)", hint="drop --set lora.text_encoder / robust.enabled")
+    if kind.flow and cls.closed_form and recipe.uce.robust != "none":
+        raise UsageError(f"uce.robust {recipe.uce.robust} runs the attacks, which are not restated for Flux yet",
+                         hint="drop --set uce.robust")
+
+
 def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: Path | None = None):
     """Everything about an unlearn request that can be wrong, before any model loads. Returns the method class."""
     from erasecli.critic.train import read_critic_meta
@@ -238,6 +279,7 @@ def check_unlearn(recipe, *, out: Path | None, overwrite: bool = False, resume: 
     if resume is None:
         check_out(out, overwrite)
     ref = resolve_base(recipe.base)
+    check_kind(recipe, cls, ref)
     if not recipe.concept.name:
         raise UsageError("no concept to erase", hint='pass --concept, e.g. --concept "digit 3"')
     sets = concept_of(recipe, ref)  # a concept the tiny world lacks fails here
@@ -272,6 +314,12 @@ def check_train_critic(recipe, *, out: Path | None, overwrite: bool = False) -> 
     if not recipe.concept.name:
         raise UsageError("no concept", hint='pass --concept, e.g. --concept "digit 3"')
     ref = resolve_base(recipe.base)
+    kind = known_kind(ref)
+    from erasecli.methods import get_method
+
+    if kind is not None and kind.name not in get_method("critic-rl").kinds:
+        raise UsageError(f"the critic learns critic-rl's rollouts, which are not restated for {kind.name} bases yet "
+                         "(docs/methods.md, 'Flux')", hint="train critics on Stable Diffusion or SDXL bases")
     concept_of(recipe, ref)
     check_reward(recipe.critic, ref)
 

@@ -62,18 +62,21 @@ def _latent_key(fingerprint: str, device: str, dtype: str, parts) -> str:
 
 
 def encode_images(base, images):
-    """PIL images -> scaled VAE latents (posterior mean), in batches, on the base's device."""
+    """PIL images -> scaled VAE latents ((posterior mean - shift_factor) * scaling_factor: FLUX.1's VAE has a
+    shift, SD's none), in batches, on the base's device."""
     import numpy as np
     import torch
 
     pipe = base.pipe
     res = base.resolution
+    scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.get("shift_factor") or 0.0
     out = []
     for i in range(0, len(images), 32):
         arr = np.stack([np.asarray(im.convert("RGB").resize((res, res))) for im in images[i : i + 32]])
         x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
         with torch.inference_mode():
-            z = pipe.vae.encode(x.to(base.device, base.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+            z = pipe.vae.encode(x.to(base.device, base.dtype)).latent_dist.mean
+            z = z * scale if not shift else (z - shift) * scale
         out.append(z.float().cpu())
     # contiguous, as the latent cache stores them: the VAE hands back channels-last tensors, and training on
     # those took other kernels, so a run that had just sampled its data ended in a (slightly) different
@@ -195,5 +198,6 @@ def build_train_data(recipe, base, progress=None, images: bool = True) -> TrainD
 
 
 def base_latent_shape(base) -> tuple:
-    cfg = base.pipe.unet.config
-    return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    """(C, h, w) of the base's latents at its own resolution (a Flux transformer's inputs are these, packed)."""
+    side = base.resolution // base.pipe.vae_scale_factor
+    return (base.pipe.vae.config.latent_channels, side, side)

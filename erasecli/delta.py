@@ -1,7 +1,7 @@
 """Deltas: what an unlearning run changes, saved so that a plain diffusers pipeline can load it.
 
 A delta is a folder holding `pytorch_lora_weights.safetensors` in diffusers' LoRA format (peft keys
-converted with diffusers' own helpers, prefixed `unet.`), so `pipe.load_lora_weights(folder)` works with no
+converted with diffusers' own helpers, prefixed `unet.`; a Flux base's: peft keys prefixed `transformer.`), so `pipe.load_lora_weights(folder)` works with no
 erasecli code. The safetensors header carries diffusers' `lora_adapter_metadata` (rank, alpha, targets, so
 the LoRA scale is restored exactly) and erasecli's own keys: base, base UNet architecture, method, concept,
 resolved recipe, version, creation time, metrics. `recipe.yaml` and `delta.json` beside it say the same for
@@ -91,19 +91,21 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
 
     out = Path(out)
     check_out(out, overwrite)
-    layers = one_key_style(convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    kind = base.kind
+    layers = get_peft_model_state_dict(unet)
+    if not kind.flow:  # a Flux transformer's loader reads peft's own keys (transformer.<module>.lora_A.weight)
+        layers = one_key_style(convert_state_dict_to_diffusers(layers))
     layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
 
     def config(model) -> dict:
         cfg = model.peft_config["default"].to_dict()
         return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
 
-    packed = {f"unet.{k}": v for k, v in config(unet).items()}
-    kind = base.kind
+    packed = {f"{kind.denoiser}.{k}": v for k, v in config(unet).items()}
     te_layers = {}
     for name, model in (text_encoders or {}).items():
-        if name not in kind.text_encoders:
-            raise DeltaError(f"a {kind.name} base has no text encoder {name!r}")
+        if name not in kind.lora_text_encoders:
+            raise DeltaError(f"a {kind.name} base's LoRA loader reads no text encoder {name!r}")
         sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
         te_layers[name] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
         packed |= {f"{name}.{k}": v for k, v in config(model).items()}
@@ -125,7 +127,8 @@ def save_lora_delta(unet, out: Path, *, base, method: str, concept: str, recipe:
     def write(tmp):
         names = kind.lora_layers_kwargs  # {"unet": "unet_lora_layers", "text_encoder": ..., ...}
         getattr(diffusers, kind.pipeline_class).save_lora_weights(
-            str(tmp), **{names[kind.denoiser]: layers}, **{names[a]: te_layers.get(a) for a in kind.text_encoders},
+            str(tmp), **{names[kind.denoiser]: layers},
+            **{names[a]: te_layers.get(a) for a in kind.lora_text_encoders},
             save_function=save_with_header)
 
     _write_folder(out, overwrite, write, info, "delta.json", recipe, extra)
@@ -307,4 +310,4 @@ def remove_deltas(base) -> None:
     from erasecli.diffusion import guard as G
 
     base.pipe.unload_lora_weights()
-    G.remove(base.pipe.unet)
+    G.remove(base.denoiser)

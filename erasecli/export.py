@@ -6,6 +6,10 @@
   it. The alpha of every module is the delta's LoRA alpha, so the scale alpha / rank is kept. An SDXL delta
   is written as kohya's sd-scripts write SDXL LoRAs: UNet modules under their original (SGM) names
   (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k`), the encoders as `lora_te1_` / `lora_te2_`.
+  A Flux delta is written in the layout of Black Forest Labs' checkpoints that kohya's sd-scripts and ComfyUI
+  use (`lora_unet_double_blocks_0_img_attn_qkv`, `lora_unet_single_blocks_0_linear1`): the separate q / k / v
+  (and the single blocks' MLP input) of diffusers' transformer are one fused projection there, so their LoRAs
+  are stacked into one of the summed rank, exactly (`flux_kohya`).
 - `merged`: a full diffusers pipeline folder whose UNet has the delta fused into its weights
   (`fuse_lora`), for tools that take a model and no LoRA.
 """
@@ -131,14 +135,106 @@ def _sgm_unet_config(info) -> dict | None:
                                 "unet/config.json` on a machine with internet") from err
 
 
+def _flux_names(cfg: dict) -> dict:
+    """{BFL module: [(diffusers transformer module, output width), ...]} for a Flux transformer config: a list of
+    several parts is one fused projection in BFL checkpoints (their outputs stacked in this order)."""
+    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    names = {"img_in": [("x_embedder", inner)], "txt_in": [("context_embedder", inner)]}
+    for short, long in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"),
+                        ("guidance_in", "guidance_embedder")):
+        names[f"{short}_in_layer"] = [(f"time_text_embed.{long}.linear_1", inner)]
+        names[f"{short}_out_layer"] = [(f"time_text_embed.{long}.linear_2", inner)]
+    for i in range(cfg["num_layers"]):
+        d = f"transformer_blocks.{i}"
+        names |= {
+            f"double_blocks_{i}_img_attn_qkv": [(f"{d}.attn.to_{x}", inner) for x in "qkv"],
+            f"double_blocks_{i}_img_attn_proj": [(f"{d}.attn.to_out.0", inner)],
+            f"double_blocks_{i}_txt_attn_qkv": [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"],
+            f"double_blocks_{i}_txt_attn_proj": [(f"{d}.attn.to_add_out", inner)],
+            f"double_blocks_{i}_img_mlp_0": [(f"{d}.ff.net.0.proj", 4 * inner)],
+            f"double_blocks_{i}_img_mlp_2": [(f"{d}.ff.net.2", inner)],
+            f"double_blocks_{i}_txt_mlp_0": [(f"{d}.ff_context.net.0.proj", 4 * inner)],
+            f"double_blocks_{i}_txt_mlp_2": [(f"{d}.ff_context.net.2", inner)],
+            f"double_blocks_{i}_img_mod_lin": [(f"{d}.norm1.linear", 6 * inner)],
+            f"double_blocks_{i}_txt_mod_lin": [(f"{d}.norm1_context.linear", 6 * inner)],
+        }
+    for i in range(cfg["num_single_layers"]):
+        s = f"single_transformer_blocks.{i}"
+        names |= {
+            f"single_blocks_{i}_linear1": [(f"{s}.attn.to_{x}", inner) for x in "qkv"] + [(f"{s}.proj_mlp", 4 * inner)],
+            f"single_blocks_{i}_linear2": [(f"{s}.proj_out", inner)],
+            f"single_blocks_{i}_modulation_lin": [(f"{s}.norm.linear", 3 * inner)],
+        }
+    return names
+
+
+def flux_kohya(state: dict, alpha: float, cfg: dict) -> dict:
+    """A Flux delta's peft keys ('transformer.<module>.lora_A.weight') as a kohya / ComfyUI Flux LoRA. A fused BFL
+    projection whose diffusers parts carry LoRAs (A_j: r x in, B_j: out_j x r, scale alpha / r) gets
+    down = [A_1; ...; A_n] (n r x in), up = the B_j placed block-diagonally over the parts' output rows (zero rows
+    for a part without a LoRA) and alpha n * alpha: (n alpha) / (n r) * up @ down = alpha / r * B_j A_j on every
+    part's rows, the same weight change."""
+    import torch
+
+    mods = {k.removeprefix("transformer.").rpartition(".lora_")[0] for k in state if k.startswith("transformer.")}
+    out, used = {}, set()
+    for bfl, parts in _flux_names(cfg).items():
+        have = [(m, w) for m, w in parts if m in mods]
+        if not have:
+            continue
+        downs = [state[f"transformer.{m}.lora_A.weight"] for m, _ in have]
+        ups = {m: state[f"transformer.{m}.lora_B.weight"] for m, _ in have}
+        r = downs[0].shape[0]
+        up = torch.zeros(sum(w for _, w in parts), r * len(have), dtype=downs[0].dtype)
+        row = col = 0
+        for m, w in parts:
+            if m in ups:
+                up[row : row + w, col : col + r] = ups[m]
+                col += r
+            row += w
+        key = f"lora_unet_{bfl}"
+        out |= {f"{key}.lora_down.weight": torch.cat(downs), f"{key}.lora_up.weight": up,
+                f"{key}.alpha": torch.tensor(alpha * len(have))}
+        used |= {m for m, _ in have}
+    left = sorted(mods - used)
+    if left:
+        raise UsageError(f"transformer module {left[0]} has no name in the Flux kohya layout erasecli knows",
+                         hint="train the LoRA on attention, feed-forward or modulation layers, or use --format merged")
+    return out
+
+
+def _base_kind_and_config(info) -> tuple:
+    """(kind, denoiser config or None) of the delta's base, read from its folder or the hub cache (no weights);
+    (None, None) for a base this machine does not know."""
+    from erasecli.diffusion.kinds import kind_for_pipeline
+    from erasecli.errors import BaseNotFoundError
+    from erasecli.models.registry import pipeline_class_name, resolve_base
+
+    try:
+        ref = resolve_base(info.base)
+    except BaseNotFoundError:
+        return None, None
+    kind = kind_for_pipeline(pipeline_class_name(ref))
+    if not kind.flow:
+        return kind, None
+    if ref.kind != "hub":
+        return kind, json.loads((Path(ref.location) / kind.denoiser / "config.json").read_text())
+    try:
+        from diffusers import FluxTransformer2DModel
+
+        return kind, dict(FluxTransformer2DModel.load_config(ref.location, subfolder=kind.denoiser))
+    except OSError as err:
+        raise BaseNotFoundError(f"the transformer config of Flux base {ref.location} (for the kohya module names) "
+                                "is not in the local Hugging Face cache", hint=f"run `hf download {ref.location} "
+                                "transformer/config.json` on a machine with internet") from err
+
+
 def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
     import torch
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from erasecli.delta import LORA_FILE, read_delta_info
-    from erasecli.outputs import replace_dir, staging_dir
 
     info = read_delta_info(delta)
     file = Path(info.path) / LORA_FILE
@@ -146,7 +242,15 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
         header = f.metadata() or {}
     peft_cfg = json.loads(header.get("lora_adapter_metadata", "{}"))
     alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0)
-              for part in ("unet", "text_encoder", "text_encoder_2")}
+              for part in ("unet", "transformer", "text_encoder", "text_encoder_2")}
+    _, flux_cfg = _base_kind_and_config(info)
+    if flux_cfg is not None:
+        from safetensors.torch import load_file
+
+        sd = load_file(str(file))
+        if any(not k.startswith("transformer.") for k in sd):
+            raise UsageError("the Flux kohya export writes transformer LoRAs only", hint="use --format merged")
+        return _write_kohya(flux_kohya(sd, alphas["transformer"], flux_cfg), header, out, overwrite)
     state = _peft_state(file)
     sgm_cfg = _sgm_unet_config(info)
     if sgm_cfg is not None:
@@ -163,6 +267,14 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
 
     # the converter sets alpha = rank; the delta's own alpha keeps its scale
     kohya = {k: (torch.tensor(alpha_of(k)) if k.endswith(".alpha") and alpha_of(k) else v) for k, v in kohya.items()}
+    return _write_kohya(kohya, header, out, overwrite)
+
+
+def _write_kohya(kohya: dict, header: dict, out: Path, overwrite: bool) -> dict:
+    from safetensors.torch import save_file
+
+    from erasecli.outputs import replace_dir, staging_dir
+
     meta = {k: v for k, v in header.items() if k.startswith("erasecli.")}
     meta["erasecli.export"] = "kohya"
     out = Path(out)

@@ -28,11 +28,18 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def make_scheduler(pipe, name: str):
-    """A fresh scheduler of the recipe's kind, from the base's own config (so the beta schedule is the base's)."""
+    """A fresh scheduler of the recipe's kind, from the base's own config (so the beta schedule is the base's).
+    A Flux base samples with its own flow-matching Euler scheduler, deterministic as DDIM is: `ddim` names it."""
     from diffusers import DDPMScheduler
 
     from erasecli.diffusion.ddim import ddim_from
+    from erasecli.diffusion.kinds import kind_of
 
+    if kind_of(pipe).flow:
+        if name != "ddim":
+            raise UsageError(f"a Flux base samples with its flow-matching Euler sampler, not {name!r}",
+                             hint="use sample.scheduler ddim (the deterministic sampler) on Flux bases")
+        return type(pipe.scheduler).from_config(pipe.scheduler.config)
     if name == "ddim":
         return ddim_from(pipe.scheduler.config)
     if name == "ddpm":
@@ -68,13 +75,29 @@ def generate(base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, 
         p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
         gens = [torch.Generator("cpu").manual_seed(int(x)) for x in s]
         extra = {"eta": eta} if scheduler == "ddim" else {}
-        with torch.inference_mode(), trajectory(pipe.unet, cfg=guidance > 1, steps=steps):  # a guard's run
-            out = pipe(prompt=p, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                       output_type="pil", **extra)
+        if base.kind.flow:
+            extra = flux_call(base, len(p), guidance)
+        with torch.inference_mode(), trajectory(base.denoiser, cfg=guidance > 1, steps=steps):  # a guard's run
+            out = pipe(prompt=p, num_inference_steps=steps, generator=gens, output_type="pil",
+                       **({"guidance_scale": guidance} | extra))
         images.extend(out.images)
         if on_batch:
             on_batch(len(p))
     return images
+
+
+def flux_call(base, n: int, guidance: float) -> dict:
+    """FluxPipeline's arguments besides prompt, steps and generators. A guidance-distilled transformer (FLUX.1-dev)
+    takes `guidance` as its embedded guidance; one that is not (schnell, tiny-flux) gets true classifier-free
+    guidance against the empty prompt, the guidance every other base uses (schnell's model card samples at 0)."""
+    from erasecli.diffusion.cond import max_sequence_length
+
+    kw = {"height": base.resolution, "width": base.resolution, "max_sequence_length": max_sequence_length(base.pipe)}
+    if base.denoiser.config.get("guidance_embeds"):
+        return kw | {"guidance_scale": guidance}
+    if guidance > 1:
+        kw |= {"negative_prompt": [""] * n, "true_cfg_scale": guidance}
+    return kw | {"guidance_scale": 1.0}
 
 
 def generate_with(base, prompts, seeds, cfg, on_batch=None):

@@ -3,6 +3,7 @@ trainer writes, which plain diffusers loads and samples at the tiny world's size
 
 import filecmp
 
+import pytest
 import torch
 
 from erasecli.models.registry import TINY_DIR
@@ -45,3 +46,181 @@ def test_the_trainer_writes_a_flux_pipeline_plain_diffusers_loads_and_samples(tm
                max_sequence_length=MAX_T5, negative_prompt="", true_cfg_scale=5.0, generator=g,
                output_type="pt").images
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+
+
+# --- the bundled tiny-flux base -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_flux():
+    from erasecli.models.registry import load_base
+
+    return load_base("tiny-flux", device="cpu")
+
+
+def test_tiny_flux_is_a_flux_base_of_the_tiny_world(tiny_flux):
+    from erasecli.data import base_latent_shape
+    from erasecli.models.registry import resolve_base
+
+    assert tiny_flux.kind.name == "flux" and tiny_flux.kind.denoiser == "transformer"
+    assert tiny_flux.resolution == 32 and base_latent_shape(tiny_flux) == (4, 8, 8)
+    assert resolve_base("tiny-flux").tiny_world
+
+
+def test_the_condition_and_velocity_are_the_pipelines_own(tiny_flux):
+    """encode_prompts holds FluxPipeline's T5 states and pooled CLIP embedding; unet_eps is the transformer as
+    FluxPipeline calls it (its packing, position ids, timestep = noise level) on the unpacked latent."""
+    from diffusers import FluxPipeline
+
+    from erasecli.diffusion.cond import encode_prompts, unet_eps
+
+    pipe = tiny_flux.pipe
+    c = encode_prompts(pipe, ["a red handwritten digit three", ""], "cpu")
+    states, pooled, _ = pipe.encode_prompt(["a red handwritten digit three", ""], prompt_2=None, device="cpu",
+                                           max_sequence_length=MAX_T5)
+    assert torch.equal(c[:, :-1], states) and torch.equal(c[:, -1, : pooled.shape[1]], pooled)
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 700])
+    with torch.no_grad():
+        ours = unet_eps(pipe.transformer, x, t, c)
+        theirs = pipe.transformer(hidden_states=FluxPipeline._pack_latents(x, 2, 4, 8, 8), timestep=(t + 1) / 1000,
+                                  pooled_projections=pooled, encoder_hidden_states=states,
+                                  txt_ids=torch.zeros(MAX_T5, 3),
+                                  img_ids=FluxPipeline._prepare_latent_image_ids(2, 4, 4, "cpu", torch.float32)).sample
+    torch.testing.assert_close(ours, FluxPipeline._unpack_latents(theirs, 32, 32, pipe.vae_scale_factor))
+
+
+def test_an_esd_delta_on_tiny_flux_loads_in_plain_diffusers_as_itself_its_kohya_and_merged_exports(tmp_path):
+    """`erase unlearn` on tiny-flux writes transformer LoRA keys that FluxPipeline.load_lora_weights reads; the
+    image `erase sample --delta` draws is the plain pipeline's, and not the base's. The kohya export (text-stream
+    q / k / v stacked into BFL's fused txt_attn_qkv) read back by diffusers' own Flux kohya converter, and the merged
+    export loaded with from_pretrained, draw that image too."""
+    import json
+
+    import numpy as np
+    from diffusers import FluxPipeline
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.models.registry import TINY_FLUX_DIR
+
+    run = CliRunner().invoke
+    delta, samples = tmp_path / "delta", tmp_path / "samples"
+    r = run(app, ["unlearn", "--method", "esd", "--base", "tiny-flux", "--concept", "digit 3", "--out", str(delta),
+                  "--set", "train.steps=20", "--set", "train.lr=3e-3", "--set", "data.images_per_prompt=2",
+                  "--set", "data.retain_images_per_prompt=1"])
+    assert r.exit_code == 0, r.output
+    prompt = "a red handwritten digit three"
+    r = run(app, ["sample", "--base", "tiny-flux", "--delta", str(delta), "--prompt", prompt, "-n", "1", "--seed", "0",
+                  "--out", str(samples)])
+    assert r.exit_code == 0, r.output
+    ours = np.asarray(Image.open(samples / json.loads((samples / "manifest.jsonl").read_text())["file"]))
+    pipe = FluxPipeline.from_pretrained(str(TINY_FLUX_DIR), dtype=torch.float32)
+
+    def draw():
+        return np.asarray(pipe(prompt, height=32, width=32, num_inference_steps=25, max_sequence_length=MAX_T5,
+                               negative_prompt="", true_cfg_scale=5.0, guidance_scale=1.0,
+                               generator=[torch.Generator().manual_seed(0)]).images[0])
+
+    before = draw()
+    pipe.load_lora_weights(str(delta))
+    after = draw()
+    assert np.array_equal(after, ours)
+    assert np.abs(after.astype(int) - before.astype(int)).max() > 10
+    pipe.unload_lora_weights()
+    for fmt in ("kohya", "merged"):
+        r = run(app, ["export", "--delta", str(delta), "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert r.exit_code == 0, r.output
+    from safetensors.torch import load_file
+
+    kohya = load_file(str(tmp_path / "kohya" / "pytorch_lora_weights_kohya.safetensors"))
+    assert "lora_unet_double_blocks_0_txt_attn_qkv.lora_down.weight" in kohya
+    pipe.load_lora_weights(str(tmp_path / "kohya" / "pytorch_lora_weights_kohya.safetensors"))
+    assert np.abs(draw().astype(int) - after.astype(int)).max() <= 1
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)
+    assert np.abs(draw().astype(int) - after.astype(int)).max() <= 2
+
+
+def test_the_kohya_flux_layout_stacks_separate_lora_parts_into_the_fused_projection_exactly():
+    """q and k of a double block's image stream carry LoRAs, v none: BFL's fused img_attn.qkv gets one LoRA of rank
+    2r whose weight change is each part's on its rows and zero on v's."""
+    from erasecli.export import flux_kohya
+
+    cfg = {"num_attention_heads": 2, "attention_head_dim": 4, "num_layers": 1, "num_single_layers": 1}
+    g, r, alpha = torch.Generator().manual_seed(0), 2, 3.0
+    state = {}
+    for x in "qk":
+        state[f"transformer.transformer_blocks.0.attn.to_{x}.lora_A.weight"] = torch.randn(r, 8, generator=g)
+        state[f"transformer.transformer_blocks.0.attn.to_{x}.lora_B.weight"] = torch.randn(8, r, generator=g)
+    out = flux_kohya(state, alpha, cfg)
+    key = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert set(out) == {f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"}
+    down, up, a = out[f"{key}.lora_down.weight"], out[f"{key}.lora_up.weight"], float(out[f"{key}.alpha"])
+    fused = a / down.shape[0] * up @ down  # (24, 8): q, k, v rows
+    for j, x in enumerate("qk"):
+        want = alpha / r * state[f"transformer.transformer_blocks.0.attn.to_{x}.lora_B.weight"] \
+            @ state[f"transformer.transformer_blocks.0.attn.to_{x}.lora_A.weight"]
+        torch.testing.assert_close(fused[8 * j : 8 * (j + 1)], want)
+    assert not fused[16:].any()
+
+
+def test_recipe_words_name_the_flux_transformers_modules():
+    from erasecli.methods.adapter import expand_targets
+
+    assert expand_targets(["xattn"], flow=True) == ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+    assert "to_q" in expand_targets(["noxattn"], flow=True) and "add_k_proj" in expand_targets(["attn"], flow=True)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["unlearn", "--method", "mace", "--concept", "digit 3", "--out", "{tmp}/d"], "mace is not restated for flux"),
+    (["unlearn", "--method", "uce", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "uce.robust=prefix"],
+     "not restated for Flux"),
+    (["unlearn", "--method", "esd", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "robust.enabled=true"],
+     "transformer only"),
+    (["attack", "--concept", "digit 3", "--attacks", "inversion,paraphrase"], "inversion attack is not restated"),
+    (["train-critic", "--concept", "digit 3", "--out", "{tmp}/c"], "not restated for flux"),
+])
+def test_what_is_not_restated_for_flux_is_refused_before_any_model_loads(args, needle, tmp_path):
+    """A usage error (the CLI prints those as one line, exit code 2: tests/test_sample_cli.py) naming what is not
+    restated, raised by the request checks, so nothing is written."""
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.errors import UsageError
+
+    r = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args] + ["--base", "tiny-flux"])
+    assert isinstance(r.exception, UsageError) and needle in str(r.exception), r.exception
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
+
+
+def test_uce_on_tiny_flux_edits_the_context_embedder_and_the_threes_are_gone(tiny_flux, tmp_path):
+    """The shipped tiny-flux uce preset: a closed-form LoRA on the context embedder and the pooled path only; the
+    base draws threes for the forget prompt, the edited base none (judged by the tiny world's classifier)."""
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.delta import apply_deltas, remove_deltas
+    from erasecli.judges import TinyClassifierJudge
+    from erasecli.sampling import generate
+
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-flux-digit-uce.yaml"
+    r = CliRunner().invoke(app, ["unlearn", "--recipe", str(recipe), "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(tmp_path / "u" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        modules = {k.rsplit(".lora_", 1)[0] for k in f.keys()}
+    assert modules == {"transformer.context_embedder", "transformer.time_text_embed.text_embedder.linear_1"}
+    judge, prompts, seeds = TinyClassifierJudge("digits"), ["a red handwritten digit three"] * 6, list(range(6))
+
+    def threes():
+        images = generate(tiny_flux, prompts, seeds, steps=25, guidance=5.0)
+        return int((judge.predict(images)["digit"] == 3).sum())
+
+    assert threes() >= 5
+    apply_deltas(tiny_flux, [str(tmp_path / "u")])
+    try:
+        assert threes() == 0
+    finally:
+        remove_deltas(tiny_flux)

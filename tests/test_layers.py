@@ -42,11 +42,13 @@ KIND_OWNERS = {"diffusion/kinds.py", "models/train_tiny.py"}
 
 
 def test_only_the_base_kind_decides_sd_or_sdxl():
-    """Every 'is this SDXL' goes through erasecli.diffusion.kinds: no other module compares a pipeline's class
-    name, reads the UNet config's SDXL key, or tests a base's name for 'sdxl' (strings in messages aside)."""
+    """Every 'is this SDXL (or Flux)' goes through erasecli.diffusion.kinds: no other module compares a pipeline's
+    class name, reads the denoiser config's SDXL or Flux key, or tests a base's name for 'sdxl' (strings in
+    messages aside)."""
     import ast
 
-    names = {"StableDiffusionXLPipeline", "StableDiffusionPipeline"}
+    names = {"StableDiffusionXLPipeline", "StableDiffusionPipeline", "FluxPipeline"}
+    keys = {"addition_embed_type", "axes_dims_rope"}
 
     def suspicious(node) -> str | None:
         if isinstance(node, ast.Compare):
@@ -61,11 +63,12 @@ def test_only_the_base_kind_decides_sd_or_sdxl():
             args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if node.func.attr in ("startswith", "endswith") and any("sdxl" in a or "xl" == a for a in args):
                 return f"{node.func.attr}({args[0]!r})"
-            if node.func.attr == "get" and "addition_embed_type" in args:
-                return "reads addition_embed_type"
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
-                and node.slice.value == "addition_embed_type":
-            return "reads addition_embed_type"
+            if node.func.attr == "get" and keys & set(args):
+                return f"reads {(keys & set(args)).pop()}"
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) and node.left.value in keys:
+            return f"tests for {node.left.value}"
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in keys:
+            return f"reads {node.slice.value}"
         return None
 
     found = []

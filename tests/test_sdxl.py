@@ -248,7 +248,7 @@ def test_sdxl_hub_base_offline_and_an_unknown_pipeline_class_are_one_line_errors
     assert "stabilityai/stable-diffusion-xl-base-1.0" in line and "hf download" in line
     folder = tmp_path / "flux"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
     line = one_line_error(erase("sample", "--base", str(folder), "--prompt", "x", "--out", str(tmp_path / "f")), 1)
-    assert "FluxPipeline" in line and "SDXL" in line
+    assert "StableDiffusion3Pipeline" in line and "FLUX.1" in line
 

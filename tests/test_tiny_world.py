@@ -14,7 +14,8 @@ from erasecli.models.registry import ASSETS
 def test_shipped_assets_fit_the_size_budget():
     """As git stores them (identical files once): the tiny world within 30 MiB, tiny-xl adding at most 15 MB,
     the canvas world (tiny-canvas, its judges) at most 20 MB, its style oracle (a text encoder and UNet; the rest
-    byte copies of tiny-canvas's) at most 10 MB more."""
+    byte copies of tiny-canvas's) at most 10 MB more, tiny-flux (a transformer, T5 and its tokenizer; the VAE, CLIP
+    and tokenizer byte copies of the tiny base's) at most 15 MB."""
     import hashlib
 
     def unique(files):
@@ -23,7 +24,8 @@ def test_shipped_assets_fit_the_size_budget():
     xl = ASSETS / "tiny-xl"
     canvas = [ASSETS / "tiny-canvas", ASSETS / "judges" / "canvas"]
     canvas_oracle = ASSETS / "tiny-canvas-oracle-style-dotted"
-    added_by = [xl, *canvas, canvas_oracle]
+    flux = ASSETS / "tiny-flux"
+    added_by = [xl, *canvas, canvas_oracle, flux]
     rest = unique(p for p in ASSETS.rglob("*") if not any(a in p.parents for a in added_by))
     assert sum(rest.values()) <= 30 * 2**20, f"{sum(rest.values()) / 2**20:.1f} MiB"
     added = sum(v for k, v in unique(xl.rglob("*")).items() if k not in rest)
@@ -33,6 +35,10 @@ def test_shipped_assets_fit_the_size_budget():
     before = {**rest, **unique(p for c in canvas for p in c.rglob("*"))}
     added = sum(v for k, v in unique(canvas_oracle.rglob("*")).items() if k not in before)
     assert added <= 10e6, f"the canvas style oracle adds {added / 1e6:.1f} MB"
+    added = sum(v for k, v in unique(flux.rglob("*")).items() if k not in rest)
+    assert added <= 15e6, f"tiny-flux adds {added / 1e6:.1f} MB"
+    assert (flux / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (ASSETS / "tiny" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
 def test_held_out_split_is_disjoint_and_fixed():

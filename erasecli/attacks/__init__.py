@@ -122,6 +122,7 @@ class Attack:
     before any model loads."""
 
     name: ClassVar[str] = ""
+    kinds: ClassVar[tuple] = ("sd", "sdxl")  # the base kinds it is restated for (soft tokens live in the encoders)
 
     @classmethod
     def check(cls, recipe, concept) -> None:

@@ -8,6 +8,12 @@ time ids (original size, crop top-left, target size). So that every caller can k
 unpacks it where the UNet is called; `token_states` drops the extra row for what reads the states alone
 (uce / rece's cross-attention edit). Dp + 6 <= D holds for SDXL (1280 + 6 <= 2048) and tiny-xl (64 + 6 <= 128).
 
+Flux's transformer takes the T5 encoder's token states (B, L, D), CLIP's pooled embedding (B, Dp) and, when it
+is guidance-distilled (FLUX.1-dev), a guidance value; its latents are 2x2 patches in a sequence, with position
+ids. A Flux condition travels as (B, L + 1, D) too: the T5 states, then [pooled (Dp), zeros] (768 <= 4096 for
+FLUX.1, 64 <= 64 for tiny-flux); `unet_eps` packs the latent (B, C, H, W) into patches, calls the transformer at
+`timestep = (t + 1) / T` (erasecli.diffusion.noise.flow_level) and unpacks its velocity back to (B, C, H, W).
+
 The empty prompt of an SDXL base whose config says `force_zeros_for_empty_prompt` (stabilityai's does) is
 all zeros, as StableDiffusionXLPipeline makes its unconditional input; tiny-xl was trained with the encoded
 empty prompt as its unconditional input and says so in its config.
@@ -20,6 +26,8 @@ import torch
 from erasecli.diffusion.kinds import denoiser_config, kind_of
 
 TIME_IDS = 6
+FLUX_GUIDANCE = 3.5  # the guidance a guidance-distilled Flux (FLUX.1-dev) is told while it is trained or edited
+MAX_T5 = 512  # FluxPipeline's default T5 length; a tokenizer with a shorter model_max_length (tiny-flux's 16) wins
 
 
 def added_conditioning(unet) -> bool:
@@ -29,6 +37,8 @@ def added_conditioning(unet) -> bool:
 
 def pooled_dim(unet) -> int:
     cfg = denoiser_config(unet)
+    if kind_of(cfg).flow:
+        return cfg["pooled_projection_dim"]
     return cfg["projection_class_embeddings_input_dim"] - TIME_IDS * cfg["addition_time_embed_dim"]
 
 
@@ -38,15 +48,16 @@ def time_ids(pipe) -> torch.Tensor:
     return torch.tensor([side, side, 0, 0, side, side], dtype=torch.float32)
 
 
-def pack(states, pooled, ids) -> torch.Tensor:
-    """(B, L, D) token states + (B, Dp) pooled + (6,) time ids -> (B, L + 1, D)."""
+def pack(states, pooled, ids=None) -> torch.Tensor:
+    """(B, L, D) token states + (B, Dp) pooled + (6,) time ids (SDXL; None for Flux) -> (B, L + 1, D)."""
     B, _, D = states.shape
     extra = torch.zeros(B, 1, D, dtype=states.dtype, device=states.device)
-    dp = pooled.shape[-1]
-    if dp + TIME_IDS > D:
-        raise ValueError(f"pooled width {dp} + {TIME_IDS} time ids exceed the token width {D}")
+    dp, n_ids = pooled.shape[-1], (0 if ids is None else TIME_IDS)
+    if dp + n_ids > D:
+        raise ValueError(f"pooled width {dp} + {n_ids} time ids exceed the token width {D}")
     extra[:, 0, :dp] = pooled.to(states.dtype)
-    extra[:, 0, dp : dp + TIME_IDS] = ids.to(states.device, states.dtype)
+    if ids is not None:
+        extra[:, 0, dp : dp + TIME_IDS] = ids.to(states.device, states.dtype)
     return torch.cat([states, extra], dim=1)
 
 
@@ -56,7 +67,14 @@ def unpack(unet, c) -> tuple:
         return c, None
     dp = pooled_dim(unet)
     extra = c[:, -1]  # (B, D)
+    if kind_of(unet).flow:
+        return c[:, :-1], {"pooled_projections": extra[:, :dp]}
     return c[:, :-1], {"text_embeds": extra[:, :dp], "time_ids": extra[:, dp : dp + TIME_IDS]}
+
+
+def pooled_of(unet, c):
+    """The pooled text embedding the denoiser receives (SDXL's text_embeds, Flux's pooled projection), (B, Dp)."""
+    return c[:, -1, : pooled_dim(unet)]
 
 
 def token_states(unet, c):
@@ -64,8 +82,46 @@ def token_states(unet, c):
     return c[:, :-1] if added_conditioning(unet) else c
 
 
+def patchify(x) -> torch.Tensor:
+    """(B, C, H, W) latents -> (B, H/2 * W/2, 4C): FluxPipeline's packing."""
+    B, C, H, W = x.shape
+    return x.view(B, C, H // 2, 2, W // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // 2) * (W // 2), C * 4)
+
+
+def unpatchify(p, H: int, W: int) -> torch.Tensor:
+    B, _, C4 = p.shape
+    return p.view(B, H // 2, W // 2, C4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C4 // 4, H, W)
+
+
+def patch_ids(H: int, W: int, device, dtype) -> torch.Tensor:
+    """(H/2 * W/2, 3) position ids of the packed latent: (0, row, column), as FluxPipeline makes them."""
+    ids = torch.zeros(H // 2, W // 2, 3)
+    ids[..., 1] += torch.arange(H // 2)[:, None]
+    ids[..., 2] += torch.arange(W // 2)[None, :]
+    return ids.reshape(-1, 3).to(device, dtype)
+
+
+def flux_velocity(transformer, x, t, c):
+    """u_theta(x, t, c) of a Flux transformer, (B, C, H, W), for integer timesteps t (B,)."""
+    from erasecli.diffusion.noise import flow_level
+
+    states, added = unpack(transformer, c)
+    B, _, H, W = x.shape
+    guidance = None
+    if denoiser_config(transformer).get("guidance_embeds"):
+        guidance = torch.full((B,), FLUX_GUIDANCE, device=x.device, dtype=x.dtype)
+    out = transformer(hidden_states=patchify(x), encoder_hidden_states=states, timestep=flow_level(t).to(x.dtype),
+                      img_ids=patch_ids(H, W, x.device, x.dtype),
+                      txt_ids=torch.zeros(states.shape[1], 3, device=x.device, dtype=x.dtype), guidance=guidance,
+                      **added).sample
+    return unpatchify(out, H, W)
+
+
 def unet_eps(unet, x, t, c):
-    """eps_theta(x, t, c): the UNet's prediction under a condition tensor from `encode_prompts`."""
+    """The denoiser's prediction under a condition tensor from `encode_prompts`: eps_theta(x, t, c) for SD and
+    SDXL, the velocity for Flux (erasecli.diffusion.noise.Schedule.eps_from turns either into epsilon)."""
+    if kind_of(unet).flow:
+        return flux_velocity(unet, x, t, c)
     states, added = unpack(unet, c)
     if added is None:
         return unet(x, t, encoder_hidden_states=states).sample
@@ -76,9 +132,15 @@ def encode_prompts(pipe, prompts, device, batch: int = 64) -> torch.Tensor:
     """Condition tensors of prompts, as the pipeline itself encodes them: (P, L, D) for SD, (P, L + 1, D) for
     SDXL. Gradients flow where the caller enables them (a trained text-encoder adapter)."""
     prompts = list(prompts)
+    kind = kind_of(pipe)
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
+        if kind.flow:
+            states, pooled, _ = pipe.encode_prompt(prompt=chunk, prompt_2=None, device=device, num_images_per_prompt=1,
+                                                   max_sequence_length=max_sequence_length(pipe))
+            out.append(pack(states, pooled))
+            continue
         if not added_conditioning(pipe.unet):
             out.append(pipe.encode_prompt(chunk, device, 1, False)[0])
             continue
@@ -89,6 +151,17 @@ def encode_prompts(pipe, prompts, device, batch: int = 64) -> torch.Tensor:
             states, pooled = states * keep[:, None, None], pooled * keep[:, None]
         out.append(pack(states, pooled, time_ids(pipe)))
     return torch.cat(out)
+
+
+def max_sequence_length(pipe) -> int:
+    """The T5 length a Flux pipeline's prompts are encoded to: its tokenizer's model_max_length, at most 512."""
+    return min(int(pipe.tokenizer_2.model_max_length), MAX_T5)
+
+
+def not_on_flow(pipe, what: str) -> None:
+    """Token-level encodings (the attacks' soft tokens) are restated for Stable Diffusion and SDXL only."""
+    if kind_of(pipe).flow:
+        raise ValueError(f"{what} is not restated for Flux bases yet (docs/methods.md, 'Flux')")
 
 
 def text_encoders(pipe) -> list:
@@ -103,6 +176,7 @@ def tokenizers(pipe) -> list:
 def pooled_ids(pipe, ids) -> torch.Tensor:
     """The pooled (end-of-text) embedding of token ids (B, L): SD's text-encoder pooler output, SDXL's second
     encoder's projection (what the UNet receives). Input-embedding hooks apply, as in `encode_ids`.  (B, Dp)"""
+    not_on_flow(pipe, "encoding token ids")
     if not added_conditioning(pipe.unet):
         return pipe.text_encoder(ids).pooler_output
     return encode_ids(pipe, ids)[:, -1, : pooled_dim(pipe.unet)]
@@ -113,6 +187,7 @@ def encode_ids(pipe, ids) -> torch.Tensor:
     text (forward hooks on the encoders' input embeddings, as the attacks set, apply). On SDXL both encoders
     read the first tokenizer's ids: the same words and positions, though stabilityai's second tokenizer pads
     with another token, so the padded positions' states differ slightly from the pipeline's."""
+    not_on_flow(pipe, "encoding token ids")
     if not added_conditioning(pipe.unet):
         return pipe.text_encoder(ids)[0]
     h1 = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]

@@ -7,7 +7,7 @@ export uses, and which layers a closed-form edit (uce, rece) may re-solve (the n
 scheduler: erasecli.diffusion.noise.schedule_of). `kind_of` is the one test of "which family is
 this": every module that must know asks it, or reads a field of the kind it returns.
 
-Adding a family (a flow-matching transformer such as Flux or SD3) is one new entry in KINDS plus its
+Adding a family (a flow-matching transformer such as Flux, which is here, or SD3) is one new entry in KINDS plus its
 conditioning in cond.py (how prompts are encoded and how the denoiser is called) and its schedule in noise.py;
 `kind_of` learns to recognise its denoiser's config and `pipeline_classes` its pipeline class. The rest of
 erasecli reads the fields below (docs/methods.md, "Base kinds").
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Kind:
-    name: str  # "sd", "sdxl"
+    name: str  # "sd", "sdxl", "flux"
     pipeline_class: str  # the diffusers class that loads, samples and saves LoRA for this family
     denoiser: str = "unet"  # the pipeline attribute holding the denoiser the adapter goes on
     text_encoders: tuple = ("text_encoder",)  # pipeline attributes, in the order their states are concatenated
@@ -31,11 +31,19 @@ class Kind:
     closed_form_targets: tuple = ("attn2.to_k", "attn2.to_v")  # the projections of the text states uce may re-solve
     pooled_target: str = ""  # the layer that first reads the pooled text embedding (its leading input columns), if any
     load_kwargs: dict = field(default_factory=dict)  # what from_pretrained gets besides dtype
+    lora_encoders: tuple | None = None  # the text encoders the pipeline's LoRA loader reads (None: all of them)
+    flow: bool = False  # a rectified-flow model: velocity prediction, packed latents (erasecli.diffusion.cond)
+    states_tokenizer: str = "tokenizer"  # the tokenizer of the token states the denoiser reads (uce aligns by it)
+    causal_states: bool = True  # a token's state depends on the tokens before it only (CLIP: yes; T5: no)
+
+    @property
+    def lora_text_encoders(self) -> tuple:
+        return self.text_encoders if self.lora_encoders is None else self.lora_encoders
 
     @property
     def lora_layers_kwargs(self) -> dict:
-        """{pipeline attribute: save_lora_weights keyword} for the denoiser and each text encoder."""
-        return {a: f"{a}_lora_layers" for a in (self.denoiser, *self.text_encoders)}
+        """{pipeline attribute: save_lora_weights keyword} for the denoiser and each text encoder it saves."""
+        return {a: f"{a}_lora_layers" for a in (self.denoiser, *self.lora_text_encoders)}
 
 
 KINDS: dict[str, Kind] = {
@@ -47,6 +55,12 @@ KINDS: dict[str, Kind] = {
                  tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, penultimate_only=("text_encoder",),
                  kohya_layout="sgm", pooled_target="add_embedding.linear_1",
                  load_kwargs={"add_watermarker": False}),
+    # FLUX.1: a joint-attention transformer on 2x2-packed latents, T5 token states (text_encoder_2) plus CLIP's
+    # pooled embedding (text_encoder); FluxPipeline's LoRA loader reads the transformer and CLIP only.
+    "flux": Kind("flux", "FluxPipeline", denoiser="transformer", text_encoders=("text_encoder", "text_encoder_2"),
+                 tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, kohya_layout="flux",
+                 closed_form_targets=("context_embedder",), pooled_target="time_text_embed.text_embedder.linear_1",
+                 lora_encoders=("text_encoder",), flow=True, states_tokenizer="tokenizer_2", causal_states=False),
 }
 
 
@@ -80,6 +94,8 @@ def kind_of(obj) -> Kind:
         if den is not None and not isinstance(den, dict):
             return kind_of(den)
     cfg = denoiser_config(pipe)
+    if "axes_dims_rope" in cfg:  # FluxTransformer2DModel (SD3's transformer has no RoPE)
+        return KINDS["flux"]
     if cfg.get("addition_embed_type") == "text_time":
         return KINDS["sdxl"]
     if "cross_attention_dim" in cfg:

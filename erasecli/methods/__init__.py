@@ -72,6 +72,15 @@ class Context:
         emb = self.data.embeds[c] if self.encode is None else self.encode(c)
         return self.noise.eps_from(unet_eps(self.unet, x_t, t, emb), x_t, t)
 
+    def err(self, e, target, t):
+        """Per-example squared error (B,) of an epsilon-space prediction at timesteps t: the mean squared error on
+        DDPM bases; on a flow base the velocity's (Schedule.loss_weight; docs/methods.md, "Flux")."""
+        from erasecli.methods.losses import mse
+
+        out = mse(e, target)
+        w = self.noise.loss_weight(t)
+        return out if w is None else out * w
+
     def retain_batch(self, n: int):
         """n retain examples (x_r, c_r); a share `data.uncond_fraction` gets the empty prompt (index 0)."""
         import torch
@@ -104,6 +113,7 @@ class Method:
     uses_critic: ClassVar[bool] = False  # takes a trained critic (--critic, critic.path)
     why_not_robust: ClassVar[str] = ""  # the reason, when supports_robust / supports_text_encoder is False
     adapter_targets: ClassVar[tuple] = ()  # non-empty: where the method's adapter must sit (receler's eraser)
+    kinds: ClassVar[tuple] = ("sd", "sdxl")  # the base kinds (erasecli.diffusion.kinds) the method is restated for
 
     @classmethod
     def resolve(cls, recipe):
@@ -155,13 +165,11 @@ class Unlearner(Method):
         in the same forward and L_r is its diffusion loss (this process's share of the batch mean), else 0."""
         import torch
 
-        from erasecli.methods.losses import mse
-
         ctx, B = self.ctx, self.ctx.recipe.train.batch_size
         if weight > 0 and len(ctx.data.retain) > 0:
             m_r, t_r, c_r, eps_r = (ctx.world.local(v) for v in ctx.noisy_retain(B))
             e, e_r = ctx.eps(torch.cat([x_t, m_r]), torch.cat([t, t_r]), torch.cat([c, c_r])).chunk(2)
-            return e, mse(e_r, eps_r).sum() / B
+            return e, ctx.err(e_r, eps_r, t_r).sum() / B
         e = ctx.eps(x_t, t, c)
         return e, torch.zeros((), device=e.device)
 

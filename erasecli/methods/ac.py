@@ -30,11 +30,12 @@ import torch
 from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
 from erasecli.methods.adapter import base_only
-from erasecli.methods.losses import grad_norm, mse
+from erasecli.methods.losses import grad_norm
 
 
 class Ac(Unlearner):
     name = "ac"
+    kinds = ("sd", "sdxl", "flux")
 
     def targets(self, x_t, t, c_anchor, eps):
         """The ablation target of each row (no gradient): see the module docstring."""
@@ -72,8 +73,8 @@ class Ac(Unlearner):
         preds = ctx.eps(torch.cat(inputs), torch.cat(ts), torch.cat(prompts)).split([len(x) for x in inputs])
         zero = torch.zeros((), device=x_t.device)
         L = {"ac": zero, "p": zero, "r": zero}
-        for name, e, target in zip(terms, preds, targets):  # all terms in one forward
-            L[name] = mse(e, target).sum() / B  # this process's share of the batch mean
+        for name, e, target, tt in zip(terms, preds, targets, ts):  # all terms in one forward
+            L[name] = ctx.err(e, target, tt).sum() / B  # this process's share of the batch mean
         L_ac, L_p, L_r = L["ac"], L["p"], L["r"]
         loss = L_ac + cfg.prior_weight * L_p + cfg.retain_weight * L_r
         self.opt.zero_grad(set_to_none=True)

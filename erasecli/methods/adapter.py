@@ -22,16 +22,23 @@ from erasecli.errors import EraseError
 ADAPTER = "default"  # peft's adapter name for the one being trained
 
 
-def expand_targets(targets) -> list[str]:
+def expand_targets(targets, flow: bool = False) -> list[str]:
     """LoRA target modules; the words attn / xattn / noxattn expand to ESD's parameter subsets [ours as LoRA]:
     xattn = cross-attention (attn2) projections (ESD-x); noxattn = self-attention (attn1) and feed-forward
-    (ESD-u without the convolutions); attn = both attentions' projections (the default set)."""
+    (ESD-u without the convolutions); attn = both attentions' projections (the default set).
+    On a Flux transformer (`flow`), where text and image attend jointly, the text enters through the double
+    blocks' text-stream projections (add_q/k/v_proj, to_add_out): xattn is those; noxattn the image stream's
+    attention (to_q/k/v, to_out.0: the single blocks' too) and feed-forward; attn both streams' projections."""
     proj = ("to_q", "to_k", "to_v", "to_out.0")
-    presets = {
-        "xattn": [f"attn2.{p}" for p in proj],
-        "noxattn": [f"attn1.{p}" for p in proj] + ["ff.net.0.proj", "ff.net.2"],
-        "attn": list(proj),
-    }
+    if flow:
+        text = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+        presets = {"xattn": list(text), "noxattn": [*proj, "ff.net.0.proj", "ff.net.2"], "attn": [*proj, *text]}
+    else:
+        presets = {
+            "xattn": [f"attn2.{p}" for p in proj],
+            "noxattn": [f"attn1.{p}" for p in proj] + ["ff.net.0.proj", "ff.net.2"],
+            "attn": list(proj),
+        }
     out: list[str] = []
     for t in targets:
         out += presets.get(t, [t])
@@ -142,7 +149,7 @@ def attached(base, *, rank: int, alpha: float, targets, seed: int | None = None,
         m.requires_grad_(False)
     if seed is not None:
         torch.manual_seed(seed)
-    add_lora(den, rank, alpha, expand_targets(targets))
+    add_lora(den, rank, alpha, expand_targets(targets, kind.flow))
     modules = {kind.denoiser: den}
     if text_encoder is not None:
         for a, te in encoders.items():

@@ -34,6 +34,7 @@ from erasecli.methods.sa import lora_layers
 
 class Ant(Esd):
     name = "ant"
+    kinds = ("sd", "sdxl", "flux")
 
     @classmethod
     def check(cls, recipe) -> None:  # esd's cross-field check is about esd's own fields
@@ -117,7 +118,7 @@ class Ant(Esd):
         target = torch.where(lt, e_0 - cfg.negative_guidance * (e_c - e_0), e_c)
         e, L_r = self.eps_and_retain(x_t, t, c, cfg.retain_weight)
         w = torch.where(late, 1.0, cfg.early_weight)
-        L_ant = (w * mse(e, target)).sum() / B  # this process's share of the batch mean
+        L_ant = (w * ctx.err(e, target, t)).sum() / B  # this process's share of the batch mean
         loss = L_ant + cfg.retain_weight * L_r
         row = self.update(loss, {"L_ant": L_ant, "L_r": L_r})
         return {**row, "late": float(late.float().mean()), "t": float(t.float().mean().item())}

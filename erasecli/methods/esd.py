@@ -23,12 +23,12 @@ import torch
 
 from erasecli.diffusion.cond import text_encoders
 from erasecli.methods import Unlearner
-from erasecli.methods.losses import mse
 from erasecli.methods.adapter import base_only
 
 
 class Esd(Unlearner):
     name = "esd"
+    kinds = ("sd", "sdxl", "flux")
 
     @classmethod
     def check(cls, recipe) -> None:
@@ -41,9 +41,13 @@ class Esd(Unlearner):
     def __init__(self, ctx):
         super().__init__(ctx)
         from erasecli.diffusion.ddim import ddim_from
+        from erasecli.diffusion.noise import EpsSteps
 
-        self.sched = ddim_from(ctx.base.pipe.scheduler.config)
-        self.sched.set_timesteps(ctx.recipe.sample.steps, device=ctx.device)
+        if ctx.noise.kind == "flow":  # the flow ODE's Euler steps (docs/methods.md, "Flux")
+            self.sched = EpsSteps(ctx.noise, ctx.recipe.sample.steps, ctx.device)
+        else:
+            self.sched = ddim_from(ctx.base.pipe.scheduler.config)
+            self.sched.set_timesteps(ctx.recipe.sample.steps, device=ctx.device)
 
     @torch.no_grad()
     def start_guidance(self) -> float:
@@ -100,6 +104,6 @@ class Esd(Unlearner):
         _, c, c_anchor, x_t, t = self.draw()
         target = self.frozen_target(x_t, t, c, c_anchor)
         e, L_r = self.eps_and_retain(x_t, t, c, cfg.retain_weight)
-        L_esd = mse(e, target).sum() / B  # this process's share of the batch mean
+        L_esd = self.ctx.err(e, target, t).sum() / B  # this process's share of the batch mean
         loss = L_esd + cfg.retain_weight * L_r
         return {**self.update(loss, {"L_esd": L_esd, "L_r": L_r}), "t": float(t.float().mean().item())}

@@ -114,6 +114,7 @@ def localized_penalty(outs: dict, masks: dict, rows: int):
 
 class Receler(Esd):
     name = "receler"
+    kinds = ("sd", "sdxl")  # not restated for Flux yet (esd is)
     adapter_targets: ClassVar[tuple] = ERASER
 
     @property

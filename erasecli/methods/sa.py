@@ -117,6 +117,7 @@ def noise_surrogate(ctx) -> torch.Tensor:
 
 class Sa(Unlearner):
     name = "sa"
+    kinds = ("sd", "sdxl", "flux")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -143,8 +144,8 @@ class Sa(Unlearner):
         preds = ctx.eps(torch.cat(inputs), torch.cat(ts), torch.cat(prompts)).split([len(x) for x in inputs])
         zero = torch.zeros((), device=ctx.device)
         L = {"f": zero, "g": zero}
-        for name, e, target in zip(terms, preds, targets):
-            L[name] = mse(e, target).sum() / B  # this process's share of the batch mean
+        for name, e, target, tt in zip(terms, preds, targets, ts):
+            L[name] = ctx.err(e, target, tt).sum() / B  # this process's share of the batch mean
         L_ewc = self.ewc() / ctx.world.size  # every process adds the same penalty: its share
         loss = L["f"] + cfg.replay_weight * L["g"] + cfg.ewc_lambda * L_ewc
         row = self.update(loss, {"L_f": L["f"], "L_g": L["g"], "L_ewc": L_ewc})

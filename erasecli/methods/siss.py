@@ -27,7 +27,7 @@ import math
 import torch
 
 from erasecli.methods import Unlearner
-from erasecli.methods.losses import grad_norm, mse, sq_dist
+from erasecli.methods.losses import grad_norm, sq_dist
 
 
 def siss_log_weights(d_x: torch.Tensor, d_a: torch.Tensor, lam) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,11 +77,11 @@ class SissBatch:
         if self.has_retain:
             e = ctx.eps(torch.cat([self.m, self.m_r]), torch.cat([self.t, self.t_r]), torch.cat([self.c, self.c_r]))
             e, e_r = e.chunk(2)  # (B, C, h, w) each
-            err_r = mse(e_r, self.eps_r)
+            err_r = ctx.err(e_r, self.eps_r, self.t_r)
         else:
             e = ctx.eps(self.m, self.t, self.c)
             err_r = torch.zeros((), device=e.device)
-        return mse(e, self.eps_x), mse(e, self.eps_a), err_r
+        return ctx.err(e, self.eps_x, self.t), ctx.err(e, self.eps_a, self.t), err_r
 
     def losses(self, err_x, err_a, err_r, lam):
         """L_x, L_a, L_r for mixing weight lam (float or differentiable tensor)."""
@@ -95,6 +95,7 @@ class Siss(Unlearner):
     """Static SISS: lambda fixed at siss.lam."""
 
     name = "siss"
+    kinds = ("sd", "sdxl", "flux")
 
     @classmethod
     def check(cls, recipe) -> None:

@@ -63,36 +63,46 @@ class ClosedForm(Method):
 
 def edited_modules(unet, which) -> dict:
     """{module name: nn.Linear} of every cross-attention projection named in `which` (to_k, to_v); where an
-    adapter layer (peft) wraps one, its frozen base layer."""
+    adapter layer (peft) wraps one, its frozen base layer. On Flux the one layer that reads the text states alone
+    (the context embedder), whatever `which` says."""
     from erasecli.diffusion.kinds import kind_of
 
-    targets = [t for t in kind_of(unet).closed_form_targets if t.rsplit(".", 1)[-1] in which]
+    kind = kind_of(unet)
+    targets = [t for t in kind.closed_form_targets if kind.flow or t.rsplit(".", 1)[-1] in which]
     found = {n: getattr(m, "base_layer", m) for n, m in unet.named_modules() if any(n.endswith(t) for t in targets)}
     return {n: m for n, m in found.items() if isinstance(m, torch.nn.Linear)}
 
 
+def _tokenizer(base):
+    """The tokenizer of the states the edited layers read (CLIP's; T5's on Flux)."""
+    return getattr(base.pipe, base.kind.states_tokenizer)
+
+
 def _ids(base, prompts):
-    tok = base.pipe.tokenizer
-    return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+    from erasecli.diffusion.cond import max_sequence_length
+
+    tok = _tokenizer(base)
+    length = max_sequence_length(base.pipe) if base.kind.flow else tok.model_max_length
+    return tok(list(prompts), padding="max_length", max_length=length, truncation=True,
                return_tensors="pt").input_ids
 
 
 @torch.no_grad()
 def _states(base, prompts):
-    """(P, L, D) text-encoder states, as the UNet receives them, in double precision on the CPU."""
+    """(P, L, D) text-encoder states, as the denoiser receives them, in double precision on the CPU."""
     from erasecli.diffusion.cond import encode_prompts, token_states
 
-    states = token_states(base.pipe.unet, encode_prompts(base.pipe, prompts, base.device))
+    states = token_states(base.denoiser, encode_prompts(base.pipe, prompts, base.device))
     return states.to(solve_device(base), DTYPE)
 
 
 @torch.no_grad()
 def _pooled(base, prompts):
-    """(P, Dp) pooled text embeddings, as the UNet receives them (SDXL's `text_embeds`), double, where the solves run."""
-    from erasecli.diffusion.cond import encode_prompts, unpack
+    """(P, Dp) pooled text embeddings, as the denoiser receives them (SDXL's `text_embeds`, Flux's pooled
+    projection), double, where the solves run."""
+    from erasecli.diffusion.cond import encode_prompts, pooled_of
 
-    _, added = unpack(base.pipe.unet, encode_prompts(base.pipe, prompts, base.device))
-    return added["text_embeds"].to(solve_device(base), DTYPE)
+    return pooled_of(base.denoiser, encode_prompts(base.pipe, prompts, base.device)).to(solve_device(base), DTYPE)
 
 
 def pooled_edit(recipe, base, concept):
@@ -102,7 +112,7 @@ def pooled_edit(recipe, base, concept):
     Returns (module name, W0 (out, in), change D (out, in), report) or None when there is nothing to edit."""
     from erasecli.diffusion.kinds import kind_of
 
-    u, unet = recipe.uce, base.pipe.unet
+    u, unet = recipe.uce, base.denoiser
     target = kind_of(unet).pooled_target
     if not (u.pooled and target):
         return None
@@ -146,16 +156,18 @@ def erase_pairs(base, forget, guides, tokens: str):
 def aligned(base, ids_f, ids_g, s_f, s_g, tokens: str):
     """Erased rows of states s_f (J, L, D) of token ids ids_f (J, L) and the guide's rows of s_g at the same
     positions; None when every row equals its guide. Tokens are aligned by position: from the first one where
-    a prompt's ids differ from its guide's (earlier states are identical, the text encoder being causal) to the
-    end of the sequence ('padding') or to the prompt's end-of-text token ('concept')."""
-    eos = base.pipe.tokenizer.eos_token_id
+    a prompt's ids differ from its guide's (earlier states are identical, the text encoder being causal; from the
+    first token on a bidirectional encoder such as Flux's T5, where every state sees the concept) to the end of
+    the sequence ('padding') or to the prompt's end-of-text token ('concept')."""
+    eos = _tokenizer(base).eos_token_id
+    causal = base.kind.causal_states
     L = ids_f.shape[1]
     cs, gs, rows = [], [], []
     for j in range(len(ids_f)):
         diff = (ids_f[j] != ids_g[j]).nonzero()
         if len(diff) == 0:  # the prompt is its own guide: nothing to erase
             continue
-        k = int(diff[0])
+        k = int(diff[0]) if causal else 0
         at = (ids_f[j] == eos).nonzero()
         concept_end = max(int(at[0]) + 1 if len(at) else L, k + 1)
         end = concept_end if tokens == "concept" else L
@@ -359,9 +371,9 @@ def edit(recipe, base, concept, rounds: int = 0):
     t0 = time.time()
     C_e, G_e, C_p, concept_rows = plan(recipe, base, concept)
     C_a, G_a = C_e[concept_rows], G_e[concept_rows]  # rece re-derives the concept's own tokens' states
-    mods = edited_modules(base.pipe.unet, u.modules)
+    mods = edited_modules(base.denoiser, u.modules)
     if not mods:
-        raise RecipeError(f"the base's UNet has no cross-attention {'/'.join(u.modules)} projection to edit")
+        raise RecipeError(f"the base's denoiser has no cross-attention {'/'.join(u.modules)} projection to edit")
     dev = solve_device(base)
     W0s = {n: m.weight.detach().to(dev, DTYPE) for n, m in mods.items()}
     t_prep = time.time() - t0
@@ -459,6 +471,7 @@ def write_factors(unet, factors: dict, dtype=torch.float32) -> None:
 
 class Uce(ClosedForm):
     name = "uce"
+    kinds = ("sd", "sdxl", "flux")
 
     @classmethod
     def edit(cls, recipe, base, concept):
@@ -467,6 +480,7 @@ class Uce(ClosedForm):
 
 class Rece(ClosedForm):
     name = "rece"
+    kinds = ("sd", "sdxl", "flux")
 
     @classmethod
     def edit(cls, recipe, base, concept):

@@ -1,9 +1,9 @@
 """Bases: a registry of known names, plus any local diffusers folder or hub id, and `load_base()`.
 
 `tiny` is the bundled Stable Diffusion pipeline trained on the tiny world (see tiny_world.py), `tiny-xl` its
-SDXL counterpart; the `sd-*` and `sdxl-*` names are the hub repositories users run on their GPUs. A base is
-loaded as the pipeline class its `model_index.json` names (StableDiffusionPipeline or
-StableDiffusionXLPipeline). Hub bases are looked up in the local Hugging Face
+SDXL counterpart, `tiny-flux` its FLUX.1 counterpart; the `sd-*`, `sdxl-*` and `flux-*` names are the hub
+repositories users run on their GPUs. A base is loaded as the pipeline class its `model_index.json` names
+(StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline). Hub bases are looked up in the local Hugging Face
 cache first, and downloaded only when the hub can be reached; when it cannot, the error names the model
 and how to get it.
 """
@@ -23,6 +23,7 @@ from erasecli.errors import BaseNotFoundError, UsageError
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_DIR = ASSETS / "tiny"
 TINY_XL_DIR = ASSETS / "tiny-xl"
+TINY_FLUX_DIR = ASSETS / "tiny-flux"
 ORACLE_DIR = ASSETS / "tiny-oracle-digit-3"  # the tiny base retrained without any image of a 3
 CANVAS_DIR = ASSETS / "tiny-canvas"
 CANVAS_ORACLE_DIR = ASSETS / "tiny-canvas-oracle-style-dotted"  # tiny-canvas's world without any dotted image
@@ -55,6 +56,13 @@ BASES: dict[str, BaseSpec] = {
                         "conditioning) trained on the tiny world, 32x32, runs on a CPU", TINY_XL_DIR),
     "sdxl-1.0": BaseSpec("sdxl-1.0", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "Stable Diffusion XL 1.0 base",
                          kind="sdxl"),
+    "tiny-flux": BaseSpec("tiny-flux", None, 32, "bundled: a FLUX.1 pipeline (Flux transformer, T5 and CLIP "
+                          "text encoders, rectified flow) trained on the tiny world, 32x32, runs on a CPU",
+                          TINY_FLUX_DIR),
+    "flux-schnell": BaseSpec("flux-schnell", "black-forest-labs/FLUX.1-schnell", 1024,
+                             "FLUX.1 [schnell] (timestep-distilled, no guidance)", kind="flux"),
+    "flux-dev": BaseSpec("flux-dev", "black-forest-labs/FLUX.1-dev", 1024,
+                         "FLUX.1 [dev] (guidance-distilled; gated on the hub: accept its licence first)", kind="flux"),
     "tiny-oracle-digit-3": BaseSpec("tiny-oracle-digit-3", None, 32, "bundled: the tiny base's text encoder and "
                                     "UNet retrained without any image of a 3 (exact unlearning, the reference "
                                     "an erasure of 'digit 3' is measured against)", ORACLE_DIR, "tiny"),
@@ -147,8 +155,16 @@ def pick_dtype(device, requested: str = "auto"):
     raise UsageError(f"unknown dtype {requested!r}", hint=f"use one of {', '.join(DTYPES)}")
 
 
+FLUX_ARCH_KEYS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
+                  "joint_attention_dim", "pooled_projection_dim", "guidance_embeds", "axes_dims_rope")
+
+
 def unet_arch(config: dict) -> str:
-    """A short fingerprint of the UNet's architecture: deltas fit only a UNet of the same shape."""
+    """A short fingerprint of the denoiser's architecture (UNet or Flux transformer): deltas fit only a denoiser
+    of the same shape."""
+    if kind_of(config).flow:
+        canon = json.dumps({k: config.get(k) for k in FLUX_ARCH_KEYS}, sort_keys=True, default=list)
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
     keys = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
             "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "transformer_layers_per_block")
     arch = {k: config.get(k) for k in keys}
@@ -163,7 +179,7 @@ class Base:
     """A loaded base: the diffusers pipeline plus what deltas and reports need to know about it."""
 
     ref: BaseRef
-    pipe: object  # diffusers.StableDiffusionPipeline or StableDiffusionXLPipeline
+    pipe: object  # diffusers.StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline
     device: object
     dtype: object
 
@@ -177,11 +193,20 @@ class Base:
         return self.ref.name
 
     @property
+    def denoiser(self):
+        """The UNet, or the transformer of a Flux base."""
+        return getattr(self.pipe, self.kind.denoiser)
+
+    @property
     def arch(self) -> str:
-        return unet_arch(dict(self.pipe.unet.config))
+        return unet_arch(dict(self.denoiser.config))
 
     @property
     def resolution(self) -> int:
+        """The side the base draws at: the UNet's sample size in pixels; a Flux transformer has none, so its
+        VAE's sample_size (1024 for FLUX.1, 32 for tiny-flux)."""
+        if self.kind.flow:
+            return int(self.pipe.vae.config.sample_size)
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
 
@@ -222,7 +247,7 @@ def pipeline_class_name(ref: BaseRef) -> str:
     name = index.get("_class_name", "")
     if name not in pipeline_classes():
         raise BaseNotFoundError(f"base {ref.name} is a {name or 'pipeline of no class'}, which erasecli does not "
-                                "train or sample", hint="use a Stable Diffusion 1.x/2.x or SDXL pipeline folder")
+                                "train or sample", hint="use a Stable Diffusion 1.x/2.x, SDXL or FLUX.1 pipeline folder")
     return name
 
 
