@@ -1,5 +1,5 @@
-"""Quality bar of a bundled tiny base (tiny, the SDXL tiny-xl, or tiny-canvas), judged by its world's shipped
-classifier.
+"""Quality bar of a bundled tiny base (tiny, the SDXL tiny-xl, the Flux tiny-flux, or tiny-canvas), judged by its
+world's shipped classifier.
 
 For "a {colour} handwritten digit {word}" over 10 digits x 5 colours x --seeds seeds, DDIM --steps steps with
 guidance: the share of samples whose digit / colour the classifier reads as prompted (bar: >= 0.90 digit,
@@ -47,7 +47,8 @@ def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int =
         images = sampling.generate(base, prompts, seed_list, steps=steps, guidance=g, batch_size=100)
         secs = time.time() - t0
         pred = judge.predict(images)
-        common = dict(base=base_name, n=len(prompts), steps=steps, guidance=g, scheduler="ddim", judge=judge.name)
+        common = dict(base=base_name, n=len(prompts), steps=steps, guidance=g, judge=judge.name,
+                      scheduler="flow-euler" if base.kind.flow else "ddim")
         want = {kind: [labels[a] for _, labels in plan for _ in range(seeds)] for a, kind in enumerate(w.KINDS)}
         for kind in w.KINDS:
             acc = sum(int(x == y) for x, y in zip(pred[kind].tolist(), want[kind])) / len(prompts)
@@ -77,7 +78,7 @@ def run(seeds: int = 4, steps: int = 25, guidances=(None,), generic_seeds: int =
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="tiny", help="a bundled base: tiny, tiny-xl or tiny-canvas")
+    ap.add_argument("--base", default="tiny", help="a bundled base: tiny, tiny-xl, tiny-flux or tiny-canvas")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, nargs="*", default=[None])

@@ -7,7 +7,7 @@ Then one `erase evaluate` judges every delta beside the base on the same prompts
 stdout (one per method and figure), a Markdown table to stderr.
 
     python -m bench.unlearn_compare [--concept "digit 3"] [--seed 0] [--methods siss,esd] [--keep DIR]
-                                    [--samples-per-prompt 4] [--base tiny|tiny-xl]
+                                    [--samples-per-prompt 4] [--base tiny|tiny-xl|tiny-flux]
 
 Every prompt's image i uses seed 1000 + i, so the forget prompts' images share their noise: with 4 per prompt
 UA rests on 4 draws of the starting noise (a noise that keeps the concept tends to keep it on several of the
@@ -47,7 +47,8 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m bench.unlearn_compare")
     ap.add_argument("--concept", default="digit 3")
-    ap.add_argument("--base", default="tiny", help="a bundled tiny-world base: tiny or tiny-xl (SDXL)")
+    ap.add_argument("--base", default="tiny", help="a bundled tiny-world base: tiny, tiny-xl (SDXL) or tiny-flux "
+                    "(methods not restated for Flux refuse)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
     ap.add_argument("--keep", default=None, help="Folder for the deltas (default: a temp folder).")

@@ -1,11 +1,11 @@
 """Deltas: what an unlearning run changes, saved so that a plain diffusers pipeline can load it.
 
 A delta is a folder holding `pytorch_lora_weights.safetensors` in diffusers' LoRA format (peft keys
-converted with diffusers' own helpers, prefixed `unet.`; a Flux base's: peft keys prefixed `transformer.`), so `pipe.load_lora_weights(folder)` works with no
-erasecli code. The safetensors header carries diffusers' `lora_adapter_metadata` (rank, alpha, targets, so
-the LoRA scale is restored exactly) and erasecli's own keys: base, base UNet architecture, method, concept,
-resolved recipe, version, creation time, metrics. `recipe.yaml` and `delta.json` beside it say the same for
-people.
+converted with diffusers' own helpers, prefixed `unet.`; a Flux base's: peft keys prefixed `transformer.`),
+so `pipe.load_lora_weights(folder)` works with no erasecli code. The safetensors header carries diffusers'
+`lora_adapter_metadata` (rank, alpha, targets, so the LoRA scale is restored exactly) and erasecli's own keys:
+base, base denoiser architecture, method, concept, resolved recipe, version, creation time, metrics.
+`recipe.yaml` and `delta.json` beside it say the same for people.
 
 A guard (`erase unlearn --method sld`) is the other kind of folder: a sampling-time erasure that changes no
 weight. It holds `guard.safetensors` (the safety concept's and the empty prompt's condition tensors, the same

@@ -230,7 +230,8 @@ def test_flux_hub_bases_offline_name_the_download():
     from erasecli.errors import BaseNotFoundError
     from erasecli.models.registry import load_base
 
-    for name, repo in (("flux-dev", "black-forest-labs/FLUX.1-dev"), ("flux-schnell", "black-forest-labs/FLUX.1-schnell")):
+    for name, repo in (("flux-dev", "black-forest-labs/FLUX.1-dev"),
+                       ("flux-schnell", "black-forest-labs/FLUX.1-schnell")):
         with pytest.raises(BaseNotFoundError, match=f"{repo}.*not in the local Hugging Face cache") as err:
             load_base(name, device="cpu")
         assert f"hf download {repo}" in err.value.hint

@@ -247,7 +247,8 @@ def pipeline_class_name(ref: BaseRef) -> str:
     name = index.get("_class_name", "")
     if name not in pipeline_classes():
         raise BaseNotFoundError(f"base {ref.name} is a {name or 'pipeline of no class'}, which erasecli does not "
-                                "train or sample", hint="use a Stable Diffusion 1.x/2.x, SDXL or FLUX.1 pipeline folder")
+                                "train or sample",
+                                hint="use a Stable Diffusion 1.x/2.x, SDXL or FLUX.1 pipeline folder")
     return name
 
 
