@@ -109,32 +109,6 @@ def _sgm_keys(state: dict, layers_per_block: int) -> dict:
     return out
 
 
-def _sgm_unet_config(info) -> dict | None:
-    """The UNet config of the delta's base when its kind exports in the SGM (SDXL) kohya layout (read from its folder or the hub
-    cache, no weights loaded); None for SD bases."""
-    from erasecli.errors import BaseNotFoundError
-    from erasecli.models.registry import pipeline_class_name, resolve_base
-
-    try:
-        ref = resolve_base(info.base)
-    except BaseNotFoundError:  # a base this machine does not know: named as SD 1.x (the layout kohya gives it)
-        return None
-    from erasecli.diffusion.kinds import kind_for_pipeline
-
-    if kind_for_pipeline(pipeline_class_name(ref)).kohya_layout != "sgm":
-        return None
-    if ref.kind != "hub":
-        return json.loads((Path(ref.location) / "unet" / "config.json").read_text())
-    try:
-        from diffusers import UNet2DConditionModel
-
-        return dict(UNet2DConditionModel.load_config(ref.location, subfolder="unet"))
-    except OSError as err:
-        raise BaseNotFoundError(f"the UNet config of SDXL base {ref.location} (for the kohya module names) is "
-                                "not in the local Hugging Face cache", hint=f"run `hf download {ref.location} "
-                                "unet/config.json` on a machine with internet") from err
-
-
 def _flux_names(cfg: dict) -> dict:
     """{BFL module: [(diffusers transformer module, output width), ...]} for a Flux transformer config: a list of
     several parts is one fused projection in BFL checkpoints (their outputs stacked in this order)."""
@@ -203,9 +177,10 @@ def flux_kohya(state: dict, alpha: float, cfg: dict) -> dict:
     return out
 
 
-def _base_kind_and_config(info) -> tuple:
-    """(kind, denoiser config or None) of the delta's base, read from its folder or the hub cache (no weights);
-    (None, None) for a base this machine does not know."""
+def _layout_config(info) -> tuple:
+    """(kohya layout, denoiser config) of the delta's base, read from its folder or the hub cache (no weights):
+    the config only where the layout's module names need it (SDXL's SGM names, Flux's BFL names), else None; a
+    base this machine does not know is named as SD 1.x (the layout kohya gives it)."""
     from erasecli.diffusion.kinds import kind_for_pipeline
     from erasecli.errors import BaseNotFoundError
     from erasecli.models.registry import pipeline_class_name, resolve_base
@@ -213,20 +188,21 @@ def _base_kind_and_config(info) -> tuple:
     try:
         ref = resolve_base(info.base)
     except BaseNotFoundError:
-        return None, None
+        return "sd", None
     kind = kind_for_pipeline(pipeline_class_name(ref))
-    if not kind.flow:
-        return kind, None
+    if kind.kohya_layout == "sd":
+        return "sd", None
     if ref.kind != "hub":
-        return kind, json.loads((Path(ref.location) / kind.denoiser / "config.json").read_text())
+        return kind.kohya_layout, json.loads((Path(ref.location) / kind.denoiser / "config.json").read_text())
     try:
-        from diffusers import FluxTransformer2DModel
+        from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-        return kind, dict(FluxTransformer2DModel.load_config(ref.location, subfolder=kind.denoiser))
+        cls = FluxTransformer2DModel if kind.flow else UNet2DConditionModel
+        return kind.kohya_layout, dict(cls.load_config(ref.location, subfolder=kind.denoiser))
     except OSError as err:
-        raise BaseNotFoundError(f"the transformer config of Flux base {ref.location} (for the kohya module names) "
+        raise BaseNotFoundError(f"the {kind.denoiser} config of base {ref.location} (for the kohya module names) "
                                 "is not in the local Hugging Face cache", hint=f"run `hf download {ref.location} "
-                                "transformer/config.json` on a machine with internet") from err
+                                f"{kind.denoiser}/config.json` on a machine with internet") from err
 
 
 def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
@@ -243,16 +219,16 @@ def export_kohya(delta: str, out: Path, overwrite: bool = False) -> dict:
     peft_cfg = json.loads(header.get("lora_adapter_metadata", "{}"))
     alphas = {part: float(peft_cfg.get(f"{part}.lora_alpha", 0) or 0)
               for part in ("unet", "transformer", "text_encoder", "text_encoder_2")}
-    _, flux_cfg = _base_kind_and_config(info)
-    if flux_cfg is not None:
+    layout, cfg = _layout_config(info)
+    if layout == "flux":
         from safetensors.torch import load_file
 
         sd = load_file(str(file))
         if any(not k.startswith("transformer.") for k in sd):
             raise UsageError("the Flux kohya export writes transformer LoRAs only", hint="use --format merged")
-        return _write_kohya(flux_kohya(sd, alphas["transformer"], flux_cfg), header, out, overwrite)
+        return _write_kohya(flux_kohya(sd, alphas["transformer"], cfg), header, out, overwrite)
     state = _peft_state(file)
-    sgm_cfg = _sgm_unet_config(info)
+    sgm_cfg = cfg if layout == "sgm" else None
     if sgm_cfg is not None:
         state = _sgm_keys(state, int(sgm_cfg["layers_per_block"]))
     kohya = convert_state_dict_to_kohya(state)  # text_encoder -> lora_te1_, text_encoder_2 -> lora_te2_
