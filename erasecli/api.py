@@ -248,7 +248,8 @@ def check_kind(recipe, cls, ref) -> None:
         raise UsageError("on a Flux base the adapter sits on the transformer only (no lora.text_encoder, no "
                          "robust training yet)", hint="drop --set lora.text_encoder / robust.enabled")
     if kind.flow and cls.closed_form and recipe.uce.robust != "none":
-        raise UsageError(f"uce.robust {recipe.uce.robust} runs the attacks, which are not restated for Flux yet",
+        raise UsageError(f"uce.robust {recipe.uce.robust} runs robust training's inner attack, not restated "
+                         "for Flux yet",
                          hint="drop --set uce.robust")
 
 

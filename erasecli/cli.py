@@ -39,8 +39,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Options shared by the commands (typer reads them as defaults; one definition, one help text).
-BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, tiny-canvas, sd-1.4, sd-1.5, sd-2.1-base, "
-                    "sdxl-1.0, a local diffusers folder (SD or SDXL) or a hub id.")
+BASE = typer.Option(None, "--base", help="tiny (default), tiny-xl, tiny-canvas, tiny-flux, sd-1.4, sd-1.5, "
+                    "sd-2.1-base, sdxl-1.0, flux-schnell, flux-dev, a local diffusers folder (SD, SDXL or Flux) or a "
+                    "hub id.")
 DELTAS = typer.Option([], "--delta", help="A delta folder from `erase unlearn` (repeatable).")
 GUARDS = typer.Option([], "--guard", help="A guard folder from `erase unlearn --method sld|safree` (a sampling-time "
                       "erasure; repeatable where each model is its own column).")

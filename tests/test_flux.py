@@ -2,9 +2,11 @@
 trainer writes, which plain diffusers loads and samples at the tiny world's size."""
 
 import filecmp
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from erasecli.models.registry import TINY_DIR
 from erasecli.models.train_flux import MAX_T5, flux_transformer_model, save_flux_pipeline, t5_model, write_t5_tokenizer
@@ -87,6 +89,13 @@ def test_the_condition_and_velocity_are_the_pipelines_own(tiny_flux):
                                   txt_ids=torch.zeros(MAX_T5, 3),
                                   img_ids=FluxPipeline._prepare_latent_image_ids(2, 4, 4, "cpu", torch.float32)).sample
     torch.testing.assert_close(ours, FluxPipeline._unpack_latents(theirs, 32, 32, pipe.vae_scale_factor))
+    # the attacks' token-level encoding: CLIP ids for the pooled embedding, T5 ids for the states, as the pipeline
+    from erasecli.diffusion.cond import encode_ids, prompt_ids
+
+    with torch.no_grad():
+        torch.testing.assert_close(encode_ids(pipe, prompt_ids(pipe, ["a red handwritten digit three", ""])), c)
+    with pytest.raises(ValueError, match="one id tensor per tokenizer"):
+        encode_ids(pipe, prompt_ids(pipe, [""])[0])
 
 
 def test_an_esd_delta_on_tiny_flux_loads_in_plain_diffusers_as_itself_its_kohya_and_merged_exports(tmp_path):
@@ -177,7 +186,6 @@ def test_recipe_words_name_the_flux_transformers_modules():
      "not restated for Flux"),
     (["unlearn", "--method", "esd", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "robust.enabled=true"],
      "transformer only"),
-    (["attack", "--concept", "digit 3", "--attacks", "inversion,paraphrase"], "inversion attack is not restated"),
     (["train-critic", "--concept", "digit 3", "--out", "{tmp}/c"], "not restated for flux"),
 ])
 def test_what_is_not_restated_for_flux_is_refused_before_any_model_loads(args, needle, tmp_path):
@@ -224,6 +232,53 @@ def test_uce_on_tiny_flux_edits_the_context_embedder_and_the_threes_are_gone(tin
         assert threes() == 0
     finally:
         remove_deltas(tiny_flux)
+
+
+def test_the_prompt_and_inversion_attacks_run_on_flux_and_the_token_loads_in_plain_diffusers(tmp_path):
+    """`erase attack --base tiny-flux` on an erased delta: the prefix words are words of both vocabularies, pasted
+    as text; the inverted token has a CLIP and a T5 vector ({"clip_l", "t5"}) that a plain FluxPipeline loads,
+    half in each encoder, and then draws the image the attack judged."""
+    import json
+
+    import numpy as np
+    from diffusers import FluxPipeline
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.models.registry import TINY_FLUX_DIR
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-flux-digit-uce.yaml"
+    run = CliRunner().invoke
+    r = run(app, ["unlearn", "--recipe", str(recipe), "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "atk"
+    r = run(app, ["attack", "--base", "tiny-flux", "--concept", "digit 3", "--delta", str(tmp_path / "u"), "--attacks",
+                  "prompt,inversion", "--budget", "0.05", "--set", "attack.samples=1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)["models"][0]
+    assert m["attacks"]["prompt"]["n"] == m["attacks"]["inversion"]["n"] == 10
+    pipe = FluxPipeline.from_pretrained(str(TINY_FLUX_DIR))
+    for x in m["attacks"]["prompt"]["prompts"]:
+        if x["adversarial"]:
+            prefix = x["adversarial"][: -len(x["prompt"])].split()
+            assert x["adversarial"].endswith(x["prompt"]) and prefix
+            assert all(len(tk(w, add_special_tokens=False).input_ids) == 1 for w in prefix
+                       for tk in (pipe.tokenizer, pipe.tokenizer_2))
+    emb = load_file(str(out / "u" / "inversion" / "learned_embeds.safetensors"))
+    assert set(emb) == {"clip_l", "t5"}
+    text = (out / "u" / "inversion_prompts.txt").read_text().splitlines()[0]
+    token = "<digit-3-inverted>"
+    assert token in text
+    pipe.load_lora_weights(str(tmp_path / "u"))
+    pipe.load_textual_inversion(emb["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(emb["t5"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(text, height=32, width=32, num_inference_steps=25, max_sequence_length=MAX_T5, negative_prompt="",
+               true_cfg_scale=5.0, guidance_scale=1.0, generator=[torch.Generator().manual_seed(2000)]).images[0]
+    mine = next((out / "u" / "images" / "inversion").glob("000-*/002000.png"))
+    diff = np.abs(np.asarray(img, dtype=int) - np.asarray(Image.open(mine).convert("RGB"), dtype=int)).max()
+    assert diff <= 2, diff
 
 
 def test_flux_hub_bases_offline_name_the_download():

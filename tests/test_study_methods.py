@@ -10,9 +10,10 @@ from erasecli.recipes import load_recipe
 
 
 @contextmanager
-def _two_row_context(tiny, method, *sets, targets=("attn2.to_k", "attn2.to_v")):
+def _two_row_context(tiny, method, *sets, targets=("attn2.to_k", "attn2.to_v"), retain=0):
     """A Context on two forget / anchor rows of random latents ("a red handwritten digit three" and its anchor),
-    batch 2, no retain images, with a fresh LoRA on the cross-attention k / v that is taken off on the way out."""
+    batch 2, `retain` retain rows (random latents under the anchor prompt), with a fresh LoRA on the
+    cross-attention k / v that is taken off on the way out."""
     from erasecli.concepts import tiny_concept
     from erasecli.data import TrainData
     from erasecli.diffusion.cond import encode_prompts
@@ -27,12 +28,39 @@ def _two_row_context(tiny, method, *sets, targets=("attn2.to_k", "attn2.to_v")):
         embeds = encode_prompts(tiny.pipe, prompts, tiny.device)
     data = TrainData(prompts=prompts, embeds=embeds, forget=torch.randn(2, 4, 8, 8, generator=g),
                      forget_c=torch.tensor([1, 1]), anchor=torch.randn(2, 4, 8, 8, generator=g),
-                     anchor_c=torch.tensor([2, 2]), retain=torch.zeros(0, 4, 8, 8),
-                     retain_c=torch.zeros(0, dtype=torch.long), sets=tiny_concept("digit 3", "digit"))
+                     anchor_c=torch.tensor([2, 2]), retain=torch.randn(retain, 4, 8, 8, generator=g),
+                     retain_c=torch.full((retain,), 2, dtype=torch.long), sets=tiny_concept("digit 3", "digit"))
     with attached(tiny, rank=4, alpha=4.0, targets=list(targets), seed=0) as adapter:
         yield Context(recipe=r, base=tiny, unet=adapter.denoiser, adapter=adapter, data=data,
                       gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(tiny.pipe.scheduler),
                       device=tiny.device)
+
+
+def test_siss_retain_target_base_is_the_frozen_bases_own_prediction(tiny):
+    """siss.retain_target base: L_r is the distance to what the base predicts on the same noisy retain input, so
+    it is 0 while the adapter is a no-op and, once the adapter moves, the squared error to the base's prediction
+    (not to the noise drawn, which `noise` keeps)."""
+    from erasecli.methods.adapter import base_only
+    from erasecli.methods.losses import mse
+    from erasecli.methods.siss import SissBatch
+
+    for target in ("base", "noise"):
+        with _two_row_context(tiny, "siss", f"siss.retain_target={target}", "data.uncond_fraction=0",
+                              retain=2) as ctx:
+            b = SissBatch(ctx, 0.5)
+            err_r = b.errors(ctx)[2]
+            if target == "base":
+                assert float(err_r.detach().abs().max()) < 1e-8, err_r  # lora_B starts at zero: the model is the base
+            with torch.no_grad():
+                for p in ctx.params:
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+                err_r = b.errors(ctx)[2]
+                e_r = ctx.eps(b.m_r, b.t_r, b.c_r)
+                with base_only(ctx.unet):
+                    e_base = ctx.eps(b.m_r, b.t_r, b.c_r)
+            want = mse(e_r, e_base if target == "base" else b.eps_r)
+            torch.testing.assert_close(err_r, want, rtol=1e-4, atol=1e-7)
+            assert float(err_r.min()) > 0
 
 
 def _noisy_forget_draws(tiny, ctx):

@@ -76,8 +76,7 @@ class AttackContext:
         """What the prompt and inversion attacks minimise on the model under attack (`denoising_loss`)."""
         from erasecli.diffusion.noise import schedule_of
 
-        pipe = self.base.pipe
-        return denoising_loss(pipe.unet, schedule_of(pipe.scheduler, self.device), z0, c, gen)
+        return denoising_loss(self.base.denoiser, schedule_of(self.base.pipe.scheduler, self.device), z0, c, gen)
 
     def succeeds(self, images: list) -> bool:
         h = self.hits(images)
@@ -122,7 +121,7 @@ class Attack:
     before any model loads."""
 
     name: ClassVar[str] = ""
-    kinds: ClassVar[tuple] = ("sd", "sdxl")  # the base kinds it is restated for (soft tokens live in the encoders)
+    kinds: ClassVar[tuple] = ("sd", "sdxl", "flux")  # the base kinds it is restated for
 
     @classmethod
     def check(cls, recipe, concept) -> None:

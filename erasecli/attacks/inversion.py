@@ -9,7 +9,11 @@ token. The token is added with diffusers' own `load_textual_inversion` (so the p
 only its vector(s) are trained. Then each forget prompt, with the concept's words replaced by the token, is
 sampled and judged. The embedding is returned in diffusers' textual-inversion format ({token: (n, D)}); on
 SDXL the token has a vector in each text encoder, learned together, returned as {"clip_l": (n, D1),
-"clip_g": (n, D2)} (the layout SDXL embeddings are shared in).
+"clip_g": (n, D2)} (the layout SDXL embeddings are shared in); on Flux one in CLIP (the pooled embedding) and
+one in T5 (the token states), {"clip_l": ..., "t5": ...} (the layout of diffusers' Flux pivotal-tuning script:
+each half loads with `pipe.load_textual_inversion(part, token=..., text_encoder=pipe.text_encoder[_2],
+tokenizer=pipe.tokenizer[_2])`). The two vocabularies give the token different ids; each encoder's hook
+reads its own.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
 from erasecli.attacks.prompt import frozen
-from erasecli.diffusion.cond import encode_ids, text_encoders, tokenizers
+from erasecli.diffusion.cond import encode_ids, prompt_ids, rows_of, text_encoders, tokenizers
 from erasecli.errors import UsageError
 
 
@@ -50,10 +54,12 @@ class Inversion(Attack):
     def run(self, ctx: AttackContext) -> AttackOutcome:
         t0 = time.time()
         a, pipe = ctx.recipe.attack, ctx.base.pipe
-        tok, unet, encs, toks = pipe.tokenizer, pipe.unet, text_encoders(pipe), tokenizers(pipe)
+        kind, encs, toks = ctx.base.kind, text_encoders(pipe), tokenizers(pipe)
         token = token_name(ctx.concept)
-        init_ids = tok(a.inversion_init, add_special_tokens=False).input_ids or [tok.bos_token_id]
-        inits = [te.get_input_embeddings().weight[init_ids].detach().float().mean(0) for te in encs]  # (D_i,)
+        inits = []
+        for te, tk in zip(encs, toks):  # each encoder's embedding of the init words, averaged  (D_i,)
+            init_ids = tk(a.inversion_init, add_special_tokens=False).input_ids or [tk.bos_token_id or tk.unk_token_id]
+            inits.append(te.get_input_embeddings().weight[init_ids].detach().float().mean(0))
         names = [token] + [f"{token}_{i}" for i in range(1, a.num_vectors)]
         loaded = []
         try:
@@ -62,14 +68,13 @@ class Inversion(Attack):
                                             text_encoder=te)
                 loaded.append((te, tk))
             embs = [te.get_input_embeddings() for te in encs]  # resized by the load: new modules
-            ids_new = tok.convert_tokens_to_ids(names)
-            if any(tk.convert_tokens_to_ids(names) != ids_new for tk in toks):
+            ids_new = [tk.convert_tokens_to_ids(names) for tk in toks]  # the token's ids in each vocabulary
+            if kind.shared_vocabulary and any(i != ids_new[0] for i in ids_new):
                 raise UsageError("the base's two tokenizers gave the inverted token different ids",
                                  hint="the inversion attack needs SDXL tokenizers with one vocabulary")
-            ids_new = torch.tensor(ids_new, device=ctx.device)
-            prompts = [pipe.maybe_convert_prompt(inverted_prompt(p, ctx.concept, token), tok) for p in ctx.forget]
-            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(ctx.device)  # (N, L)
+            ids_new = [torch.tensor(i, device=ctx.device) for i in ids_new]
+            texts = [inverted_prompt(p, ctx.concept, token) for p in ctx.forget]
+            ids = prompt_ids(pipe, [pipe.maybe_convert_prompt(t, toks[0]) for t in texts], ctx.device)  # (N, L_i)
             z0 = ctx.targets.to(ctx.device)  # (N, n_t, C, h, w)
             n, n_t = z0.shape[:2]
             vs = [init.repeat(a.num_vectors, 1).clone().to(ctx.device).requires_grad_(True)
@@ -78,24 +83,24 @@ class Inversion(Attack):
             gen = torch.Generator("cpu").manual_seed(a.seed + 1)
             steps = ctx.steps(a.inversion_steps)
 
-            def hook_for(v):
+            def hook_for(v, new):
                 def hook(module, args, out):  # the new tokens' rows come from v, so only v takes the gradient
-                    mask = (args[0][..., None] == ids_new).any(-1)  # (B, L)
+                    mask = (args[0][..., None] == new).any(-1)  # (B, L)
                     if not mask.any():
                         return out
-                    which = (args[0][..., None] == ids_new).float().argmax(-1)  # (B, L) index into v
+                    which = (args[0][..., None] == new).float().argmax(-1)  # (B, L) index into v
                     return torch.where(mask[..., None], v[which].to(out.dtype), out)
                 return hook
 
-            handles = [emb.register_forward_hook(hook_for(v)) for emb, v in zip(embs, vs)]
+            handles = [emb.register_forward_hook(hook_for(v, new)) for emb, v, new in zip(embs, vs, ids_new)]
             losses = []
             try:
-                with frozen(unet, *encs):
+                with frozen(ctx.base.denoiser, *encs):
                     for _ in range(steps):
                         rows = torch.randint(n * n_t, (a.inversion_batch,), generator=gen)
                         j, i = rows // n_t, rows % n_t
                         x0 = z0[j.to(ctx.device), i.to(ctx.device)]  # (B, C, h, w)
-                        c = encode_ids(pipe, ids[j.to(ctx.device)])  # (B, L, D); SDXL (B, L + 1, D)
+                        c = encode_ids(pipe, rows_of(ids, j.to(ctx.device)))  # (B, L, D); SDXL, Flux (B, L + 1, D)
                         loss = ctx.denoising_loss(x0, c, gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -105,16 +110,15 @@ class Inversion(Attack):
                 for h in handles:
                     h.remove()
             with torch.no_grad():
-                for emb, v in zip(embs, vs):
-                    emb.weight[ids_new] = v.detach().to(emb.weight.dtype)
-            texts = [inverted_prompt(p, ctx.concept, token) for p in ctx.forget]
+                for emb, v, new in zip(embs, vs, ids_new):
+                    emb.weight[new] = v.detach().to(emb.weight.dtype)
             drawn = ctx.draw(texts)  # through the pipeline, which expands a multi-vector token itself
             success = [bool(p) or ctx.succeeds(imgs) for p, imgs in zip(ctx.pre, drawn)]
         finally:
             for te, tk in loaded:
                 pipe.unload_textual_inversion(tokenizer=tk, text_encoder=te)
         vecs = [v.detach().float().cpu() for v in vs]
-        embedding = {token: vecs[0]} if len(vecs) == 1 else {"clip_l": vecs[0], "clip_g": vecs[1]}
+        embedding = {token: vecs[0]} if len(vecs) == 1 else dict(zip(kind.embedding_keys, vecs))
         return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, texts, drawn,
                              seconds=time.time() - t0, embedding=embedding,
                              extra={"token": token, "num_vectors": a.num_vectors, "steps": steps,

@@ -109,7 +109,6 @@ def paraphrases_of(recipe, concept) -> list[str]:
 
 class Paraphrase(Attack):
     name = "paraphrase"
-    kinds = ("sd", "sdxl", "flux")  # prompts only: any base
 
     @classmethod
     def check(cls, recipe, concept) -> None:

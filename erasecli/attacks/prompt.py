@@ -20,6 +20,8 @@ target latents (x_0), `ab` alpha_bar_t.
 
 On SDXL a token has an embedding in each text encoder: `cont` is the two side by side (k, D1 + D2), the
 nearest token is the one nearest in both (the mean of the two cosines), and each encoder's prefix is its half.
+On Flux the same holds for CLIP (the pooled embedding) and T5 (the token states), over the words that are one
+token in both vocabularies (`pasteable_words`); T5's prefix starts at position 0 (it has no BOS).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
-from erasecli.diffusion.cond import encode_ids, text_encoders
+from erasecli.diffusion.cond import encode_ids, text_encoders, token_length, tokenizers
 
 
 @contextmanager
@@ -48,15 +50,16 @@ def frozen(*modules):
 
 
 @contextmanager
-def prefix_embeddings(text_encoder, k: int):
-    """While inside, the text encoder's token embeddings at positions 1..k (right after BOS) are `slot[0]`."""
+def prefix_embeddings(text_encoder, k: int, start: int = 1):
+    """While inside, the text encoder's token embeddings at positions start..start + k - 1 are `slot[0]` (start 1:
+    right after CLIP's BOS; 0 for T5, which has none)."""
     slot = [None]
 
     def hook(module, args, out):  # out: (B, L, D)
         if slot[0] is None:
             return out
         out = out.clone()
-        out[:, 1 : 1 + k] = slot[0].to(out.dtype)
+        out[:, start : start + k] = slot[0].to(out.dtype)
         return out
 
     handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
@@ -66,11 +69,13 @@ def prefix_embeddings(text_encoder, k: int):
         handle.remove()
 
 
-def prefixed_ids(tokenizer, prompt: str, k: int, filler: int) -> torch.Tensor:
-    """[BOS, filler x k, prompt tokens, EOS, pad...] at the tokenizer's length.  (1, L)"""
-    L = tokenizer.model_max_length
-    body = tokenizer(prompt, add_special_tokens=False).input_ids[: L - 2 - k]
-    ids = [tokenizer.bos_token_id] + [filler] * k + body + [tokenizer.eos_token_id]
+def prefixed_ids(tokenizer, prompt: str, k: int, filler: int, length: int | None = None) -> torch.Tensor:
+    """[BOS, filler x k, prompt tokens, EOS, pad...] at `length` (default the tokenizer's model_max_length); no BOS
+    for a tokenizer without one (T5).  (1, L)"""
+    L = length or tokenizer.model_max_length
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    body = tokenizer(prompt, add_special_tokens=False).input_ids[: L - 1 - len(bos) - k]
+    ids = bos + [filler] * k + body + [tokenizer.eos_token_id]
     ids += [tokenizer.pad_token_id] * (L - len(ids))
     return torch.tensor([ids])
 
@@ -85,6 +90,28 @@ def pasteable_tokens(tokenizer) -> list[int]:
     ids = sorted(words)
     back = tokenizer([words[i] for i in ids], add_special_tokens=False).input_ids
     return [i for i, b in zip(ids, back) if b == [i]]
+
+
+def pasteable_words(tokenizers) -> torch.Tensor:
+    """Words that paste back as one token in every tokenizer: (W, n) ids, column i tokenizer i's, rows in the
+    first tokenizer's id order. SD and SDXL: CLIP's `pasteable_tokens` (SDXL's two tokenizers share its
+    vocabulary, so both columns agree); Flux: those that T5 also reads as exactly one piece."""
+    first = tokenizers[0]
+    ids = pasteable_tokens(first)
+    words = [t[:-4] for t in first.convert_ids_to_tokens(ids)]  # strip BPE's end-of-word mark
+    cols = [ids]
+    for tk in tokenizers[1:]:
+        back = tk(words, add_special_tokens=False).input_ids if words else []
+        cols.append([b[0] if len(b) == 1 else -1 for b in back])
+    table = torch.tensor(cols, dtype=torch.long).T.reshape(len(ids), len(cols))
+    return table[(table >= 0).all(-1)]
+
+
+def word_embeddings(encoders, words: torch.Tensor) -> tuple:
+    """Each word's input embeddings, the encoders' side by side, and each encoder's width: (W, D), [D_i].
+    A soft word is one row of it; encoder i reads its own share (SDXL, Flux: D1 + D2)."""
+    Es = [te.get_input_embeddings().weight.detach().float()[words[:, i]] for i, te in enumerate(encoders)]
+    return torch.cat(Es, dim=-1), [e.shape[1] for e in Es]
 
 
 def joint_embeddings(encoders) -> tuple:
@@ -115,16 +142,18 @@ class PromptAttack(Attack):
     def run(self, ctx: AttackContext) -> AttackOutcome:
         t0 = time.time()
         a, pipe = ctx.recipe.attack, ctx.base.pipe
-        tok, unet, encs = pipe.tokenizer, pipe.unet, text_encoders(pipe)
-        E, widths = joint_embeddings(encs)  # (V, D); SDXL: D1 + D2
+        encs, toks = text_encoders(pipe), tokenizers(pipe)
+        words = pasteable_words(toks).to(ctx.device)  # (W, n_tok)
+        E, widths = word_embeddings(encs, words)  # (W, D); SDXL, Flux: D1 + D2
         E_unit = unit_parts(E, widths)
-        allowed = torch.tensor(pasteable_tokens(tok), device=E.device)
+        everyone = torch.arange(len(words), device=E.device)
         k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every
         restarts = ctx.steps(a.prompt_restarts)
         success, adversarial, images = list(ctx.pre), [""] * len(ctx.forget), list(ctx.pre_images)
         tried = 0
-        with frozen(unet, *encs), ExitStack() as stack:
-            slots = [stack.enter_context(prefix_embeddings(te, k)) for te in encs]
+        starts = [int(tk.bos_token_id is not None) for tk in toks]  # where the prefix goes: after BOS, if any
+        with frozen(ctx.base.denoiser, *encs), ExitStack() as stack:
+            slots = [stack.enter_context(prefix_embeddings(te, k, st)) for te, st in zip(encs, starts)]
 
             def put(v):  # (k, D) -> each encoder's share; None clears
                 for s, part in zip(slots, v.split(widths, dim=-1) if v is not None else [None] * len(slots)):
@@ -134,25 +163,26 @@ class PromptAttack(Attack):
                 if ctx.pre[j]:
                     continue
                 tried += 1
-                ids_in = prefixed_ids(tok, prompt, k, filler=int(allowed[0])).to(ctx.device)
+                ids_in = [prefixed_ids(tk, prompt, k, filler=int(words[0, i]), length=token_length(pipe, tk))
+                          .to(ctx.device) for i, tk in enumerate(toks)]
                 z0 = ctx.targets[j].to(ctx.device)  # (n_t, C, h, w)
                 for r in range(restarts):
                     gen = torch.Generator("cpu").manual_seed(a.seed + 7919 * j + r)
-                    start = allowed[torch.randint(len(allowed), (k,), generator=gen)]
+                    start = torch.randint(len(words), (k,), generator=gen).to(E.device)
                     cont = E[start].clone().requires_grad_(True)  # (k, D)
                     opt = torch.optim.Adam([cont], lr=a.prompt_lr)
                     for step in range(steps):
-                        ids = nearest_tokens(cont.detach(), E_unit, allowed, widths)
-                        put(cont + (E[ids] - cont).detach())  # forward at real tokens, gradient to cont
-                        c_adv = encode_ids(pipe, ids_in)  # (1, L, D); SDXL (1, L + 1, D)
+                        w = nearest_tokens(cont.detach(), E_unit, everyone, widths)  # word rows
+                        put(cont + (E[w] - cont).detach())  # forward at real words, gradient to cont
+                        c_adv = encode_ids(pipe, ids_in)  # (1, L, D); SDXL, Flux (1, L + 1, D)
                         loss = ctx.denoising_loss(z0, c_adv.expand(len(z0), -1, -1), gen)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
                         put(None)
                         if (step + 1) % every == 0 or step == steps - 1:
-                            ids = nearest_tokens(cont.detach(), E_unit, allowed, widths)
-                            text = f"{tok.decode(ids.tolist()).strip()} {prompt}"
+                            w = nearest_tokens(cont.detach(), E_unit, everyone, widths)
+                            text = f"{toks[0].decode(words[w, 0].tolist()).strip()} {prompt}"
                             imgs = ctx.draw([text])[0]  # judged as pasted: the text, not the ids
                             adversarial[j], images[j] = text, imgs
                             if ctx.succeeds(imgs):
@@ -164,4 +194,5 @@ class PromptAttack(Attack):
         return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, adversarial, images,
                              seconds=time.time() - t0,
                              extra={"tokens": k, "steps": steps, "restarts": restarts, "lr": a.prompt_lr,
-                                    "attacked": tried, "optimiser": "PEZ (projected embeddings), Adam"})
+                                    "attacked": tried, "words": len(words),
+                                    "optimiser": "PEZ (projected embeddings), Adam"})

@@ -158,12 +158,6 @@ def max_sequence_length(pipe) -> int:
     return min(int(pipe.tokenizer_2.model_max_length), MAX_T5)
 
 
-def not_on_flow(pipe, what: str) -> None:
-    """Token-level encodings (the attacks' soft tokens) are restated for Stable Diffusion and SDXL only."""
-    if kind_of(pipe).flow:
-        raise ValueError(f"{what} is not restated for Flux bases yet (docs/methods.md, 'Flux')")
-
-
 def text_encoders(pipe) -> list:
     """The encoders whose input embeddings a soft-token attack overrides: [te] for SD, [te1, te2] for SDXL."""
     return [getattr(pipe, a) for a in kind_of(pipe).text_encoders]
@@ -173,24 +167,68 @@ def tokenizers(pipe) -> list:
     return [getattr(pipe, a) for a in kind_of(pipe).tokenizers]
 
 
+def per_tokenizer(pipe, ids) -> list:
+    """Token ids as one tensor per tokenizer of the base (`tokenizers` order). One tensor is read by every encoder
+    (SD; SDXL, whose two tokenizers share CLIP's vocabulary); Flux's CLIP and T5 vocabularies differ, so its ids
+    come as a pair."""
+    n = len(kind_of(pipe).tokenizers)
+    if isinstance(ids, (tuple, list)):
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} id tensors for a base with {n} tokenizers")
+        return list(ids)
+    if not kind_of(pipe).shared_vocabulary:
+        raise ValueError("this base's tokenizers have different vocabularies: pass one id tensor per tokenizer "
+                         "(erasecli.diffusion.cond.prompt_ids)")
+    return [ids] * n
+
+
+def token_length(pipe, tokenizer) -> int:
+    """The length the pipeline pads a tokenizer's ids to: Flux's T5 the pipeline's max_sequence_length, every
+    other tokenizer its model_max_length."""
+    if kind_of(pipe).flow and tokenizer is getattr(pipe, kind_of(pipe).states_tokenizer):
+        return max_sequence_length(pipe)
+    return int(tokenizer.model_max_length)
+
+
+def prompt_ids(pipe, prompts, device="cpu") -> list:
+    """The ids each tokenizer gives prompts, padded and truncated as the pipeline does: [(N, L_i)] in `tokenizers`
+    order; what `encode_ids` reads. On SD and SDXL the first tokenizer's ids alone (one tensor for every encoder,
+    as `encode_ids` has always read them)."""
+    toks = tokenizers(pipe) if not kind_of(pipe).shared_vocabulary else tokenizers(pipe)[:1]
+    out = [tk(list(prompts), padding="max_length", max_length=token_length(pipe, tk), truncation=True,
+              return_tensors="pt").input_ids.to(device) for tk in toks]
+    return out if len(out) > 1 else out[0]
+
+
+def rows_of(ids, index):
+    """ids[index] for one id tensor or for each of a per-tokenizer list."""
+    return [x[index] for x in ids] if isinstance(ids, (tuple, list)) else ids[index]
+
+
 def pooled_ids(pipe, ids) -> torch.Tensor:
     """The pooled (end-of-text) embedding of token ids (B, L): SD's text-encoder pooler output, SDXL's second
-    encoder's projection (what the UNet receives). Input-embedding hooks apply, as in `encode_ids`.  (B, Dp)"""
-    not_on_flow(pipe, "encoding token ids")
-    if not added_conditioning(pipe.unet):
-        return pipe.text_encoder(ids).pooler_output
+    encoder's projection (what the UNet receives), Flux's CLIP pooler output. Input-embedding hooks apply, as in
+    `encode_ids`.  (B, Dp)"""
+    kind = kind_of(pipe)
+    if kind.flow or not kind.added_conditioning:
+        return pipe.text_encoder(per_tokenizer(pipe, ids)[0]).pooler_output
     return encode_ids(pipe, ids)[:, -1, : pooled_dim(pipe.unet)]
 
 
 def encode_ids(pipe, ids) -> torch.Tensor:
     """The condition tensor of token ids (B, L) through the base's encoders, as `encode_prompts` makes it from
-    text (forward hooks on the encoders' input embeddings, as the attacks set, apply). On SDXL both encoders
-    read the first tokenizer's ids: the same words and positions, though stabilityai's second tokenizer pads
-    with another token, so the padded positions' states differ slightly from the pipeline's."""
-    not_on_flow(pipe, "encoding token ids")
-    if not added_conditioning(pipe.unet):
-        return pipe.text_encoder(ids)[0]
-    h1 = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-    out2 = pipe.text_encoder_2(ids, output_hidden_states=True)
+    text (forward hooks on the encoders' input embeddings, as the attacks set, apply). `ids` is one tensor or
+    one per tokenizer (`per_tokenizer`). On SDXL given one tensor, both encoders read the first tokenizer's ids:
+    the same words and positions, though stabilityai's second tokenizer pads with another token, so the padded
+    positions' states differ slightly from the pipeline's. On Flux CLIP's ids give the pooled embedding and T5's
+    the token states, as FluxPipeline.encode_prompt."""
+    kind = kind_of(pipe)
+    ids1, ids2 = (per_tokenizer(pipe, ids) + [None])[:2]
+    if kind.flow:
+        return pack(pipe.text_encoder_2(ids2)[0], pipe.text_encoder(ids1).pooler_output)
+    if not kind.added_conditioning:
+        return pipe.text_encoder(ids1)[0]
+    h1 = pipe.text_encoder(ids1, output_hidden_states=True).hidden_states[-2]
+    out2 = pipe.text_encoder_2(ids2, output_hidden_states=True)
     states = torch.cat([h1, out2.hidden_states[-2]], dim=-1)  # (B, L, D1 + D2)
     return pack(states, out2.text_embeds, time_ids(pipe))

@@ -35,6 +35,8 @@ class Kind:
     flow: bool = False  # a rectified-flow model: velocity prediction, packed latents (erasecli.diffusion.cond)
     states_tokenizer: str = "tokenizer"  # the tokenizer of the token states the denoiser reads (uce aligns by it)
     causal_states: bool = True  # a token's state depends on the tokens before it only (CLIP: yes; T5: no)
+    shared_vocabulary: bool = True  # every tokenizer gives a word the same id (SDXL's two CLIP BPEs; not Flux's T5)
+    embedding_keys: tuple = ()  # a textual-inversion file's key per text encoder when there are several
 
     @property
     def lora_text_encoders(self) -> tuple:
@@ -53,14 +55,15 @@ KINDS: dict[str, Kind] = {
     # The invisible watermark would change every image erasecli judges.
     "sdxl": Kind("sdxl", "StableDiffusionXLPipeline", text_encoders=("text_encoder", "text_encoder_2"),
                  tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, penultimate_only=("text_encoder",),
-                 kohya_layout="sgm", pooled_target="add_embedding.linear_1",
+                 kohya_layout="sgm", pooled_target="add_embedding.linear_1", embedding_keys=("clip_l", "clip_g"),
                  load_kwargs={"add_watermarker": False}),
     # FLUX.1: a joint-attention transformer on 2x2-packed latents, T5 token states (text_encoder_2) plus CLIP's
     # pooled embedding (text_encoder); FluxPipeline's LoRA loader reads the transformer and CLIP only.
     "flux": Kind("flux", "FluxPipeline", denoiser="transformer", text_encoders=("text_encoder", "text_encoder_2"),
                  tokenizers=("tokenizer", "tokenizer_2"), added_conditioning=True, kohya_layout="flux",
                  closed_form_targets=("context_embedder",), pooled_target="time_text_embed.text_embedder.linear_1",
-                 lora_encoders=("text_encoder",), flow=True, states_tokenizer="tokenizer_2", causal_states=False),
+                 lora_encoders=("text_encoder",), flow=True, states_tokenizer="tokenizer_2", causal_states=False,
+                 shared_vocabulary=False, embedding_keys=("clip_l", "t5")),
 }
 
 

@@ -77,11 +77,23 @@ class SissBatch:
         if self.has_retain:
             e = ctx.eps(torch.cat([self.m, self.m_r]), torch.cat([self.t, self.t_r]), torch.cat([self.c, self.c_r]))
             e, e_r = e.chunk(2)  # (B, C, h, w) each
-            err_r = ctx.err(e_r, self.eps_r, self.t_r)
+            err_r = ctx.err(e_r, self.retain_target(ctx), self.t_r)
         else:
             e = ctx.eps(self.m, self.t, self.c)
             err_r = torch.zeros((), device=e.device)
         return ctx.err(e, self.eps_x, self.t), ctx.err(e, self.eps_a, self.t), err_r
+
+    def retain_target(self, ctx):
+        """What the retain term fits: the noise drawn (`siss.retain_target: noise`), or the frozen base's own
+        prediction at the same noisy retain input (`base`: keep what the base does there, not what its images
+        were; no gradient)."""
+        if ctx.recipe.siss.retain_target == "noise":
+            return self.eps_r
+        from erasecli.diffusion.cond import text_encoders
+        from erasecli.methods.adapter import base_only
+
+        with base_only(ctx.unet, *text_encoders(ctx.base.pipe)), torch.no_grad():
+            return ctx.eps(self.m_r, self.t_r, self.c_r)
 
     def losses(self, err_x, err_a, err_r, lam):
         """L_x, L_a, L_r for mixing weight lam (float or differentiable tensor)."""

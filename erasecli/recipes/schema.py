@@ -196,8 +196,12 @@ class SissConfig:
         default=3.0, metadata={"help": "Weight of the retain-preservation term L_r, >= 0 [ours]."})
     lambda_min: float = field(default=0.05, metadata={"help": "Lowest lambda adaptive-siss and ppo-alpha may pick."})
     lambda_max: float = field(default=0.95, metadata={"help": "Highest lambda adaptive-siss and ppo-alpha may pick."})
+    retain_target: str = field(default="noise", metadata={"help": "What L_r fits on the retain images: 'noise' "
+                                                          "(the denoising loss) or 'base' (the frozen base's own "
+                                                          "prediction at the same input: distillation) [ours]."})
 
     CHECKS: ClassVar[Checks] = {
+        "retain_target": (one_of("noise", "base"),),
         "lam": (between(0, 1, open_lo=True, open_hi=True),),
         "objective": (one_of("surgery", "weighted"),),
         "scaling_norm": (above(0),),
