@@ -244,11 +244,11 @@ def check_kind(recipe, cls, ref) -> None:
         can = ", ".join(n for n, m in METHODS.items() if kind.name in m.kinds)
         raise UsageError(f"{recipe.method} is not restated for {kind.name} bases yet (docs/methods.md, 'Flux')",
                          hint=f"on {recipe.base} use {can}")
-    if kind.flow and (recipe.lora.text_encoder or recipe.robust.enabled):
-        raise UsageError("on a Flux base the adapter sits on the transformer only (no lora.text_encoder, no "
-                         "robust training yet)", hint="drop --set lora.text_encoder / robust.enabled")
+    if kind.flow and recipe.lora.text_encoder:
+        raise UsageError("on a Flux base the adapter sits on the transformer only (FluxPipeline loads CLIP LoRAs, "
+                         "and the text states come from T5)", hint="drop --set lora.text_encoder")
     if kind.flow and cls.closed_form and recipe.uce.robust != "none":
-        raise UsageError(f"uce.robust {recipe.uce.robust} runs robust training's inner attack, not restated "
+        raise UsageError(f"uce.robust {recipe.uce.robust}'s inner attack searches one vocabulary, not restated "
                          "for Flux yet",
                          hint="drop --set uce.robust")
 

@@ -96,6 +96,13 @@ def test_the_condition_and_velocity_are_the_pipelines_own(tiny_flux):
         torch.testing.assert_close(encode_ids(pipe, prompt_ids(pipe, ["a red handwritten digit three", ""])), c)
     with pytest.raises(ValueError, match="one id tensor per tokenizer"):
         encode_ids(pipe, prompt_ids(pipe, [""])[0])
+    # a soft token put in T5's input embeddings reaches the states (T5 embeds through encoder.embed_tokens)
+    from erasecli.attacks.prompt import prefix_embeddings
+
+    with torch.no_grad(), prefix_embeddings(pipe.text_encoder_2, 2, start=0) as slot:
+        slot[0] = torch.zeros(2, pipe.text_encoder_2.config.d_model)
+        moved = encode_ids(pipe, prompt_ids(pipe, ["a red handwritten digit three"]))
+    assert (moved[0, :-1] - c[0, :-1]).abs().max() > 0.1 and torch.allclose(moved[0, -1], c[0, -1])
 
 
 def test_an_esd_delta_on_tiny_flux_loads_in_plain_diffusers_as_itself_its_kohya_and_merged_exports(tmp_path):
@@ -184,7 +191,7 @@ def test_recipe_words_name_the_flux_transformers_modules():
     (["unlearn", "--method", "mace", "--concept", "digit 3", "--out", "{tmp}/d"], "mace is not restated for flux"),
     (["unlearn", "--method", "uce", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "uce.robust=prefix"],
      "not restated for Flux"),
-    (["unlearn", "--method", "esd", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "robust.enabled=true"],
+    (["unlearn", "--method", "esd", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "lora.text_encoder=true"],
      "transformer only"),
     (["train-critic", "--concept", "digit 3", "--out", "{tmp}/c"], "not restated for flux"),
 ])
@@ -279,6 +286,72 @@ def test_the_prompt_and_inversion_attacks_run_on_flux_and_the_token_loads_in_pla
     mine = next((out / "u" / "images" / "inversion").glob("000-*/002000.png"))
     diff = np.abs(np.asarray(img, dtype=int) - np.asarray(Image.open(mine).convert("RGB"), dtype=int)).max()
     assert diff <= 2, diff
+
+
+@pytest.mark.parametrize("attack", ["prefix", "inversion"])
+def test_robust_inner_attack_on_flux_puts_one_soft_token_in_clip_and_t5(tiny_flux, attack):
+    """robust.enabled on Flux: a condition row holds CLIP's and T5's ids side by side; the inner attack's soft
+    tokens sit at each piece's own positions (CLIP after BOS, T5 from 0; inversion where the concept's words
+    were), are one row split across the two encoders, lower the denoising loss of the base's threes and move
+    both shares, and the step's forget images then use them."""
+    from erasecli import api
+    from erasecli.attacks import denoising_loss
+    from erasecli.data import build_train_data
+    from erasecli.diffusion.cond import encode_prompts
+    from erasecli.diffusion.noise import schedule_of
+    from erasecli.methods import Context
+    from erasecli.methods.adapter import Adapter
+    from erasecli.methods.robust import Adversary, Conditions
+
+    fx, pipe = tiny_flux, tiny_flux.pipe
+    r = api.load_recipe(None, ["robust.enabled=true", f"robust.attack={attack}", "robust.tokens=2", "robust.warmup=0",
+                               "robust.attack_steps=40", "robust.attack_lr=0.05", "data.images_per_prompt=2",
+                               "data.retain_images_per_prompt=1"], method="esd", concept={"name": "digit 3"},
+                        base="tiny-flux")
+    data = build_train_data(r, fx)
+    ctx = Context(recipe=r, base=fx, unet=pipe.transformer, adapter=Adapter(fx, {"transformer": pipe.transformer}, []),
+                  data=data, gen=torch.Generator("cpu").manual_seed(0), noise=schedule_of(pipe.scheduler),
+                  device=fx.device)
+    cond = Conditions(fx, data.prompts)
+    try:
+        with torch.no_grad():  # a plain row is the prompt as FluxPipeline encodes it
+            torch.testing.assert_close(cond.encode_ids(cond.ids[:3], cond.S[:3], None),
+                                       encode_prompts(pipe, data.prompts[:3], "cpu"))
+        adv = Adversary(ctx, cond)
+        L1 = pipe.tokenizer.model_max_length
+        row = adv.rows_adv[0]
+        S_clip, S_t5 = cond.S[row, :L1], cond.S[row, L1:]
+        if attack == "prefix":
+            assert S_clip[1:3].tolist() == S_t5[:2].tolist() == [0, 1] and int((cond.S[row] >= 0).sum()) == 4
+        else:
+            text = data.prompts[adv.plain_c[0]]
+            assert "three" in text or "3" in text, text
+            for piece, tk in ((S_clip, pipe.tokenizer), (S_t5, pipe.tokenizer_2)):
+                ids = tk(text, padding="max_length", max_length=len(piece), truncation=True).input_ids
+                words = [tk.convert_ids_to_tokens(i).strip("▁").replace("</w>", "") for i in ids]
+                assert [w for w, m in zip(words, piece.tolist()) if m >= 0] in (["three"], ["3"]), (words, piece)
+        rows = torch.arange(len(data.forget_c))
+        c = adv.rows_adv[adv.row_prompt[rows]]
+
+        def fixed_loss(P):
+            g = torch.Generator("cpu").manual_seed(123)
+            with torch.no_grad():
+                emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
+                return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item() for _ in range(16))
+
+        start = cond.P.clone()
+        before = fixed_loss(start)
+        adv.before_step(0)
+        assert fixed_loss(cond.P) < before
+        d1 = cond.widths[0]
+        for part in (slice(0, d1), slice(d1, None)):  # CLIP's share and T5's moved, and matter
+            assert not torch.equal(cond.P[:, part], start[:, part])
+            mixed = cond.P.clone()
+            mixed[:, part] = start[:, part]
+            assert fixed_loss(mixed) != fixed_loss(cond.P)
+        assert bool((data.forget_c >= len(data.prompts)).any())
+    finally:
+        cond.close()
 
 
 def test_flux_hub_bases_offline_name_the_download():

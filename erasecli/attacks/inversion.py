@@ -25,7 +25,7 @@ import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
 from erasecli.attacks.prompt import frozen
-from erasecli.diffusion.cond import encode_ids, prompt_ids, rows_of, text_encoders, tokenizers
+from erasecli.diffusion.cond import encode_ids, prompt_ids, rows_of, text_encoders, token_embedding, tokenizers
 from erasecli.errors import UsageError
 
 
@@ -67,7 +67,7 @@ class Inversion(Attack):
                 pipe.load_textual_inversion({token: init.repeat(a.num_vectors, 1)}, token=token, tokenizer=tk,
                                             text_encoder=te)
                 loaded.append((te, tk))
-            embs = [te.get_input_embeddings() for te in encs]  # resized by the load: new modules
+            embs = [token_embedding(te) for te in encs]  # resized by the load: new modules
             ids_new = [tk.convert_tokens_to_ids(names) for tk in toks]  # the token's ids in each vocabulary
             if kind.shared_vocabulary and any(i != ids_new[0] for i in ids_new):
                 raise UsageError("the base's two tokenizers gave the inverted token different ids",

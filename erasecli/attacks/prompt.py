@@ -32,7 +32,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from erasecli.attacks import Attack, AttackContext, AttackOutcome
-from erasecli.diffusion.cond import encode_ids, text_encoders, token_length, tokenizers
+from erasecli.diffusion.cond import encode_ids, text_encoders, token_embedding, token_length, tokenizers
 
 
 @contextmanager
@@ -62,7 +62,7 @@ def prefix_embeddings(text_encoder, k: int, start: int = 1):
         out[:, start : start + k] = slot[0].to(out.dtype)
         return out
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    handle = token_embedding(text_encoder).register_forward_hook(hook)
     try:
         yield slot
     finally:

@@ -158,6 +158,15 @@ def max_sequence_length(pipe) -> int:
     return min(int(pipe.tokenizer_2.model_max_length), MAX_T5)
 
 
+def token_embedding(text_encoder):
+    """The module that turns a text encoder's ids into input embeddings: where a soft-token hook goes.
+    get_input_embeddings() for CLIP; transformers' T5 encoder embeds through `encoder.embed_tokens`, a module of
+    its own that shares `shared`'s weight (until a resize makes them one), so a hook on get_input_embeddings()
+    would not fire there."""
+    emb = getattr(getattr(text_encoder, "encoder", None), "embed_tokens", None)
+    return emb if isinstance(emb, torch.nn.Module) else text_encoder.get_input_embeddings()
+
+
 def text_encoders(pipe) -> list:
     """The encoders whose input embeddings a soft-token attack overrides: [te] for SD, [te1, te2] for SDXL."""
     return [getattr(pipe, a) for a in kind_of(pipe).text_encoders]

@@ -55,36 +55,49 @@ def check(recipe, cls) -> None:
 
 
 class Conditions:
-    """Token ids and soft-token overrides of every condition a step may use; `encode(rows, P)` -> (B, L, D)."""
+    """Token ids and soft-token overrides of every condition a step may use; `encode(rows, P)` -> (B, L, D).
+
+    A condition row's ids are one tokenizer's (SD; SDXL, whose two tokenizers share CLIP's vocabulary and both
+    read them) or, where the vocabularies differ (Flux: CLIP, T5), each tokenizer's ids side by side along the
+    row, (P, L_1 + L_2): every caller indexes rows as before, and `encode_ids` splits a row into its pieces."""
 
     def __init__(self, base, prompts: list):
-        from erasecli.diffusion.cond import text_encoders
+        from erasecli.diffusion.cond import text_encoders, token_embedding, token_length, tokenizers
 
         pipe = self.pipe = base.pipe
         self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
-        self.tes = text_encoders(pipe)  # SDXL: both, and a soft token is one row split across them
-        self.widths = [te.get_input_embeddings().embedding_dim for te in self.tes]  # joint_embeddings' order
-        self.L = self.tok.model_max_length
+        self.tes = text_encoders(pipe)  # SDXL, Flux: both, and a soft token is one row split across them
+        self.widths = [te.get_input_embeddings().embedding_dim for te in self.tes]  # word_embeddings' order
+        shared = base.kind.shared_vocabulary
+        self.toks = tokenizers(pipe)[:1] if shared else tokenizers(pipe)  # the tokenizers whose ids a row holds
+        self.piece = [0] * len(self.tes) if shared else list(range(len(self.tes)))  # encoder i reads piece i
+        self.lengths = [token_length(pipe, tk) for tk in self.toks]
+        self.L = sum(self.lengths)
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
         self.P = None  # (n, sum(widths)) soft tokens, when there are adversarial rows
         # a text-encoder LoRA is being trained (on SDXL: on either encoder)
         self.trains = any(p.requires_grad for te in self.tes for p in te.parameters())
         self._slot = None
-        self._hooks = [te.get_input_embeddings().register_forward_hook(self._override(i))
+        self._hooks = [token_embedding(te).register_forward_hook(self._override(i))
                        for i, te in enumerate(self.tes)]
 
     def tokenize(self, texts: list) -> torch.Tensor:
-        return self.tok(list(texts), padding="max_length", max_length=self.L, truncation=True,
-                        return_tensors="pt").input_ids.to(self.device)
+        return torch.cat([tk(list(texts), padding="max_length", max_length=n, truncation=True,
+                             return_tensors="pt").input_ids for tk, n in zip(self.toks, self.lengths)],
+                         dim=1).to(self.device)
+
+    def pieces(self, x) -> list:
+        """A row tensor (B, L, ...) split into its tokenizers' pieces along L."""
+        return list(x.split(self.lengths, dim=1))
 
     def _override(self, i: int):
-        def hook(module, args, out):  # out: (B, L, D_i), encoder i's token embeddings
+        def hook(module, args, out):  # out: (B, L_i, D_i), encoder i's token embeddings
             if self._slot is None:
                 return out
-            mask, vals = self._slot
-            vals = vals.split(self.widths, dim=-1)[i]
-            return torch.where(mask[..., None], vals.to(out.dtype), out)
+            masks, vals = self._slot
+            vals = vals[self.piece[i]].split(self.widths, dim=-1)[i]
+            return torch.where(masks[self.piece[i]][..., None], vals.to(out.dtype), out)
         return hook
 
     def encode_ids(self, ids, S, P):
@@ -101,12 +114,13 @@ class Conditions:
         return self._with_soft(pooled_ids, ids, S, P)
 
     def _with_soft(self, fn, ids, S, P):
+        per = self.pieces(ids) if len(self.lengths) > 1 else ids
         mask = S >= 0
         if P is None or not bool(mask.any()):
-            return fn(self.pipe, ids)
-        self._slot = (mask, P[S.clamp(min=0)])
+            return fn(self.pipe, per)
+        self._slot = (self.pieces(mask), self.pieces(P[S.clamp(min=0)]))
         try:
-            return fn(self.pipe, ids)
+            return fn(self.pipe, per)
         finally:
             self._slot = None
 
@@ -122,31 +136,48 @@ class Conditions:
             h.remove()
 
 
+def fillers(cond) -> tuple:
+    """Two words that are one token in every tokenizer of the base: where the tokenisations of a text with one
+    and with the other differ is where a soft token goes. "cat" and "dog" where they are (CLIP), else the first
+    two words of both vocabularies (tiny-flux's T5 knows the world's words only)."""
+    from erasecli.attacks.prompt import pasteable_words
+
+    if all(len(tk(w, add_special_tokens=False).input_ids) == 1 for w in FILLERS for tk in cond.toks):
+        return FILLERS
+    words = pasteable_words(cond.toks)[:2, 0].tolist()
+    return tuple(cond.toks[0].convert_ids_to_tokens(words[i])[:-4] for i in range(2))
+
+
 def soft_positions(cond: Conditions, texts: list, concept, attack: str, tokens: int = 1):
     """Adversarial token ids (J, L), the override map S (J, L) and the soft tokens' count for `attack`: 'prefix'
     (`tokens` soft tokens before each text, one set per text) or 'inversion' (one shared soft token in place of
-    the concept's words)."""
+    the concept's words). Where a row holds several tokenizers' ids (Flux), each piece gets the same soft
+    tokens at its own positions (T5 has no BOS: its prefix starts at 0)."""
     from erasecli.attacks.inversion import inverted_prompt
     from erasecli.attacks.prompt import prefixed_ids
 
-    tok = cond.tok
     rows, maps = [], []
     if attack == "prefix":
         k = tokens
         for j, text in enumerate(texts):
-            ids = prefixed_ids(tok, text, k, filler=tok.bos_token_id)[0]
-            S = torch.full_like(ids, -1)
-            S[1 : 1 + k] = torch.arange(j * k, (j + 1) * k)
-            rows.append(ids)
-            maps.append(S)
+            ids, S = [], []
+            for tk, n in zip(cond.toks, cond.lengths):
+                start = int(tk.bos_token_id is not None)
+                piece = prefixed_ids(tk, text, k, filler=tk.bos_token_id or tk.pad_token_id, length=n)[0]
+                m = torch.full_like(piece, -1)
+                m[start : start + k] = torch.arange(j * k, (j + 1) * k)
+                ids.append(piece)
+                S.append(m)
+            rows.append(torch.cat(ids))
+            maps.append(torch.cat(S))
         return torch.stack(rows), torch.stack(maps), len(texts) * k
+    words = fillers(cond)
     for text in texts:  # inversion: one shared vector where the concept's words were
-        a, b = (cond.tokenize([inverted_prompt(text, concept, w)])[0].cpu() for w in FILLERS)
+        a, b = (cond.tokenize([inverted_prompt(text, concept, w)])[0].cpu() for w in words)
         where = a != b
         if not where.any():  # a prompt without the concept's words (a user folder's caption): a prefix
-            a = prefixed_ids(tok, text, 1, filler=tok.bos_token_id)[0]
-            where = torch.zeros_like(a, dtype=torch.bool)
-            where[1] = True
+            ids, S, _ = soft_positions(cond, [text], concept, "prefix", 1)
+            a, where = ids[0], S[0] >= 0
         S = torch.where(where, torch.zeros_like(a), torch.full_like(a, -1))
         rows.append(a)
         maps.append(S)
@@ -157,7 +188,7 @@ class Adversary:
     """The inner attack and what it changes in the data; `before_step(k)` runs it when it is due."""
 
     def __init__(self, ctx, cond: Conditions):
-        from erasecli.attacks.prompt import joint_embeddings, pasteable_tokens
+        from erasecli.attacks.prompt import pasteable_words, word_embeddings
 
         self.ctx, self.cond, self.cfg = ctx, cond, ctx.recipe.robust
         d, concept = ctx.data, ctx.data.sets
@@ -173,14 +204,16 @@ class Adversary:
         ids, S, n = soft_positions(cond, texts, concept, self.cfg.attack, self.cfg.tokens)
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
-        E = joint_embeddings(cond.tes)[0]
-        if self.cfg.attack == "prefix":  # random whole-word tokens, as the prompt attack starts
-            allowed = pasteable_tokens(cond.tok)
-            start = torch.tensor(allowed)[torch.randint(len(allowed), (n,), generator=ctx.gen)]
+        if self.cfg.attack == "prefix":  # random whole words, as the prompt attack starts
+            words = pasteable_words(cond.toks if len(cond.toks) > 1 else [cond.tok] * len(cond.tes))
+            E = word_embeddings(cond.tes, words.to(cond.ids.device))[0]  # (W, sum(widths))
+            start = torch.randint(len(words), (n,), generator=ctx.gen)
             cond.P = E[start.to(E.device)].clone()
-        else:  # the word the inversion attack starts from
-            init = cond.tok(ctx.recipe.attack.inversion_init, add_special_tokens=False).input_ids
-            cond.P = E[init].mean(0, keepdim=True).clone()
+        else:  # the word the inversion attack starts from, in each encoder
+            init = ctx.recipe.attack.inversion_init
+            toks = cond.toks if len(cond.toks) > 1 else [cond.tok] * len(cond.tes)
+            cond.P = torch.cat([te.get_input_embeddings().weight.detach().float()[
+                tk(init, add_special_tokens=False).input_ids].mean(0) for te, tk in zip(cond.tes, toks)])[None].clone()
         self.rows_adv = self.n_plain + torch.arange(len(texts), device=cond.ids.device)  # condition rows
         self.adv_row = {t: int(r) for t, r in zip(texts, self.rows_adv)}  # forget prompt -> its adversarial row
         if ctx.encode is None:  # cached states: the adversarial rows live in data.embeds too
