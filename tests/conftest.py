@@ -122,3 +122,34 @@ def built_once(tmp_path_factory, name, build):
 @pytest.fixture(scope="session")
 def remover_delta(tmp_path_factory):
     return built_once(tmp_path_factory, "no-three", train_replacement_lora)
+
+
+def check_inner_attack_drives_both_encoders(ctx, cond, adv, data, draws: int = 4) -> None:
+    """One run of robust training's inner attack (methods.robust.Adversary.before_step) on a base with two text
+    encoders, checked as the SDXL and Flux tests rely on: the denoising loss of the base's forget images under
+    the adversarial rows falls (fixed draws), each encoder's share of the soft tokens moved and matters, and a
+    share (robust.mix) of the forget images then uses the adversarial rows."""
+    import torch
+
+    from erasecli.attacks import denoising_loss
+
+    rows = torch.arange(len(data.forget_c))
+    c = adv.rows_adv[adv.row_prompt[rows]]
+
+    def fixed_loss(P):
+        g = torch.Generator("cpu").manual_seed(123)
+        with torch.no_grad():
+            emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
+            return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item() for _ in range(draws))
+
+    start = cond.P.clone()
+    before = fixed_loss(start)
+    adv.before_step(0)
+    assert fixed_loss(cond.P) < before
+    d1 = cond.widths[0]
+    for part in (slice(0, d1), slice(d1, None)):  # each encoder's share moved, and matters
+        assert not torch.equal(cond.P[:, part], start[:, part])
+        mixed = cond.P.clone()
+        mixed[:, part] = start[:, part]
+        assert fixed_loss(mixed) != fixed_loss(cond.P)
+    assert bool((data.forget_c >= len(data.prompts)).any())

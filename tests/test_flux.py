@@ -294,8 +294,9 @@ def test_robust_inner_attack_on_flux_puts_one_soft_token_in_clip_and_t5(tiny_flu
     tokens sit at each piece's own positions (CLIP after BOS, T5 from 0; inversion where the concept's words
     were), are one row split across the two encoders, lower the denoising loss of the base's threes and move
     both shares, and the step's forget images then use them."""
+    from conftest import check_inner_attack_drives_both_encoders
+
     from erasecli import api
-    from erasecli.attacks import denoising_loss
     from erasecli.data import build_train_data
     from erasecli.diffusion.cond import encode_prompts
     from erasecli.diffusion.noise import schedule_of
@@ -330,26 +331,7 @@ def test_robust_inner_attack_on_flux_puts_one_soft_token_in_clip_and_t5(tiny_flu
                 ids = tk(text, padding="max_length", max_length=len(piece), truncation=True).input_ids
                 words = [tk.convert_ids_to_tokens(i).strip("▁").replace("</w>", "") for i in ids]
                 assert [w for w, m in zip(words, piece.tolist()) if m >= 0] in (["three"], ["3"]), (words, piece)
-        rows = torch.arange(len(data.forget_c))
-        c = adv.rows_adv[adv.row_prompt[rows]]
-
-        def fixed_loss(P):
-            g = torch.Generator("cpu").manual_seed(123)
-            with torch.no_grad():
-                emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
-                return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item() for _ in range(16))
-
-        start = cond.P.clone()
-        before = fixed_loss(start)
-        adv.before_step(0)
-        assert fixed_loss(cond.P) < before
-        d1 = cond.widths[0]
-        for part in (slice(0, d1), slice(d1, None)):  # CLIP's share and T5's moved, and matter
-            assert not torch.equal(cond.P[:, part], start[:, part])
-            mixed = cond.P.clone()
-            mixed[:, part] = start[:, part]
-            assert fixed_loss(mixed) != fixed_loss(cond.P)
-        assert bool((data.forget_c >= len(data.prompts)).any())
+        check_inner_attack_drives_both_encoders(ctx, cond, adv, data, draws=16)
     finally:
         cond.close()
 

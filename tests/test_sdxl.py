@@ -197,8 +197,9 @@ def test_uce_on_sdxl_edits_the_pooled_path_and_plain_diffusers_and_kohya_load_it
 def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
     """The inner attack's soft tokens are one row per token split across SDXL's two encoders; its steps lower the
     denoising loss of the base's threes on both encoders' shares, and the step's forget images then use them."""
+    from conftest import check_inner_attack_drives_both_encoders
+
     from erasecli import api
-    from erasecli.attacks import denoising_loss
     from erasecli.data import build_train_data
     from erasecli.diffusion.noise import schedule_of
     from erasecli.methods import Context
@@ -218,27 +219,7 @@ def test_robust_inner_attack_on_sdxl_drives_both_text_encoders():
     try:
         adv = Adversary(ctx, cond)
         assert cond.widths == [xl.pipe.text_encoder.config.hidden_size, xl.pipe.text_encoder_2.config.hidden_size]
-        rows = torch.arange(len(data.forget_c))
-        c = adv.rows_adv[adv.row_prompt[rows]]
-
-        def fixed_loss(P):
-            g = torch.Generator("cpu").manual_seed(123)
-            with torch.no_grad():
-                emb = cond.encode_ids(cond.ids[c], cond.S[c], P)
-                return sum(denoising_loss(ctx.unet, ctx.noise, data.forget[rows], emb, g).item()
-                           for _ in range(4))
-
-        start = cond.P.clone()
-        before = fixed_loss(start)
-        adv.before_step(0)
-        assert fixed_loss(cond.P) < before
-        d1 = cond.widths[0]
-        for part in (slice(0, d1), slice(d1, None)):  # each encoder's share moved, and matters
-            assert not torch.equal(cond.P[:, part], start[:, part])
-            mixed = cond.P.clone()
-            mixed[:, part] = start[:, part]
-            assert fixed_loss(mixed) != fixed_loss(cond.P)
-        assert bool((data.forget_c >= len(data.prompts)).any())  # robust.mix of the forget images use them
+        check_inner_attack_drives_both_encoders(ctx, cond, adv, data)
     finally:
         cond.close()
 
