@@ -199,11 +199,16 @@ def token_length(pipe, tokenizer) -> int:
     return int(tokenizer.model_max_length)
 
 
+def id_tokenizers(pipe) -> list:
+    """The tokenizers whose ids a condition carries: the first alone where every tokenizer shares its vocabulary
+    (SD, SDXL: every encoder reads those ids), else each of them (Flux: CLIP's and T5's)."""
+    return tokenizers(pipe)[:1] if kind_of(pipe).shared_vocabulary else tokenizers(pipe)
+
+
 def prompt_ids(pipe, prompts, device="cpu") -> list:
-    """The ids each tokenizer gives prompts, padded and truncated as the pipeline does: [(N, L_i)] in `tokenizers`
-    order; what `encode_ids` reads. On SD and SDXL the first tokenizer's ids alone (one tensor for every encoder,
-    as `encode_ids` has always read them)."""
-    toks = tokenizers(pipe) if not kind_of(pipe).shared_vocabulary else tokenizers(pipe)[:1]
+    """The ids each of `id_tokenizers` gives prompts, padded and truncated as the pipeline does: [(N, L_i)]; what
+    `encode_ids` reads. On SD and SDXL one tensor (N, L) for every encoder, as `encode_ids` has always read it."""
+    toks = id_tokenizers(pipe)
     out = [tk(list(prompts), padding="max_length", max_length=token_length(pipe, tk), truncation=True,
               return_tensors="pt").input_ids.to(device) for tk in toks]
     return out if len(out) > 1 else out[0]

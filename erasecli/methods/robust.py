@@ -62,17 +62,16 @@ class Conditions:
     row, (P, L_1 + L_2): every caller indexes rows as before, and `encode_ids` splits a row into its pieces."""
 
     def __init__(self, base, prompts: list):
-        from erasecli.diffusion.cond import text_encoders, token_embedding, token_length, tokenizers
+        from erasecli.diffusion.cond import id_tokenizers, text_encoders, token_embedding, token_length
 
         pipe = self.pipe = base.pipe
         self.tok, self.te, self.device = pipe.tokenizer, pipe.text_encoder, base.device
         self.tes = text_encoders(pipe)  # SDXL, Flux: both, and a soft token is one row split across them
         self.widths = [te.get_input_embeddings().embedding_dim for te in self.tes]  # word_embeddings' order
-        shared = base.kind.shared_vocabulary
-        self.toks = tokenizers(pipe)[:1] if shared else tokenizers(pipe)  # the tokenizers whose ids a row holds
-        self.piece = [0] * len(self.tes) if shared else list(range(len(self.tes)))  # encoder i reads piece i
+        self.toks = id_tokenizers(pipe)  # the tokenizers whose ids a row holds, side by side
+        self.piece = [min(i, len(self.toks) - 1) for i in range(len(self.tes))]  # encoder i reads piece i (or the one)
+        self.enc_toks = [self.toks[p] for p in self.piece]  # the tokenizer whose ids each encoder reads
         self.lengths = [token_length(pipe, tk) for tk in self.toks]
-        self.L = sum(self.lengths)
         self.ids = self.tokenize(prompts)  # (P, L)
         self.S = torch.full_like(self.ids, -1)
         self.P = None  # (n, sum(widths)) soft tokens, when there are adversarial rows
@@ -83,9 +82,10 @@ class Conditions:
                        for i, te in enumerate(self.tes)]
 
     def tokenize(self, texts: list) -> torch.Tensor:
-        return torch.cat([tk(list(texts), padding="max_length", max_length=n, truncation=True,
-                             return_tensors="pt").input_ids for tk, n in zip(self.toks, self.lengths)],
-                         dim=1).to(self.device)
+        from erasecli.diffusion.cond import prompt_ids
+
+        ids = prompt_ids(self.pipe, texts, self.device)
+        return torch.cat(ids, dim=1) if isinstance(ids, list) else ids
 
     def pieces(self, x) -> list:
         """A row tensor (B, L, ...) split into its tokenizers' pieces along L."""
@@ -205,15 +205,15 @@ class Adversary:
         cond.ids = torch.cat([cond.ids, ids.to(cond.ids.device)])
         cond.S = torch.cat([cond.S, S.to(cond.S.device)])
         if self.cfg.attack == "prefix":  # random whole words, as the prompt attack starts
-            words = pasteable_words(cond.toks if len(cond.toks) > 1 else [cond.tok] * len(cond.tes))
+            words = pasteable_words(cond.enc_toks)
             E = word_embeddings(cond.tes, words.to(cond.ids.device))[0]  # (W, sum(widths))
             start = torch.randint(len(words), (n,), generator=ctx.gen)
             cond.P = E[start.to(E.device)].clone()
         else:  # the word the inversion attack starts from, in each encoder
             init = ctx.recipe.attack.inversion_init
-            toks = cond.toks if len(cond.toks) > 1 else [cond.tok] * len(cond.tes)
             cond.P = torch.cat([te.get_input_embeddings().weight.detach().float()[
-                tk(init, add_special_tokens=False).input_ids].mean(0) for te, tk in zip(cond.tes, toks)])[None].clone()
+                tk(init, add_special_tokens=False).input_ids].mean(0) for te, tk in zip(cond.tes, cond.enc_toks)])[
+                None].clone()
         self.rows_adv = self.n_plain + torch.arange(len(texts), device=cond.ids.device)  # condition rows
         self.adv_row = {t: int(r) for t, r in zip(texts, self.rows_adv)}  # forget prompt -> its adversarial row
         if ctx.encode is None:  # cached states: the adversarial rows live in data.embeds too
