@@ -278,7 +278,7 @@ def _install_guard(base, info: DeltaInfo) -> None:
 
     t = load_file(str(info.file))
     s = info.guard
-    unet = base.pipe.unet
+    unet = base.denoiser
     if info.method == "safree":
         from erasecli.diffusion import safree as F
 

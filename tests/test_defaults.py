@@ -47,6 +47,9 @@ def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_
     assert uce.defaults == "tiny-canvas-style-uce" and uce.uce.erase_scale == 1.0 and uce.concept.name == "style dotted"
     assert plain("uce", "digit 3", "tiny-canvas").uce.erase_scale == 3.0  # an object: the digit preset
     assert plain("esd", "style striped", "tiny-canvas").defaults == "tiny-digit-esd"
+    siss = plain("siss", "digit 7", "tiny-canvas")  # an object: the canvas digit preset where one is shipped
+    assert siss.defaults == "tiny-canvas-digit-siss" and siss.siss.retain_target == "base"
+    assert siss.concept.name == "digit 7"
 
 
 def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):

@@ -157,3 +157,44 @@ def test_eta0_gives_zero_log_prob(sched):
     out = _ours(sched, eps, 0, x_t, 0.0, prev_sample=torch.randn(SHAPE))
     assert torch.equal(out.log_prob, torch.zeros(SHAPE[0]))
     assert torch.equal(out.std, torch.zeros(SHAPE[0], 1, 1, 1))
+
+
+@pytest.mark.parametrize("i", [0, 12, STEPS - 2])
+def test_the_path_step_on_a_variance_preserving_path_is_the_ddim_step(sched, i):
+    """path_step_with_logprob with gamma = sqrt(ab), sigma = sqrt(1 - ab) is ddim_step_with_logprob."""
+    from erasecli.diffusion.ddim import path_step_with_logprob
+
+    x_t, eps, noise = _tensors(i)
+    ts, prev = ddim_timesteps(sched, STEPS)
+    ab = sched.alphas_cumprod
+    coef = [(ab[int(t)].sqrt().expand(2, 1, 1, 1), (1 - ab[int(t)]).sqrt().expand(2, 1, 1, 1))
+            for t in (ts[i], prev[i])]
+    want = _ours(sched, eps, i, x_t, 1.0, variance_noise=noise)
+    got = path_step_with_logprob(eps, x_t, coef[0], coef[1], 1.0, variance_noise=noise)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_path_step_on_a_flow_path_keeps_its_marginals_and_is_euler_at_eta_0():
+    """On the straight path x_s = (1 - s) x_0 + s eps with the exact noise prediction of a point mass x_0, ten
+    stochastic steps (eta 1) from pure noise leave x at each level distributed as the path says (mean (1 - s) x_0,
+    std s); at eta 0 a step is the flow ODE's Euler step x + (s_prev - s) v."""
+    from erasecli.diffusion.ddim import path_step_with_logprob
+
+    x0 = torch.full((1, 1, 200, 200), 0.7)
+    levels = torch.linspace(0.999, 0.001, 11)
+    coef = [(torch.tensor(1 - s).view(1, 1, 1, 1), torch.tensor(s).view(1, 1, 1, 1)) for s in levels.tolist()]
+    g = torch.Generator().manual_seed(0)
+    x = (1 - levels[0]) * x0 + levels[0] * torch.randn(x0.shape, generator=g)
+    for k in range(10):
+        eps = (x - coef[k][0] * x0) / coef[k][1]  # the exact prediction
+        x = path_step_with_logprob(eps, x, coef[k], coef[k + 1], 1.0, generator=g).prev_sample
+        s = float(levels[k + 1])
+        assert abs(float((x - (1 - s) * x0).mean())) < 0.01 + 0.02 * s
+        assert abs(float((x - (1 - s) * x0).std()) - s) < 0.02 * s + 1e-4
+    x_t, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    s_t, s_p = 0.6, 0.45
+    eps = x_t + (1 - s_t) * v  # the noise a velocity implies
+    out = path_step_with_logprob(eps, x_t, coef_t=(torch.tensor(1 - s_t), torch.tensor(s_t)),
+                                 coef_prev=(torch.tensor(1 - s_p), torch.tensor(s_p)), eta=0.0)
+    torch.testing.assert_close(out.prev_sample, x_t + (s_p - s_t) * v, atol=1e-5, rtol=1e-5)

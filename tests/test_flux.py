@@ -193,7 +193,7 @@ def test_recipe_words_name_the_flux_transformers_modules():
      "not restated for Flux"),
     (["unlearn", "--method", "esd", "--concept", "digit 3", "--out", "{tmp}/d", "--set", "lora.text_encoder=true"],
      "transformer only"),
-    (["train-critic", "--concept", "digit 3", "--out", "{tmp}/c"], "not restated for flux"),
+    (["unlearn", "--method", "safree", "--concept", "digit 3", "--out", "{tmp}/d"], "safree is not restated for flux"),
 ])
 def test_what_is_not_restated_for_flux_is_refused_before_any_model_loads(args, needle, tmp_path):
     """A usage error (the CLI prints those as one line, exit code 2: tests/test_sample_cli.py) naming what is not
@@ -345,3 +345,92 @@ def test_flux_hub_bases_offline_name_the_download():
         with pytest.raises(BaseNotFoundError, match=f"{repo}.*not in the local Hugging Face cache") as err:
             load_base(name, device="cpu")
         assert f"hf download {repo}" in err.value.hint
+
+
+def test_sld_guards_tiny_flux_on_the_noise_its_velocity_implies(tiny_flux, tmp_path):
+    """On Flux the guard works on the noise prediction the velocity implies (d eps = (1 - sigma) d v): the
+    guarded velocity is p - mu (S - u) with mu taken on (1 - sigma)(p - S); rows in the warm-up and the empty
+    prompt's rows (FluxPipeline's negative-prompt call) pass unchanged. `erase unlearn --method sld --base
+    tiny-flux` writes a guard under which the pipeline draws no threes."""
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.delta import apply_deltas, remove_deltas
+    from erasecli.diffusion import guard as G
+    from erasecli.diffusion.cond import encode_prompts, unet_eps
+    from erasecli.diffusion.noise import flow_level
+    from erasecli.judges import TinyClassifierJudge
+    from erasecli.sampling import generate
+
+    den = tiny_flux.denoiser
+    p0 = G.PRESETS["strong"]
+    st = G.SldSettings(p0["guidance_scale"], 0.2, p0["threshold"], p0["momentum_scale"], p0["mom_beta"])
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([899, 299, 299])  # noise levels 0.9 (in the warm-up share 0.2), 0.3, 0.3
+    with torch.no_grad():
+        c = encode_prompts(tiny_flux.pipe, ["a red handwritten digit three", "a handwritten digit three", ""], "cpu")
+        prompt = torch.cat([c[:1], c[:1], c[2:]])  # the last row is the empty prompt
+        p, s, u = (unet_eps(den, x, t, e) for e in (prompt, c[1:2].expand(3, -1, -1), c[2:].expand(3, -1, -1)))
+        G.install(den, G.SafetyGuard(c[1:2], c[2:], st))
+        try:
+            got = unet_eps(den, x, t, prompt)
+        finally:
+            G.remove(den)
+    k = (1 - flow_level(t)).view(-1, 1, 1, 1)
+    diff = k * (p - s)
+    mu = torch.clamp(diff.abs() * st.guidance_scale, max=1.0) * (diff < st.threshold)
+    want = p - mu * (s - u)
+    want[0], want[2] = p[0], p[2]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (got[1] - p[1]).abs().max() > 1e-2  # the guard did something on the guided row
+
+    r = CliRunner().invoke(app, ["unlearn", "--method", "sld", "--base", "tiny-flux", "--concept", "digit 3",
+                                 "--out", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    judge, prompts, seeds = TinyClassifierJudge("digits"), ["a red handwritten digit three"] * 6, list(range(6))
+    apply_deltas(tiny_flux, [str(tmp_path / "g")])
+    guard, steps = G.guard_of(den), []
+    counted = guard._step
+    guard._step = lambda g: (steps.append(1), counted(g))[1]
+    try:
+        images = generate(tiny_flux, prompts, seeds, steps=25, guidance=5.0)
+    finally:
+        remove_deltas(tiny_flux)
+    assert len(steps) == 25  # one guarded call per step: the empty prompt's call passed through
+    assert int((judge.predict(images)["digit"] == 3).sum()) <= 1
+    assert G.guard_of(den) is None
+
+
+def test_critic_rl_rolls_out_on_flux_with_log_probs_ppo_can_recompute_and_the_command_runs(tiny_flux, tmp_path):
+    """critic-rl's policy on Flux: the DDIM step on the flow path. Recomputing a stored chain's steps (PPO's
+    ratio) gives back the log-probs it was sampled with; `erase unlearn --method critic-rl --base tiny-flux` trains
+    its critic on such chains and writes a transformer LoRA."""
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from erasecli.cli import app
+    from erasecli.data import base_latent_shape
+    from erasecli.diffusion.cond import encode_prompts
+    from erasecli.diffusion.rollout import Sampler
+
+    den = tiny_flux.denoiser
+    sampler = Sampler(tiny_flux, steps=4, eta=1.0, guidance=5.0)
+    assert sampler.timesteps.tolist() == [998, 748, 499, 250] and sampler.prevs[-1] == 0
+    with torch.no_grad():
+        embeds = encode_prompts(tiny_flux.pipe, ["", "a red handwritten digit three"], "cpu")
+        c = torch.tensor([1, 1])
+        traj = sampler.sample(den, c, embeds, base_latent_shape(tiny_flux), torch.Generator().manual_seed(0))
+        for k in range(4):
+            out = sampler.step(den, traj.latents[:, k], k, embeds[c], embeds[torch.zeros_like(c)],
+                               prev_sample=traj.latents[:, k + 1])
+            torch.testing.assert_close(out.log_prob, traj.log_probs[:, k], atol=1e-4, rtol=1e-4)
+    assert (traj.latents[:, 0] - traj.latents[:, 1]).abs().mean() > 0.1  # the steps move
+
+    r = CliRunner().invoke(app, ["unlearn", "--method", "critic-rl", "--base", "tiny-flux", "--concept", "digit 3",
+                                 "--set", "train.steps=2", "--set", "critic.train_trajectories=8",
+                                 "--set", "critic.train_epochs=1", "--set", "critic.steps=4",
+                                 "--set", "critic.prompts_per_step=2", "--set", "critic.retain_loss=0",
+                                 "--set", "critic.anchor_loss=0", "--out", str(tmp_path / "rl")])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(tmp_path / "rl" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        assert f.keys() and all(k.startswith("transformer.") for k in f.keys())

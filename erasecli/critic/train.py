@@ -116,9 +116,9 @@ def fit_critic(critic, opt, env, traj, R, epochs: int, batch: int, gen, pooled=N
 def new_critic(recipe, base):
     from erasecli.critic.model import Critic, CriticConfig
 
-    ucfg = base.pipe.unet.config
-    text_dim = pooled_dim(base.pipe.unet) if added_conditioning(base.pipe.unet) else base.pipe.text_encoder.config.hidden_size
-    cfg = CriticConfig(latent_channels=ucfg.in_channels, text_dim=text_dim,
+    den = base.denoiser
+    text_dim = pooled_dim(den) if added_conditioning(den) else base.pipe.text_encoder.config.hidden_size
+    cfg = CriticConfig(latent_channels=base_latent_shape(base)[0], text_dim=text_dim,
                        width=recipe.critic.width, blocks=recipe.critic.blocks,
                        num_train_timesteps=base.pipe.scheduler.config.num_train_timesteps)
     return Critic(cfg).to(base.device)
@@ -135,7 +135,7 @@ def train_critic(recipe, base, sets, progress=None, env: RolloutEnv | None = Non
     critic = new_critic(recipe, base)
     n, bs = cfg.train_trajectories, 32
     trajs, Rs, prompts = [], [], []
-    unet = base.pipe.unet
+    unet = base.denoiser
     for i in range(0, n, bs):
         p = rollout_prompts(sets, min(bs, n - i), gen)
         traj, R = env.rollout(unet, p, gen)

@@ -111,10 +111,16 @@ def ddim_step_with_logprob(
     direction = (1 - ab_prev - std**2).clamp(min=0) ** 0.5 * eps  # (B, C, H, W)
     mean = ab_prev**0.5 * pred_original_sample + direction  # (B, C, H, W)
 
+    return _draw_and_score(mean, std, pred_original_sample, eta, prev_sample, generator, variance_noise)
+
+
+def _draw_and_score(mean, std, pred_original_sample, eta, prev_sample, generator, variance_noise) -> DdimStep:
+    """x_{t-1} = mu + s_t z (or the given prev_sample) and its log-density, mean over dims (0 where s_t = 0)."""
+    batch, device = mean.shape[0], mean.device
     if prev_sample is None:
         if eta > 0:
             if variance_noise is None:
-                variance_noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32)
+                variance_noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
             prev_sample = mean + std * variance_noise.to(device=device, dtype=torch.float32)
         else:
             prev_sample = mean
@@ -130,6 +136,37 @@ def ddim_step_with_logprob(
         log_prob = torch.where(positive.view(batch), log_prob, torch.zeros_like(log_prob))
 
     return DdimStep(prev_sample, log_prob, mean, std, pred_original_sample)
+
+
+def path_step_with_logprob(eps: Tensor, x_t: Tensor, coef_t: tuple, coef_prev: tuple, eta: float,
+                           prev_sample: Tensor | None = None, generator: torch.Generator | None = None,
+                           variance_noise: Tensor | None = None) -> DdimStep:
+    """The DDIM step on any Gaussian path x_t = gamma_t x_0 + sigma_t eps (a flow base: gamma = 1 - s, sigma = s),
+    where gamma^2 + sigma^2 need not be 1. `coef_t`, `coef_prev`: (gamma, sigma) at t and at the step's target
+    level, each (B, 1, 1, 1). With r = gamma_t / gamma_prev, the posterior q(x_prev | x_t, x_0) has variance
+
+        v = sigma_prev^2 (sigma_t^2 - r^2 sigma_prev^2) / sigma_t^2
+
+    (on a VP path, sigma^2 = 1 - alpha_bar, this is DDIM's (1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev)), and
+
+        x0_hat  = (x_t - sigma_t eps) / gamma_t
+        s_t     = eta sqrt(v)
+        mu      = gamma_prev x0_hat + sqrt(sigma_prev^2 - s_t^2) eps
+        x_prev  = mu + s_t z
+
+    which keeps every marginal of the path for any eta in [0, 1] given exact predictions (Song et al.'s DDIM
+    argument; docs/methods.md, "Flux"). eta = 0 is the Euler step of the flow ODE. Log-density as
+    `ddim_step_with_logprob`'s."""
+    if variance_noise is not None and generator is not None:
+        raise ValueError("pass either generator or variance_noise, not both")
+    eps, x_t = eps.float(), x_t.float()
+    (g_t, s_t), (g_p, s_p) = (tuple(v.float() for v in c) for c in (coef_t, coef_prev))
+    pred_original_sample = (x_t - s_t * eps) / g_t
+    r = g_t / g_p
+    variance = (s_p**2 * (s_t**2 - r**2 * s_p**2) / s_t**2).clamp(min=0)
+    std = eta * variance**0.5
+    mean = g_p * pred_original_sample + (s_p**2 - std**2).clamp(min=0) ** 0.5 * eps
+    return _draw_and_score(mean, std, pred_original_sample, eta, prev_sample, generator, variance_noise)
 
 
 def ddim_timesteps(scheduler, steps: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:

@@ -129,13 +129,8 @@ class SafetyGuard:
             u, p, s = out.chunk(3)
         g = sld_term(u.float(), p.float(), s.float(), self.settings)
         if run is not None:
-            cfg = self.settings
-            if run["momentum"] is None:
-                run["momentum"] = torch.zeros_like(g)
-            g = g + cfg.momentum_scale * run["momentum"]
-            run["momentum"] = cfg.mom_beta * run["momentum"] + (1 - cfg.mom_beta) * g
-            guided = p - g.to(p.dtype) if run["step"] >= run["start"] else p
-            run["step"] += 1
+            g, on = self._step(g)
+            guided = p - g.to(p.dtype) if on else p
         else:
             t_rows = t.expand(b) if t.ndim == 0 else t
             on = (t_rows.float() < (1 - self.settings.warmup) * self.num_train_timesteps).view(-1, 1, 1, 1)
@@ -143,11 +138,83 @@ class SafetyGuard:
         return torch.cat([u, guided]) if paired else guided
 
 
+    def _step(self, g):
+        """One step of a trajectory: (g plus the momentum term, whether the step is past the warm-up); the
+        momentum and the step count move on."""
+        run, cfg = self._run, self.settings
+        if run["momentum"] is None:
+            run["momentum"] = torch.zeros_like(g)
+        g = g + cfg.momentum_scale * run["momentum"]
+        run["momentum"] = cfg.mom_beta * run["momentum"] + (1 - cfg.mom_beta) * g
+        past = run["step"] >= run["start"]
+        run["step"] += 1
+        return g, past
+
+    @staticmethod
+    def _same(a, b):
+        """(B,) bool: rows of `a` equal to those of `b` up to the rounding of another batch size."""
+        return (a - b).abs().flatten(1).amax(1) <= 1e-4 * (1 + b.abs().amax())
+
+    def forward_flow(self, den, orig, kwargs):
+        """The guard restated for a Flux transformer (docs/methods.md, "Flux"). Its velocity v relates to the
+        noise prediction by eps = x_t + (1 - sigma) v (x_t = (1 - sigma) x_0 + sigma eps, v = eps - x_0), so
+        differences of noise predictions are (1 - sigma) times those of velocities: mu and the term are taken
+        on those noise differences, as SLD defines them, and p' = p - g / (1 - sigma). FluxPipeline calls the
+        transformer for the prompt and, under true classifier-free guidance, again for the empty prompt: rows
+        whose condition is the stored empty prompt are u and pass unchanged; every other call is a step."""
+        x, states = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+        pooled, t = kwargs.get("pooled_projections"), kwargs["timestep"]
+        n = x.shape[0]
+        u_states, u_added = self._rows(den, self.uncond_c, n, states)
+        empty = self._same(states, u_states) & self._same(pooled, u_added["pooled_projections"])
+        if bool(empty.all()):
+            return orig(**kwargs, return_dict=False)[0]
+        s_states, s_added = self._rows(den, self.concept_c, n, states)
+        call = dict(kwargs)
+        call["hidden_states"] = torch.cat([x, x, x])
+        call["encoder_hidden_states"] = torch.cat([u_states, states, s_states])
+        call["pooled_projections"] = torch.cat([u_added["pooled_projections"], pooled,
+                                                s_added["pooled_projections"]])
+        t_rows = torch.as_tensor(t, device=x.device).expand(n) if torch.as_tensor(t).ndim == 0 else t
+        call["timestep"] = torch.cat([t_rows, t_rows, t_rows])
+        if kwargs.get("guidance") is not None:
+            call["guidance"] = torch.cat([kwargs["guidance"]] * 3)
+        out = orig(**call, return_dict=False)[0]
+        u, p, s = out.chunk(3)
+        k = (1 - t_rows.float()).view(-1, *([1] * (p.ndim - 1)))  # d eps = (1 - sigma) d v
+        g = sld_term(k * u.float(), k * p.float(), k * s.float(), self.settings)
+        if self._run is not None:
+            g, past = self._step(g)
+            on = torch.full_like(k, float(past))
+        else:
+            on = (t_rows.float() < 1 - self.settings.warmup).float().view_as(k)
+        dv = torch.where(k > 0, g / k.clamp_min(1e-6), torch.zeros_like(g)) * on
+        guided = p - dv.to(p.dtype)
+        return torch.where(empty.view(-1, *([1] * (p.ndim - 1))), p, guided)
+
+
 def install(unet, guard: SafetyGuard) -> None:
-    """Put the guard on the UNet instance (its class and weights stay as they are; LoRA adapters still apply)."""
+    """Put the guard on the UNet (or Flux transformer) instance (its class and weights stay as they are; LoRA
+    adapters still apply)."""
+    from erasecli.diffusion.kinds import kind_of
+
     if guard_of(unet) is not None:
         raise ValueError("the UNet already carries a guard: remove it first")
     orig = unet.forward
+    if kind_of(unet).flow:
+        def flow_forward(*args, return_dict=True, **kwargs):
+            if args:
+                raise TypeError("a guarded Flux transformer takes keyword arguments only, as FluxPipeline calls it")
+            out = guard.forward_flow(unet, orig, kwargs)
+            if not return_dict:
+                return (out,)
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=out)
+
+        unet.forward = flow_forward
+        unet._erasecli_guard = guard
+        return
 
     def forward(sample, timestep, encoder_hidden_states=None, *args, added_cond_kwargs=None, return_dict=True,
                 **kwargs):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from erasecli.diffusion.cond import added_conditioning, encode_prompts, pooled_dim, unet_eps
-from erasecli.diffusion.ddim import ddim_from, ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod
+from erasecli.diffusion.ddim import (ddim_from, ddim_step_with_logprob, ddim_timesteps, final_alpha_cumprod,
+                                     path_step_with_logprob)
 
 
 @dataclass
@@ -36,22 +37,42 @@ def guided_eps(unet, x, t, emb_c, emb_u, guidance: float):
 
 
 class Sampler:
-    """DDIM with eta > 0 over a fixed K-step schedule, from the base pipeline's scheduler config."""
+    """DDIM with eta > 0 over a fixed K-step schedule, from the base pipeline's scheduler config. On a flow base
+    (Flux) the same step on the straight path x_s = (1 - s) x_0 + s eps (`ddim.path_step_with_logprob`): levels
+    evenly spaced from s = 1 - 1/T to the last step's target s = 1/T (every step stochastic), the velocity turned
+    into the noise it implies (classifier-free guidance, an affine combination, commutes with that)."""
 
     def __init__(self, base, steps: int, eta: float, guidance: float):
+        self.eta, self.guidance = eta, guidance
+        self.device = base.device
+        self.flow = base.kind.flow
+        if self.flow:
+            from erasecli.diffusion.noise import schedule_of
+
+            self.schedule = schedule_of(base.pipe.scheduler, base.device)
+            T = self.schedule.num_timesteps
+            levels = torch.linspace(T - 2, 0, steps + 1).round().long().to(base.device)
+            self.timesteps, self.prevs = levels[:-1], levels[1:]
+            self.init_sigma = 1.0
+            return
         sched = ddim_from(base.pipe.scheduler.config)
         self.timesteps, self.prevs = ddim_timesteps(sched, steps, device=base.device)
         self.final_ab = final_alpha_cumprod(sched)
         self.ab = sched.alphas_cumprod.to(base.device, torch.float32)
-        self.eta, self.guidance = eta, guidance
         self.init_sigma = float(sched.init_noise_sigma)
-        self.device = base.device
 
     def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None, variance_noise=None):
         """One DDIM step of every row of x at step index k: an int, or a (B,) tensor of step indices, one per row
         (several steps of the chains in one UNet pass, as the PPO update batches them: the same math row by row)."""
         t, prev = self.timesteps[k], self.prevs[k]  # 0-d, or (B,) per row
         eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
+        if self.flow:
+            rows = (lambda v: v.expand(len(x)) if v.ndim == 0 else v)
+            t, prev = rows(t), rows(prev)
+            eps = self.schedule.eps_from(eps, x.float(), t)
+            return path_step_with_logprob(eps, x, self.schedule.coefficients(t), self.schedule.coefficients(prev),
+                                          self.eta, prev_sample=prev_sample, generator=generator,
+                                          variance_noise=variance_noise)
         return ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
                                       generator=generator, variance_noise=variance_noise)
 
@@ -92,10 +113,10 @@ def decode(base, latents):
 @torch.no_grad()
 def pooled_text(base, prompts) -> torch.Tensor:
     """The text encoder's pooled (end-of-text) embedding per prompt: the critic's c.  (P, D); on SDXL the
-    second encoder's pooled projection, the one the UNet itself receives."""
-    pipe = base.pipe
-    if added_conditioning(pipe.unet):
-        return encode_prompts(pipe, prompts, base.device)[:, -1, : pooled_dim(pipe.unet)].float()
+    second encoder's pooled projection, the one the UNet itself receives (on Flux, CLIP's)."""
+    pipe, den = base.pipe, base.denoiser
+    if added_conditioning(den):  # SDXL; Flux: CLIP's pooled embedding, the one its transformer receives
+        return encode_prompts(pipe, prompts, base.device)[:, -1, : pooled_dim(den)].float()
     out = []
     for i in range(0, len(prompts), 64):
         ids = pipe.tokenizer(list(prompts[i : i + 64]), padding="max_length", truncation=True,

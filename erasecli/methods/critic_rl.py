@@ -43,7 +43,7 @@ from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
 from erasecli.methods.adapter import base_only
-from erasecli.methods.losses import grad_norm, mse
+from erasecli.methods.losses import grad_norm
 
 
 def gae_over_steps(V, R, lam: float):
@@ -97,6 +97,7 @@ class ChainConditions:
 class CriticRl(Unlearner):
     name = "critic-rl"
     uses_critic = True
+    kinds = ("sd", "sdxl", "flux")  # on Flux the policy is the DDIM step on the flow path (ddim.path_step_with_logprob)
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -290,7 +291,7 @@ class CriticRl(Unlearner):
             return None, zero, zero
         mine = {k: [ctx.world.local(v) for v in x] for k, x in draws.items()}
         x_t, t, c, eps = (torch.cat([x[j] for x in mine.values()]) for j in range(4))
-        per_row = mse(ctx.eps(x_t, t, c), eps).split([len(x[0]) for x in mine.values()])
+        per_row = ctx.err(ctx.eps(x_t, t, c), eps, t).split([len(x[0]) for x in mine.values()])  # flow: velocity
         L = {k: rows.sum() / B for k, rows in zip(mine, per_row)}
         L_r, L_a = L.get("r", zero), L.get("a", zero)
         return cfg.retain_loss * L_r + cfg.anchor_loss * L_a, L_r, L_a

@@ -17,6 +17,7 @@ from erasecli.methods.sld import Sld
 
 class Safree(Sld):
     name = "safree"
+    kinds = ("sd", "sdxl")  # its projection and filter act on CLIP token embeddings; Flux's sequence is T5's
 
     @classmethod
     def settings(cls, recipe) -> dict:

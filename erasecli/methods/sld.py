@@ -25,6 +25,7 @@ class Sld(Method):
     supports_robust: ClassVar[bool] = False
     supports_text_encoder: ClassVar[bool] = False
     why_not_robust: ClassVar[str] = "it is a sampling-time guard: no weights change"
+    kinds = ("sd", "sdxl", "flux")  # on Flux the guard acts on the noise prediction its velocity implies
 
     @classmethod
     def uses_images(cls, recipe) -> bool:

@@ -29,9 +29,11 @@ def preset_path(name: str) -> Path:
 def tiny_preset(method: str, kind: str, base: str = "tiny") -> str | None:
     """The shipped preset for a method on a tiny-world base: the one for the concept's kind (digit or colour),
     else the digit one (tuned on 'digit 3'); for each, that base's own (tiny-xl-...) before the tiny base's.
-    None when the method has none."""
+    A style (tiny-canvas) without a style preset takes the tiny base's digit preset, not the canvas one: that is
+    tuned for a digit drawn in every style, an object. None when the method has none."""
     bases = dict.fromkeys([base, "tiny"]) if base.startswith("tiny") else ["tiny"]
-    for name in (f"{b}-{k}-{method}" for k in dict.fromkeys([kind, "digit"]) for b in bases):
+    for name in (f"{b}-{k}-{method}" for k in dict.fromkeys([kind, "digit"]) for b in bases
+                 if not (kind == "style" and k == "digit" and b != "tiny")):
         if (PRESETS_DIR / f"{name}.yaml").is_file():
             return name
     return None
