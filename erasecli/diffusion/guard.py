@@ -137,7 +137,6 @@ class SafetyGuard:
             guided = torch.where(on, p - g.to(p.dtype), p)
         return torch.cat([u, guided]) if paired else guided
 
-
     def _step(self, g):
         """One step of a trajectory: (g plus the momentum term, whether the step is past the warm-up); the
         momentum and the step count move on."""
