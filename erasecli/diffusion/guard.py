@@ -174,7 +174,7 @@ class SafetyGuard:
         call["encoder_hidden_states"] = torch.cat([u_states, states, s_states])
         call["pooled_projections"] = torch.cat([u_added["pooled_projections"], pooled,
                                                 s_added["pooled_projections"]])
-        t_rows = torch.as_tensor(t, device=x.device).expand(n) if torch.as_tensor(t).ndim == 0 else t
+        t_rows = torch.as_tensor(t, device=x.device).expand(n)  # (B,): a scalar timestep on every row
         call["timestep"] = torch.cat([t_rows, t_rows, t_rows])
         if kwargs.get("guidance") is not None:
             call["guidance"] = torch.cat([kwargs["guidance"]] * 3)

@@ -67,8 +67,7 @@ class Sampler:
         t, prev = self.timesteps[k], self.prevs[k]  # 0-d, or (B,) per row
         eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
         if self.flow:
-            rows = (lambda v: v.expand(len(x)) if v.ndim == 0 else v)
-            t, prev = rows(t), rows(prev)
+            t, prev = (v.expand(len(x)) if v.ndim == 0 else v for v in (t, prev))  # (B,) each
             eps = self.schedule.eps_from(eps, x.float(), t)
             return path_step_with_logprob(eps, x, self.schedule.coefficients(t), self.schedule.coefficients(prev),
                                           self.eta, prev_sample=prev_sample, generator=generator,
