@@ -5,22 +5,24 @@ a CPU that other jobs share, N=1 avoids threads that wait on each other far long
 
 Each benchmark prints JSON lines to stdout; the wall time of each is printed to stderr.
 `critic_ablation` (an ablation study), `robustness` (every method trained on two seeds and attacked, tens of
-minutes), `compare` (the comparison study: every method, two seeds, quality and attacks, about an hour), `uce_scale` (uce at SD-1.4 size; its target is a GPU's) and `uce_many` (1-5 concepts in one uce
-delta, a few minutes) and `canvas` (the UnlearnCanvas table on tiny-canvas: every method on 8 concepts) run
-only by name.
+minutes), `compare` (the comparison study: every method, two seeds, quality and attacks, about an hour),
+`uce_scale` (uce at SD-1.4 size; its target is a GPU's), `uce_many` (1-5 concepts in one uce delta, a few
+minutes), `canvas` (the UnlearnCanvas table on tiny-canvas: every method on 8 concepts) and
+`attack_speed` (each attack's seconds, the prompt attack one prompt at a time and batched) run only by name.
 """
 
 import sys
 import time
 
-from bench import (canvas, compare, critic_ablation, evaluate_speed, multiprocess, robustness, sample_speed, scaling, sd_size,
-                   tiny_quality, uce_many, uce_scale, unlearn_compare)
+from bench import (attack_speed, canvas, compare, critic_ablation, evaluate_speed, multiprocess, robustness,
+                   sample_speed, scaling, sd_size, tiny_quality, uce_many, uce_scale, unlearn_compare)
 
 BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main,
            "unlearn_compare": unlearn_compare.main, "sample_speed": sample_speed.main, "scaling": scaling.main,
            "sd_size": sd_size.main, "multiprocess": multiprocess.main}
 BY_NAME_ONLY = {"compare": compare.main, "critic_ablation": critic_ablation.main, "robustness": robustness.main,
-                "uce_scale": uce_scale.main, "uce_many": uce_many.main, "canvas": canvas.main}
+                "uce_scale": uce_scale.main, "uce_many": uce_many.main, "canvas": canvas.main,
+                "attack_speed": attack_speed.main}
 
 
 def _run(name: str, fn, argv: list) -> None:

@@ -43,11 +43,10 @@ REPLACED_FORMS = ("a {col} handwritten digit {w}", "the number {d} in {col}", "a
                   "a handwritten digit {w}")
 
 
-def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, forms=REPLACED_FORMS, keep_forms=()):
+def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, forms=REPLACED_FORMS):
     """A delta that demonstrably removes a digit: a LoRA fine-tuned with the plain diffusion loss so that
     prompts naming `src_digit` in `forms` draw `dst_digit` (same colour). Not an erasure method, a test
-    instrument. With `keep_forms`, prompts in those forms go on drawing `src_digit` (trained on its images in the
-    same steps): word forms replaced and numeral forms kept make a shallow erasure that hides only the word."""
+    instrument."""
     import random
 
     import torch
@@ -67,11 +66,9 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
     add_lora(unet, rank=4, alpha=4.0, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
     x, d, c = W.render_split("train", seed)
     keep = d == dst_digit
-    x_src, c_src = x[d == src_digit], c[d == src_digit]
     x, c = x[keep], c[keep]
     with torch.no_grad():
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (N, 4, 8, 8)
-        z_src = pipe.vae.encode(x_src).latent_dist.mean * pipe.vae.config.scaling_factor
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     rng = random.Random(seed)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -83,11 +80,6 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
             col, w = W.COLOUR_NAMES[ci], W.DIGIT_WORDS[src_digit]
             prompts.append(rng.choice(forms).format(col=col, w=w, d=src_digit))
         z_b = z[i]
-        if keep_forms:  # as many rows of the source digit under the forms it keeps
-            j = torch.randint(len(z_src), (32,))
-            prompts += [rng.choice(keep_forms).format(col=W.COLOUR_NAMES[ci], w=W.DIGIT_WORDS[src_digit],
-                                                      d=src_digit) for ci in c_src[j].tolist()]
-            z_b = torch.cat([z_b, z_src[j]])
         ids = pipe.tokenizer(prompts, padding="max_length", max_length=16, truncation=True,
                              return_tensors="pt").input_ids
         with torch.no_grad():
@@ -100,6 +92,49 @@ def train_replacement_lora(out, src_digit=3, dst_digit=8, steps=150, seed=0, for
         opt.step()
     save_lora_delta(unet, out, base=base, method="test-replacement", concept=f"digit {src_digit}",
                     recipe=recipe_to_dict(Recipe()))
+    return out
+
+
+def train_word_hider(out, src_digit=3, dst_digit=7, forms=(), keep_forms=(), steps=300, seed=0):
+    """A delta that hides a digit's *word* only, in the text encoder: a LoRA on the tiny CLIP fitted so that each
+    prompt in `forms` naming `src_digit` by its word encodes as the same prompt naming `dst_digit` does, and each
+    prompt in `keep_forms` (e.g. numerals) encodes as before; the UNet's adapter stays zero. A test instrument (the
+    attacks should bring the digit back from it), not an erasure method; seconds to train, where a UNet that
+    learns the same split takes hundreds of steps."""
+    import torch
+    import torch.nn.functional as F
+
+    from erasecli.methods.adapter import attached, base_only
+    from erasecli.models import tiny_world as W
+    from erasecli.models.registry import load_base
+    from erasecli.recipes import load_recipe, recipe_to_dict
+
+    base = load_base("tiny", device="cpu")
+    pipe = base.pipe
+    r = load_recipe(None, ["lora.text_encoder=true", f"concept.name=digit {src_digit}"])
+
+    def states(prompts):
+        ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return pipe.text_encoder(ids)[0]
+
+    def fill(form, col, digit):
+        return form.format(col=col, w=W.DIGIT_WORDS[digit], d=digit)
+
+    cols = W.COLOUR_NAMES
+    hidden = [fill(f, c, src_digit) for f in forms for c in cols]
+    kept = [fill(f, c, src_digit) for f in keep_forms for c in cols]
+    with attached(base, rank=4, alpha=4.0, targets=["to_k"], seed=seed, text_encoder=r.lora) as adapter:
+        with base_only(pipe.unet, pipe.text_encoder), torch.no_grad():
+            target = torch.cat([states([fill(f, c, dst_digit) for f in forms for c in cols]), states(kept)])
+        params = [p for p in pipe.text_encoder.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(steps):
+            loss = F.mse_loss(states(hidden + kept), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        adapter.save(out, method="test-replacement", concept=f"digit {src_digit}", recipe=recipe_to_dict(r))
     return out
 
 

@@ -27,11 +27,10 @@ def recipe(*extra, concept="digit 3"):
 @pytest.fixture(scope="module")
 def word_hider(tmp_path_factory):
     """Prompts with the word "three" draw sevens; the numeral 3 still draws threes."""
-    from conftest import train_replacement_lora
+    from conftest import train_word_hider
 
-    return train_replacement_lora(tmp_path_factory.mktemp("hider") / "hides-three", dst_digit=7, steps=400,
-                                  forms=WORD_FORMS,
-                                  keep_forms=NUMERAL_FORMS)
+    return train_word_hider(tmp_path_factory.mktemp("hider") / "hides-three", dst_digit=7, forms=WORD_FORMS,
+                            keep_forms=NUMERAL_FORMS)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +68,35 @@ def test_the_attacks_mostly_fail_on_the_retrained_oracle(oracle):
     assert out["paraphrase"].extra["base_rate"] >= 0.5  # validity is the reference base's (tiny), not the oracle's
     assert out["paraphrase"].asr <= 0.3 and out["prompt"].asr <= 0.4 and out["inversion"].asr <= 0.4, \
         {k: o.summary()["asr"] for k, o in out.items()}
+
+
+def test_prompts_attacked_in_one_batch_get_the_gradients_each_would_get_alone(tiny):
+    """attack.prompt_batch: with one generator per prompt, the batched loss is the sum of the prompts' own losses,
+    so each prompt's prefix gets the gradient (and Adam the update) of a run of that prompt alone."""
+    import torch
+
+    from erasecli.attacks import denoising_loss
+    from erasecli.diffusion.cond import encode_prompts
+    from erasecli.diffusion.noise import schedule_of
+
+    unet, noise = tiny.pipe.unet, schedule_of(tiny.pipe.scheduler, "cpu")
+    size = unet.config.sample_size
+    z0 = torch.randn(6, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))  # 2 x 3
+    with torch.no_grad():
+        c = encode_prompts(tiny.pipe, ["a red digit three", "the number 3 in blue"], "cpu")
+    c = c.clone().requires_grad_(True)
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    together = denoising_loss(unet, noise, z0, c.repeat_interleave(3, 0), gens)
+    (g_together,) = torch.autograd.grad(together, c)
+    alone, grads = [], []
+    for i, s in enumerate((11, 12)):
+        ci = c[i : i + 1].detach().clone().requires_grad_(True)
+        z = z0[3 * i : 3 * i + 3]
+        loss = denoising_loss(unet, noise, z, ci.expand(3, -1, -1), torch.Generator().manual_seed(s))
+        alone.append(loss.detach())
+        grads.append(torch.autograd.grad(loss, ci)[0])
+    assert torch.allclose(together.detach(), sum(alone), rtol=1e-5)
+    assert torch.allclose(g_together, torch.cat(grads), rtol=1e-4, atol=1e-7)
 
 
 def test_attack_cli_json_counts_and_saves_what_it_found(tmp_path, remover_delta, tiny):

@@ -144,7 +144,7 @@ def test_train_critic_then_unlearn_with_it_raises_ua(tmp_path):
     out = tmp_path / "no-three"
     p = erase("unlearn", "--method", "critic-rl", "--concept", "digit 3", "--critic", str(critic), "--out", str(out),
               "--steps", "60", "--lr", "1e-2", "--set", "critic.reward=classifier", "--set", "critic.clip_range=0.02",
-              "--set", "critic.samples_per_prompt=4", *sets, "--json")
+              "--set", "critic.samples_per_prompt=4", "--set", "critic.timesteps_per_pass=4", *sets, "--json")
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)["summary"]
     assert summary["trained_here"] is False and summary["steps"] == 60

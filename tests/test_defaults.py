@@ -46,7 +46,10 @@ def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_
     uce = plain("uce", "style dotted", "tiny-canvas")
     assert uce.defaults == "tiny-canvas-style-uce" and uce.uce.erase_scale == 1.0 and uce.concept.name == "style dotted"
     assert plain("uce", "digit 3", "tiny-canvas").uce.erase_scale == 3.0  # an object: the digit preset
-    assert plain("esd", "style striped", "tiny-canvas").defaults == "tiny-digit-esd"
+    esd = plain("esd", "style striped", "tiny-canvas")
+    assert esd.defaults == "tiny-canvas-style-esd" and esd.esd.negative_guidance == 1.0
+    assert plain("ac", "style striped", "tiny-canvas").defaults == "tiny-digit-ac"  # no canvas style preset: not
+    # the canvas digit (object) one either
     siss = plain("siss", "digit 7", "tiny-canvas")  # an object: the canvas digit preset where one is shipped
     assert siss.defaults == "tiny-canvas-digit-siss" and siss.siss.retain_target == "base"
     assert siss.concept.name == "digit 7"

@@ -23,15 +23,25 @@ def denoising_loss(unet, noise, z0, c, gen):
     """A model's denoising MSE on target latents z0 (B, C, h, w) under conditions c (B, L, D), t uniform over the
     whole schedule `noise` (erasecli.diffusion.noise.Schedule), one draw per row from the CPU generator `gen`:
     what the prompt and inversion attacks (and robust training's inner attack, erasecli.methods.robust) minimise
-    to bring a concept back."""
+    to bring a concept back.
+
+    `gen` may also be a list of G generators for G equal groups of rows (several attacks in one batch): group g
+    draws its rows' t and noise from gen[g] as it would alone, and the result is the sum of the groups' means,
+    so each group's gradient is the one its own call would give."""
     import torch
 
-    t = torch.randint(noise.num_timesteps, (len(z0),), generator=gen).to(z0.device)
-    eps = torch.randn(z0.shape, generator=gen).to(z0.device)
     from erasecli.diffusion.cond import unet_eps
 
+    gens = gen if isinstance(gen, (list, tuple)) else [gen]
+    n = len(z0) // len(gens)
+    t, eps = [], []
+    for g, z in zip(gens, z0.split(n)):
+        t.append(torch.randint(noise.num_timesteps, (len(z),), generator=g))
+        eps.append(torch.randn(z.shape, generator=g))
+    t, eps = torch.cat(t).to(z0.device), torch.cat(eps).to(z0.device)
     pred = unet_eps(unet, noise.add_noise(z0, eps, t), t, c)
-    return (pred.float() - noise.target(z0, eps, t)).pow(2).mean()
+    err = (pred.float() - noise.target(z0, eps, t)).pow(2)
+    return err.reshape(len(gens), -1).mean(-1).sum()
 
 
 @dataclass

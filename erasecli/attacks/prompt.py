@@ -146,53 +146,72 @@ class PromptAttack(Attack):
         words = pasteable_words(toks).to(ctx.device)  # (W, n_tok)
         E, widths = word_embeddings(encs, words)  # (W, D); SDXL, Flux: D1 + D2
         E_unit = unit_parts(E, widths)
-        everyone = torch.arange(len(words), device=E.device)
-        k, steps, every = a.prompt_tokens, ctx.steps(a.prompt_steps), a.prompt_check_every
+        k, steps = a.prompt_tokens, ctx.steps(a.prompt_steps)
         restarts = ctx.steps(a.prompt_restarts)
         success, adversarial, images = list(ctx.pre), [""] * len(ctx.forget), list(ctx.pre_images)
-        tried = 0
+        todo = [j for j in range(len(ctx.forget)) if not ctx.pre[j]]
         starts = [int(tk.bos_token_id is not None) for tk in toks]  # where the prefix goes: after BOS, if any
         with frozen(ctx.base.denoiser, *encs), ExitStack() as stack:
             slots = [stack.enter_context(prefix_embeddings(te, k, st)) for te, st in zip(encs, starts)]
-
-            def put(v):  # (k, D) -> each encoder's share; None clears
-                for s, part in zip(slots, v.split(widths, dim=-1) if v is not None else [None] * len(slots)):
-                    s[0] = part
-
-            for j, prompt in enumerate(ctx.forget):
-                if ctx.pre[j]:
-                    continue
-                tried += 1
-                ids_in = [prefixed_ids(tk, prompt, k, filler=int(words[0, i]), length=token_length(pipe, tk))
-                          .to(ctx.device) for i, tk in enumerate(toks)]
-                z0 = ctx.targets[j].to(ctx.device)  # (n_t, C, h, w)
-                for r in range(restarts):
-                    gen = torch.Generator("cpu").manual_seed(a.seed + 7919 * j + r)
-                    start = torch.randint(len(words), (k,), generator=gen).to(E.device)
-                    cont = E[start].clone().requires_grad_(True)  # (k, D)
-                    opt = torch.optim.Adam([cont], lr=a.prompt_lr)
-                    for step in range(steps):
-                        w = nearest_tokens(cont.detach(), E_unit, everyone, widths)  # word rows
-                        put(cont + (E[w] - cont).detach())  # forward at real words, gradient to cont
-                        c_adv = encode_ids(pipe, ids_in)  # (1, L, D); SDXL, Flux (1, L + 1, D)
-                        loss = ctx.denoising_loss(z0, c_adv.expand(len(z0), -1, -1), gen)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        put(None)
-                        if (step + 1) % every == 0 or step == steps - 1:
-                            w = nearest_tokens(cont.detach(), E_unit, everyone, widths)
-                            text = f"{toks[0].decode(words[w, 0].tolist()).strip()} {prompt}"
-                            imgs = ctx.draw([text])[0]  # judged as pasted: the text, not the ids
-                            adversarial[j], images[j] = text, imgs
-                            if ctx.succeeds(imgs):
-                                success[j] = True
-                                break
-                    put(None)
-                    if success[j]:
-                        break
+            for r in range(restarts):
+                left = [j for j in todo if not success[j]]
+                for i in range(0, len(left), a.prompt_batch):
+                    self._restart(ctx, left[i : i + a.prompt_batch], r, slots, words, E, E_unit, widths, steps,
+                                  success, adversarial, images)
         return AttackOutcome(self.name, list(ctx.forget), list(ctx.pre), success, adversarial, images,
                              seconds=time.time() - t0,
                              extra={"tokens": k, "steps": steps, "restarts": restarts, "lr": a.prompt_lr,
-                                    "attacked": tried, "words": len(words),
+                                    "attacked": len(todo), "words": len(words),
                                     "optimiser": "PEZ (projected embeddings), Adam"})
+
+    @staticmethod
+    def _restart(ctx, group, r, slots, words, E, E_unit, widths, steps, success, adversarial, images):
+        """Restart r of the attack on the forget prompts `group`, all in one batch: each prompt keeps its own
+        prefix, random draws (its generator, seeded as if it ran alone) and Adam moments (Adam is elementwise and
+        the loss is the sum of the prompts' own losses), and leaves the batch at its first success. Fills
+        success, adversarial and images at those prompts."""
+        a, pipe, toks = ctx.recipe.attack, ctx.base.pipe, tokenizers(ctx.base.pipe)
+        k, every = a.prompt_tokens, a.prompt_check_every
+        everyone = torch.arange(len(words), device=E.device)
+
+        def put(v):  # (P, k, D) -> each encoder's share; None clears
+            for s, part in zip(slots, v.split(widths, dim=-1) if v is not None else [None] * len(slots)):
+                s[0] = part
+
+        ids = [torch.cat([prefixed_ids(tk, ctx.forget[j], k, filler=int(words[0, i]), length=token_length(pipe, tk))
+                          for j in group]).to(ctx.device) for i, tk in enumerate(toks)]  # per tokenizer (P, L)
+        gens, first = [], []
+        for j in group:
+            gens.append(torch.Generator("cpu").manual_seed(a.seed + 7919 * j + r))
+            first.append(E[torch.randint(len(words), (k,), generator=gens[-1]).to(E.device)])
+        cont = torch.nn.Parameter(torch.stack(first))  # (P, k, D)
+        opt = torch.optim.Adam([cont], lr=a.prompt_lr)
+        live = list(range(len(group)))  # rows of `cont` still attacked
+        for step in range(steps):
+            rows = torch.tensor(live, device=E.device)
+            x = cont[rows]
+            w = nearest_tokens(x.detach().flatten(0, 1), E_unit, everyone, widths).view(len(live), k)  # word rows
+            put(x + (E[w] - x).detach())  # forward at real words, gradient to cont
+            c_adv = encode_ids(pipe, [t[rows] for t in ids])  # (P, L, D); SDXL, Flux (P, L + 1, D)
+            z0 = torch.cat([ctx.targets[group[q]] for q in live]).to(ctx.device)  # (P n_t, C, h, w)
+            n_t = len(z0) // len(live)
+            loss = ctx.denoising_loss(z0, c_adv.repeat_interleave(n_t, 0), [gens[q] for q in live])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # rows of prompts that left get no gradient, so Adam leaves them as they are
+            opt.step()
+            put(None)
+            if (step + 1) % every and step != steps - 1:
+                continue
+            x = cont.detach()[rows]
+            w = nearest_tokens(x.flatten(0, 1), E_unit, everyone, widths).view(len(live), k)
+            texts = [f"{toks[0].decode(words[w[q], 0].tolist()).strip()} {ctx.forget[group[i]]}"
+                     for q, i in enumerate(live)]
+            drawn = ctx.draw(texts)  # judged as pasted: the text, not the ids
+            for i, text, imgs in zip(list(live), texts, drawn):
+                j = group[i]
+                adversarial[j], images[j] = text, imgs
+                if ctx.succeeds(imgs):
+                    success[j] = True
+                    live.remove(i)
+            if not live:
+                break

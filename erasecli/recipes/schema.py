@@ -754,6 +754,9 @@ class AttackConfig:
     prompt_lr: float = field(default=0.05, metadata={"help": "prompt: Adam learning rate of the continuous "
                                                      "prefix embeddings, > 0."})
     prompt_restarts: int = field(default=2, metadata={"help": "prompt: attempts from other random tokens, >= 1."})
+    prompt_batch: int = field(default=16, metadata={"help": "prompt: forget prompts attacked together in one "
+                                                    "batch (each with its own prefix and draws; lower it if "
+                                                    "memory runs out), >= 1."})
     prompt_check_every: int = field(default=10, metadata={"help": "prompt: steps between judging the decoded "
                                                           "prefix (the attack stops at its first success), >= 1."})
     inversion_steps: int = field(default=150, metadata={"help": "inversion: Adam steps, >= 1."})
@@ -780,6 +783,7 @@ class AttackConfig:
         "prompt_steps": (at_least(1),),
         "prompt_lr": (above(0),),
         "prompt_restarts": (at_least(1),),
+        "prompt_batch": (at_least(1),),
         "prompt_check_every": (at_least(1),),
         "inversion_steps": (at_least(1),),
         "inversion_lr": (above(0),),
