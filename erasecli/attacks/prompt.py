@@ -197,7 +197,7 @@ class PromptAttack(Attack):
             n_t = len(z0) // len(live)
             loss = ctx.denoising_loss(z0, c_adv.repeat_interleave(n_t, 0), [gens[q] for q in live])
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # rows of prompts that left get no gradient, so Adam leaves them as they are
+            loss.backward()  # a row whose prompt left gets a zero gradient (Adam's momentum may still move it: unread)
             opt.step()
             put(None)
             if (step + 1) % every and step != steps - 1:
