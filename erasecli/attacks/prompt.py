@@ -185,6 +185,7 @@ class PromptAttack(Attack):
             gens.append(torch.Generator("cpu").manual_seed(a.seed + 7919 * j + r))
             first.append(E[torch.randint(len(words), (k,), generator=gens[-1]).to(E.device)])
         cont = torch.nn.Parameter(torch.stack(first))  # (P, k, D)
+        z_all = ctx.targets[group].to(ctx.device)  # (P, n_t, C, h, w): the base's images of each prompt
         opt = torch.optim.Adam([cont], lr=a.prompt_lr)
         live = list(range(len(group)))  # rows of `cont` still attacked
         for step in range(steps):
@@ -193,9 +194,8 @@ class PromptAttack(Attack):
             w = nearest_tokens(x.detach().flatten(0, 1), E_unit, everyone, widths).view(len(live), k)  # word rows
             put(x + (E[w] - x).detach())  # forward at real words, gradient to cont
             c_adv = encode_ids(pipe, [t[rows] for t in ids])  # (P, L, D); SDXL, Flux (P, L + 1, D)
-            z0 = torch.cat([ctx.targets[group[q]] for q in live]).to(ctx.device)  # (P n_t, C, h, w)
-            n_t = len(z0) // len(live)
-            loss = ctx.denoising_loss(z0, c_adv.repeat_interleave(n_t, 0), [gens[q] for q in live])
+            z0 = z_all[rows].flatten(0, 1)  # (P n_t, C, h, w)
+            loss = ctx.denoising_loss(z0, c_adv.repeat_interleave(z_all.shape[1], 0), [gens[q] for q in live])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # a row whose prompt left gets a zero gradient (Adam's momentum may still move it: unread)
             opt.step()
