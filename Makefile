@@ -21,9 +21,11 @@ demo: setup
 
 # Two pytest-xdist workers of one torch thread each: on 2 cores the tiny models' kernels are too small for two
 # threads to help one process, so two processes finish the suite ~1.4x sooner. TEST_JOBS=0 runs it in one process.
+# The 15 slowest tests are listed at the end: where the 10-minute budget goes.
 TEST_JOBS ?= 2
 test: setup
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup \
+		--durations=15
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m bench all

@@ -77,7 +77,7 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     With `out`, writes PNGs (one folder per prompt), a grid per prompt, `manifest.jsonl` and the resolved
     `recipe.yaml`, all into a temp folder that replaces `out` only when complete.
     """
-    from erasecli.delta import apply_deltas, remove_deltas
+    from erasecli.delta import apply_deltas, merged, remove_deltas
     from erasecli.models.registry import load_base
 
     check_sample(recipe, prompts=prompts, n=n, deltas=deltas, out=out, overwrite=overwrite, guards=guards)
@@ -98,7 +98,8 @@ def sample(recipe, *, prompts: Sequence[str], n: int, deltas: Sequence[str] = ()
     from erasecli.sampling import SampleRecord, generate_with, slug, write_samples
 
     try:
-        images = generate_with(base, [j[0] for j in jobs], [j[1] for j in jobs], cfg, on_batch=tick)
+        with merged(base.denoiser):  # the deltas' LoRA folded into the weights while sampling (no gradient here)
+            images = generate_with(base, [j[0] for j in jobs], [j[1] for j in jobs], cfg, on_batch=tick)
     finally:
         if infos:
             remove_deltas(base)

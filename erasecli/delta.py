@@ -16,6 +16,8 @@ pipeline cannot load it (README, "Guards").
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import datetime as _dt
 import json
 import shutil
@@ -303,6 +305,31 @@ def _install_guard(base, info: DeltaInfo) -> None:
     G.remove(unet)
     G.install(unet, G.SafetyGuard(concept_c.to(base.device), uncond_c.to(base.device), settings,
                                   int(base.pipe.scheduler.config.num_train_timesteps)))
+
+
+@contextmanager
+def merged(model):
+    """The model's LoRA folded into its base weights while inside, for passes without gradient to the adapter
+    (critic-rl's rollouts, sampling with deltas): one matrix product per adapted layer instead of three, the same
+    function up to float rounding. Leaving restores the base weights bit for bit (a saved copy: peft's unmerge
+    subtracts, which leaves rounding behind). Layers whose adapters are off (`base_only`) or already merged are left
+    as they are; nothing inside may switch adapters on or off."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.disable_adapters and not m.merged]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.merge()
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w in zip(layers, saved):
+                if m.merged:
+                    m.unmerge()
+                m.get_base_layer().weight.copy_(w)
 
 
 def remove_deltas(base) -> None:

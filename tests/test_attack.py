@@ -3,15 +3,13 @@ hides only the word "three") and mostly fails where it should (the base retraine
 counted as UnlearnDiffAtk counts them, saved so they can be reused, and cached."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from erasecli import api
 from erasecli.recipes import load_recipe
+from test_sample_cli import erase
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +99,8 @@ def test_prompts_attacked_in_one_batch_get_the_gradients_each_would_get_alone(ti
 
 def test_attack_cli_json_counts_and_saves_what_it_found(tmp_path, remover_delta, tiny):
     out = tmp_path / "atk"
-    p = subprocess.run([sys.executable, "-m", "erasecli", "attack", "--delta", str(remover_delta), "--concept",
-                        "digit 3", "--attacks", "paraphrase,inversion", "--budget", "0.3", "--set", "attack.samples=2",
-                        "--out", str(out), "--json"], capture_output=True, text=True, env={**os.environ},
-                       timeout=900)
+    p = erase("attack", "--delta", str(remover_delta), "--concept", "digit 3", "--attacks", "paraphrase,inversion",
+              "--budget", "0.3", "--set", "attack.samples=2", "--out", str(out), "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     m = doc["models"][0]
@@ -168,8 +164,7 @@ def test_evaluate_puts_robustness_beside_ua_in_one_document(tiny, remover_delta)
     ([], 2, "no concept"),
 ])
 def test_bad_attack_input_is_one_line_before_any_model_loads(tmp_path, args, code, needle):
-    p = subprocess.run([sys.executable, "-m", "erasecli", "attack", *args, "--json"], capture_output=True,
-                       text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    p = erase("attack", *args, "--json", cwd=tmp_path)
     assert p.returncode == code, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr

@@ -425,3 +425,62 @@ def test_robust_critic_rl_rolls_out_adversarial_chains_and_trains_the_text_encod
     up = [v for k, v in sd.items() if k.startswith("text_encoder.") and ".up." in k]
     assert up and max(float(v.abs().max()) for v in up) > 0  # the text encoder's adapter learned
     assert steps_run == [3, 4] and sd.keys() == resumed.keys() and all(torch.equal(sd[k], resumed[k]) for k in sd)
+
+
+def test_rollouts_fold_the_adapter_in_and_leave_the_base_weights_exact(tiny):
+    """critic-rl rolls out with its LoRA merged into the weights (adapter.merged): the same predictions up to float
+    rounding, the base weights back bit for bit afterwards, and an adapter switched off (base_only) stays off."""
+    from erasecli.diffusion.cond import unet_eps
+    from erasecli.methods.adapter import attached, base_only, merged
+
+    unet, g = tiny.denoiser, torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(3, 4, 8, 8, generator=g), torch.tensor([50, 400, 900]), torch.randn(3, 16, 64, generator=g)
+    with attached(tiny, rank=4, alpha=4.0, targets=["to_q", "to_k", "to_v", "to_out.0"], seed=0) as adapter, \
+            torch.no_grad():
+        for p in adapter.params:
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+        weights = {n: p.clone() for n, p in unet.named_parameters() if "lora_" not in n}
+        want = unet_eps(unet, x, t, c)
+        with merged(unet):
+            got = unet_eps(unet, x, t, c)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert all(torch.equal(weights[n], p) for n, p in unet.named_parameters() if "lora_" not in n)
+        assert torch.equal(unet_eps(unet, x, t, c), want)  # the adapter works unmerged again
+        with base_only(unet):
+            base = unet_eps(unet, x, t, c)
+            with merged(unet):
+                assert torch.equal(unet_eps(unet, x, t, c), base)
+        assert (want - base).abs().max() > 1e-3  # the adapter does something
+
+
+def test_denoising_rows_riding_in_the_recompute_get_what_a_pass_of_their_own_gives(tiny):
+    """critic-rl's retain and anchor terms ride in PPO's last recompute pass (guided_eps with `extra`): the guided
+    prediction of the chains and the raw prediction of the extra rows, value and gradient, as two separate passes."""
+    from erasecli.diffusion.cond import unet_eps
+    from erasecli.diffusion.rollout import guided_eps
+    from erasecli.methods.adapter import attached
+
+    unet, g = tiny.denoiser, torch.Generator().manual_seed(0)
+    x, c_u = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 16, 64, generator=g)
+    c = torch.randn(4, 16, 64, generator=g)
+    t = torch.tensor([100, 300, 500, 700])
+    extra = (torch.randn(3, 4, 8, 8, generator=g), torch.tensor([10, 600, 990]), torch.randn(3, 16, 64, generator=g))
+    with attached(tiny, rank=4, alpha=4.0, targets=["to_q", "to_k", "to_v", "to_out.0"], seed=0) as adapter:
+        with torch.no_grad():
+            for p in adapter.params:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        grads = []
+        for together in (False, True):
+            for p in adapter.params:
+                p.grad = None
+            if together:
+                e, e_x = guided_eps(unet, x, t, c, c_u, 3.0, extra)
+            else:
+                e, e_x = guided_eps(unet, x, t, c, c_u, 3.0), unet_eps(unet, *extra)
+            (e.square().sum() + 2 * e_x.square().sum()).backward()
+            grads.append((e.detach(), e_x.detach(), [p.grad.clone() for p in adapter.params]))
+    (e1, x1, g1), (e2, x2, g2) = grads
+    torch.testing.assert_close(e2, e1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x2, x1, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)

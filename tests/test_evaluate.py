@@ -10,6 +10,7 @@ import pytest
 
 from erasecli import api
 from erasecli.recipes import load_recipe
+from test_sample_cli import erase
 
 SCHEMA = Path(__file__).resolve().parents[1] / "erasecli" / "eval" / "report_schema.json"
 
@@ -123,8 +124,7 @@ def test_cli_json_pipes_and_out_dir_has_a_report(tmp_path, remover_delta):
     (["--concept", "van gogh", "--base", "sd-1.4", "--set", "eval.in_domain=[monet]"], 1, "hf download"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, code, needle):
-    p = subprocess.run([sys.executable, "-m", "erasecli", "evaluate", *args, "--json"], capture_output=True,
-                       text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    p = erase("evaluate", *args, "--json", cwd=tmp_path)
     assert p.returncode == code, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr

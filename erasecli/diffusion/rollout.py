@@ -26,14 +26,20 @@ class Trajectories:
     prev_timesteps: torch.Tensor  # (K,); < 0 is the last step
 
 
-def guided_eps(unet, x, t, emb_c, emb_u, guidance: float):
-    """e = e_u + g (e_c - e_u) in one batched UNet pass (g <= 1: the conditional prediction alone)."""
-    if guidance <= 1.0:
+def guided_eps(unet, x, t, emb_c, emb_u, guidance: float, extra=None):
+    """e = e_u + g (e_c - e_u) in one batched UNet pass (g <= 1: the conditional prediction alone). `extra`
+    (x_e, t_e, c_e): more rows predicted in the same pass without guidance (critic-rl's denoising terms ride in
+    PPO's recompute); then (e, their raw predictions) come back."""
+    if extra is None and guidance <= 1.0:
         return unet_eps(unet, x, t, emb_c)
-    tt = t.expand(len(x)) if t.ndim == 0 else t
-    e_c, e_u = unet_eps(unet, torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([emb_c, emb_u])
-                        ).chunk(2)  # (B, C, h, w) each
-    return e_u + guidance * (e_c - e_u)
+    n = len(x)
+    tt = t.expand(n) if t.ndim == 0 else t
+    xs, ts, cs = ([x, x], [tt, tt], [emb_c, emb_u]) if guidance > 1.0 else ([x], [tt], [emb_c])
+    if extra is not None:
+        xs, ts, cs = xs + [extra[0]], ts + [extra[1]], cs + [extra[2]]
+    out = unet_eps(unet, torch.cat(xs), torch.cat(ts), torch.cat(cs))  # (len(xs) n [+ extra rows], C, h, w)
+    e = out[:n] if guidance <= 1.0 else out[n : 2 * n] + guidance * (out[:n] - out[n : 2 * n])
+    return e if extra is None else (e, out[(len(xs) - 1) * n :])
 
 
 class Sampler:
@@ -61,19 +67,24 @@ class Sampler:
         self.ab = sched.alphas_cumprod.to(base.device, torch.float32)
         self.init_sigma = float(sched.init_noise_sigma)
 
-    def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None, variance_noise=None):
+    def step(self, unet, x, k, emb_c, emb_u, prev_sample=None, generator=None, variance_noise=None, extra=None):
         """One DDIM step of every row of x at step index k: an int, or a (B,) tensor of step indices, one per row
-        (several steps of the chains in one UNet pass, as the PPO update batches them: the same math row by row)."""
+        (several steps of the chains in one UNet pass, as the PPO update batches them: the same math row by row).
+        `extra` (x_e, t_e, c_e): rows predicted in the same UNet pass (`guided_eps`); then (the step, their
+        predictions) come back."""
         t, prev = self.timesteps[k], self.prevs[k]  # 0-d, or (B,) per row
-        eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance)
+        eps = guided_eps(unet, x, t, emb_c, emb_u, self.guidance, extra)
+        eps, e_extra = eps if extra is not None else (eps, None)
         if self.flow:
             t, prev = (v.expand(len(x)) if v.ndim == 0 else v for v in (t, prev))  # (B,) each
             eps = self.schedule.eps_from(eps, x.float(), t)
-            return path_step_with_logprob(eps, x, self.schedule.coefficients(t), self.schedule.coefficients(prev),
-                                          self.eta, prev_sample=prev_sample, generator=generator,
-                                          variance_noise=variance_noise)
-        return ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
-                                      generator=generator, variance_noise=variance_noise)
+            out = path_step_with_logprob(eps, x, self.schedule.coefficients(t), self.schedule.coefficients(prev),
+                                         self.eta, prev_sample=prev_sample, generator=generator,
+                                         variance_noise=variance_noise)
+        else:
+            out = ddim_step_with_logprob(eps, t, prev, x, self.ab, self.final_ab, self.eta, prev_sample=prev_sample,
+                                         generator=generator, variance_noise=variance_noise)
+        return out if extra is None else (out, e_extra)
 
     @torch.no_grad()
     def sample(self, unet, c, embeds, shape, generator, rows=None) -> Trajectories:

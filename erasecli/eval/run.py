@@ -16,7 +16,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
     Images are generated once per model and shared by every metric; the base's come from the on-disk cache
     when they were made before with the same settings."""
     from erasecli import __version__
-    from erasecli.delta import apply_deltas, remove_deltas
+    from erasecli.delta import apply_deltas, merged, remove_deltas
     from erasecli.eval.metrics import METRICS, Context, ModelImages, attacks_for
     from erasecli.judges import make_judges
     from erasecli.recipes import recipe_to_dict
@@ -49,7 +49,8 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
     for d in deltas:
         info = apply_deltas(base, [d], force=force)[0]
         try:
-            imgs = generate_with(base, prompts, seeds, cfg, on_batch=tick)
+            with merged(base.denoiser):  # the LoRA folded in while sampling: ~20% faster on the tiny bases
+                imgs = generate_with(base, prompts, seeds, cfg, on_batch=tick)
         finally:
             remove_deltas(base)
         name = Path(d).name or str(d)

@@ -111,7 +111,7 @@ class Ant(Esd):
 
     def step(self, k: int) -> dict:
         ctx, cfg = self.ctx, self.ctx.recipe.ant
-        d, B = ctx.data, ctx.recipe.train.batch_size
+        B = ctx.recipe.train.batch_size
         c, x_t, t, late = self._draw()
         e_c, e_0 = self._targets(x_t, t, c)
         lt = late.view(-1, 1, 1, 1)

@@ -42,7 +42,7 @@ import torch
 from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
 from erasecli.methods import Unlearner
-from erasecli.methods.adapter import base_only
+from erasecli.methods.adapter import base_only, merged
 from erasecli.methods.losses import grad_norm
 
 
@@ -178,11 +178,13 @@ class CriticRl(Unlearner):
         conds = self._conditions(prompts, adv)
         unet.eval()
         if conds is None:
-            traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
+            with merged(unet):  # no gradient here: the adapter folded into the weights, one product per layer
+                traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
         else:
             with torch.no_grad():
                 states = conds.states()  # (B, L, D) each
-            traj, R = env.rollout(unet, prompts, ctx.gen, states=(states[0], states[1][0]))
+            with merged(unet):
+                traj, R = env.rollout(unet, prompts, ctx.gen, states=(states[0], states[1][0]))
         unet.train()
         B, K = traj.log_probs.shape
         # the critic's c: the prompt's pooled embedding, or (critic.robust_input: states) the chain's own states'
@@ -221,8 +223,12 @@ class CriticRl(Unlearner):
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             order = torch.randperm(K, generator=ctx.gen)[:n_train].tolist()
-            for at in range(0, len(order), per_pass):
+            starts = list(range(0, len(order), per_pass))
+            for at in starts:
                 js = order[at : at + per_pass]
+                # the denoising terms ride in the epoch's last pass (their draws come after the epoch's permutation,
+                # as when they had a pass of their own)
+                draws = self._denoising_draws() if at == starts[-1] else None
                 n = len(js)
                 # rows grouped by step: row q * b + i is this process's chain i at step js[q]
                 x = lat[:, js].transpose(0, 1).reshape(n * b, *lat.shape[2:])
@@ -231,7 +237,10 @@ class CriticRl(Unlearner):
                 if te_trains:
                     emb_c, emb_u = conds.states(loc)
                 e_c, e_u = torch.cat([emb_c] * n), torch.cat([emb_u] * n)
-                out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
+                if draws is None:
+                    out = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next)
+                else:
+                    out, e_d = env.sampler.step(unet, x, ks, e_c, e_u, prev_sample=x_next, extra=draws[:3])
                 lp = out.log_prob.view(n, b)
                 loss = 0.0
                 for q, j in enumerate(js):
@@ -246,16 +255,16 @@ class CriticRl(Unlearner):
                     kl = per_row.view(n, -1).sum(1) / n_kl  # (n,): each step's share of its mean over the KL rows
                     loss = loss + cfg.kl_weight * kl.sum() / n_train
                     kl_total = kl_total + kl.sum().detach() / n_train
-                loss.backward()
                 policy_loss = policy_loss + loss.detach()
+                if draws is not None:
+                    denoise, L_r, L_a = self._denoising_loss(draws, e_d)
+                    loss = loss + denoise
+                    retain_total, anchor_total = retain_total + L_r.detach(), anchor_total + L_a.detach()
+                loss.backward()
                 with torch.no_grad():
                     ratio = (lp - old_lp[:, js].T).exp()  # (n, b)
                     clipped = clipped + ((ratio - 1).abs() > cfg.clip_range).float().sum() / (B * n_train)
                     approx_kl = approx_kl + (old_lp[:, js].T - lp).sum() / (B * n_train)
-            denoise, L_r, L_a = self._denoising_terms(zero)
-            if denoise is not None:
-                denoise.backward()
-                retain_total, anchor_total = retain_total + L_r.detach(), anchor_total + L_a.detach()
             params = [p for p in ctx.params if p.grad is not None]
             world.sum_([p.grad for p in params])
             norm = grad_norm([p.grad for p in params])
@@ -274,11 +283,11 @@ class CriticRl(Unlearner):
                                              "reward_adv": R[conds.adv].mean().item() if conds.adv.any() else
                                              float("nan")})}
 
-    def _denoising_terms(self, zero):
-        """critic.retain_loss's term L_r on B base retain latents and critic.anchor_loss's L_a on B base anchor
-        latents (row i drawn for forget row i's anchor prompt) predicted under their forget prompts; each noised to
-        random t, this process's share of the batch mean, both in one UNet pass. Returns (their weighted sum, or
-        None when both are off, L_r, L_a), `zero` for a term that is off."""
+    def _denoising_draws(self):
+        """critic.retain_loss's L_r draws B base retain latents, critic.anchor_loss's L_a B base anchor latents (row
+        i drawn for forget row i's anchor prompt) to be predicted under their forget prompts; each noised to random
+        t. Returns this process's rows (x_t, t, c_states, eps, {term: rows}) to ride in a UNet pass, or None when
+        both terms are off."""
         ctx, cfg, d, B = self.ctx, self.ctx.recipe.critic, self.ctx.data, self.ctx.recipe.train.batch_size
         draws = {}  # term -> (x_t, t, c, eps) of the whole batch
         if cfg.retain_loss > 0 and len(d.retain):
@@ -288,11 +297,20 @@ class CriticRl(Unlearner):
             t, eps = ctx.randint(ctx.num_timesteps, B), ctx.randn(d.anchor[i].shape)
             draws["a"] = (ctx.noise.add_noise(d.anchor[i], eps, t), t, d.forget_c[i], eps)
         if not draws:
-            return None, zero, zero
+            return None
         mine = {k: [ctx.world.local(v) for v in x] for k, x in draws.items()}
         x_t, t, c, eps = (torch.cat([x[j] for x in mine.values()]) for j in range(4))
-        per_row = ctx.err(ctx.eps(x_t, t, c), eps, t).split([len(x[0]) for x in mine.values()])  # flow: velocity
-        L = {k: rows.sum() / B for k, rows in zip(mine, per_row)}
+        states = d.embeds[c] if ctx.encode is None else ctx.encode(c)  # what ctx.eps conditions on
+        return x_t, t, states, eps, {k: len(x[0]) for k, x in mine.items()}
+
+    def _denoising_loss(self, draws, pred):
+        """(critic.retain_loss L_r + critic.anchor_loss L_a, L_r, L_a) from the UNet's raw predictions `pred` of
+        `_denoising_draws`' rows: each term this process's share of its batch mean (flow: on the velocity)."""
+        ctx, cfg, B = self.ctx, self.ctx.recipe.critic, self.ctx.recipe.train.batch_size
+        x_t, t, _, eps, sizes = draws
+        per_row = ctx.err(ctx.noise.eps_from(pred, x_t, t), eps, t).split(list(sizes.values()))
+        L = {k: rows.sum() / B for k, rows in zip(sizes, per_row)}
+        zero = torch.zeros((), device=pred.device)
         L_r, L_a = L.get("r", zero), L.get("a", zero)
         return cfg.retain_loss * L_r + cfg.anchor_loss * L_a, L_r, L_a
 
