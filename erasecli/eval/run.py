@@ -49,7 +49,7 @@ def evaluate_models(recipe, base, concept, deltas: Sequence[str] = (), *, force:
     for d in deltas:
         info = apply_deltas(base, [d], force=force)[0]
         try:
-            with merged(base.denoiser):  # the LoRA folded in while sampling: ~20% faster on the tiny bases
+            with merged(base.denoiser):  # the LoRA folded in while sampling (docs/results.md: ~15% on tiny)
                 imgs = generate_with(base, prompts, seeds, cfg, on_batch=tick)
         finally:
             remove_deltas(base)
