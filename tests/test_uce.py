@@ -126,7 +126,7 @@ def test_uce_erases_three_digits_together_and_keeps_the_rest(tiny, tmp_path):
     assert res["delta"]["concept"] == "digit 3 + digit 5 + digit 7"
     api.unlearn(recipe("uce", "uce.guide=swap:zero", concept="digit 3", also=["digit 5", "digit 7"]),
                 out=tmp_path / "swap", base=tiny)
-    e = api.load_recipe(None, ["eval.samples_per_prompt=4", "eval.metrics=[ua,ira,cra]"],
+    e = api.load_recipe(None, ["eval.samples_per_prompt=2", "eval.metrics=[ua,ira,cra]"],  # UA 1.0 at 2 and 4
                         concept={"name": "digit 3", "also": ["digit 5", "digit 7"]})
     rep = api.evaluate(e, deltas=[str(tmp_path / "three"), str(tmp_path / "swap")], base=tiny)
     assert rep["concepts"] == ["digit 3", "digit 5", "digit 7"]

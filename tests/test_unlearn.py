@@ -155,10 +155,12 @@ def plain_pipe():
 
 
 _BEFORE: dict = {}
-METHOD_SETS = {  # each method's tiny recipe, shortened for the test
-    "siss": [],
-    "adaptive-siss": [],
-    "ppo-alpha": [],
+# Each method's tiny recipe, shortened for the test: at 60 steps every one left <= 0.1 threes and kept >= 0.875 of
+# the other digits on training seeds 0 and 1 (the assertions ask <= before - 0.6 and >= 0.75).
+METHOD_SETS = {
+    "siss": ["train.lr=2e-3"],
+    "adaptive-siss": ["train.lr=2e-3"],
+    "ppo-alpha": ["train.lr=2e-3"],
     "esd": ["lora.target_modules=[xattn]", "train.lr=2e-3", "esd.negative_guidance=3", "esd.anchor=prompt",
             "esd.xt_source=data", "esd.retain_weight=3"],
     "ac": ["lora.target_modules=[attn2.to_k, attn2.to_v]", "train.lr=2e-3", "ac.retain_weight=1"],
@@ -189,13 +191,13 @@ def test_study_method_delta_draws_in_plain_diffusers_what_erase_sample_draws(met
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHOD_SETS))  # critic-rl: tests/test_critic_rl.py
 def test_each_method_erases_the_digit_in_a_plain_diffusers_pipeline(method, tiny, plain_pipe, tmp_path):
-    r = recipe(method, "train.steps=120", *METHOD_SETS[method])
+    r = recipe(method, "train.steps=60", *METHOD_SETS[method])
     out = tmp_path / method
     result = api.unlearn(r, out=out, base=tiny)
     assert {"pytorch_lora_weights.safetensors", "delta.json", "recipe.yaml", "train_log.jsonl", "train_plot.png",
             "train_summary.json"} <= {p.name for p in out.iterdir()}
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert len(rows) == 120 and all({"step", "loss", "grad_norm", "lr", "seconds"} <= set(row) for row in rows)
+    assert len(rows) == 60 and all({"step", "loss", "grad_norm", "lr", "seconds"} <= set(row) for row in rows)
     if method.endswith("siss") or method == "ppo-alpha":  # the siss family logs its mixing weight
         assert all("lambda" in row and 0 < row["lambda"] < 1 for row in rows)
     assert result["delta"]["method"] == method and not checkpoint_dir_for(out).exists()
