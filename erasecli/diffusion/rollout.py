@@ -35,11 +35,12 @@ def guided_eps(unet, x, t, emb_c, emb_u, guidance: float, extra=None):
     n = len(x)
     tt = t.expand(n) if t.ndim == 0 else t
     xs, ts, cs = ([x, x], [tt, tt], [emb_c, emb_u]) if guidance > 1.0 else ([x], [tt], [emb_c])
+    own = len(xs) * n  # the chains' rows (conditional, then unconditional); the extra rows follow
     if extra is not None:
         xs, ts, cs = xs + [extra[0]], ts + [extra[1]], cs + [extra[2]]
-    out = unet_eps(unet, torch.cat(xs), torch.cat(ts), torch.cat(cs))  # (len(xs) n [+ extra rows], C, h, w)
-    e = out[:n] if guidance <= 1.0 else out[n : 2 * n] + guidance * (out[:n] - out[n : 2 * n])
-    return e if extra is None else (e, out[(len(xs) - 1) * n :])
+    out = unet_eps(unet, torch.cat(xs), torch.cat(ts), torch.cat(cs))  # (own [+ extra rows], C, h, w)
+    e = out[:n] if guidance <= 1.0 else out[n:own] + guidance * (out[:n] - out[n:own])
+    return e if extra is None else (e, out[own:])
 
 
 class Sampler:
