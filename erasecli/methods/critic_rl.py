@@ -284,10 +284,10 @@ class CriticRl(Unlearner):
                                              float("nan")})}
 
     def _denoising_draws(self):
-        """critic.retain_loss's L_r draws B base retain latents, critic.anchor_loss's L_a B base anchor latents (row
-        i drawn for forget row i's anchor prompt) to be predicted under their forget prompts; each noised to random
-        t. Returns this process's rows (x_t, t, c_states, eps, {term: rows}) to ride in a UNet pass, or None when
-        both terms are off."""
+        """The rows of the two denoising terms, each noised to a random t: critic.retain_loss's L_r on B base retain
+        latents under their own prompts, critic.anchor_loss's L_a on B base anchor latents (row i drawn for forget
+        row i's anchor prompt) under their forget prompts. Returns this process's rows (x_t, t, c_states, eps,
+        {term: number of rows}) to ride in a UNet pass, or None when both terms are off."""
         ctx, cfg, d, B = self.ctx, self.ctx.recipe.critic, self.ctx.data, self.ctx.recipe.train.batch_size
         draws = {}  # term -> (x_t, t, c, eps) of the whole batch
         if cfg.retain_loss > 0 and len(d.retain):
