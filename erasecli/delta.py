@@ -16,11 +16,10 @@ pipeline cannot load it (README, "Guards").
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import datetime as _dt
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -431,7 +431,8 @@ def test_rollouts_fold_the_adapter_in_and_leave_the_base_weights_exact(tiny):
     """critic-rl rolls out with its LoRA merged into the weights (adapter.merged): the same predictions up to float
     rounding, the base weights back bit for bit afterwards, and an adapter switched off (base_only) stays off."""
     from erasecli.diffusion.cond import unet_eps
-    from erasecli.methods.adapter import attached, base_only, merged
+    from erasecli.delta import merged
+    from erasecli.methods.adapter import attached, base_only
 
     unet, g = tiny.denoiser, torch.Generator().manual_seed(0)
     x, t, c = torch.randn(3, 4, 8, 8, generator=g), torch.tensor([50, 400, 900]), torch.randn(3, 16, 64, generator=g)

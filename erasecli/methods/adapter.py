@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 import torch
 
-from erasecli.delta import merged  # noqa: F401  (re-exported: the adapter's life in one place)
 from erasecli.errors import EraseError
 
 ADAPTER = "default"  # peft's adapter name for the one being trained

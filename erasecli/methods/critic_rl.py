@@ -41,8 +41,9 @@ import torch
 
 from erasecli import rl
 from erasecli.critic.train import RolloutEnv, check_critic, fit_critic, train_critic, values
+from erasecli.delta import merged
 from erasecli.methods import Unlearner
-from erasecli.methods.adapter import base_only, merged
+from erasecli.methods.adapter import base_only
 from erasecli.methods.losses import grad_norm
 
 
@@ -177,14 +178,13 @@ class CriticRl(Unlearner):
         prompts, adv = self._prompts()
         conds = self._conditions(prompts, adv)
         unet.eval()
-        if conds is None:
-            with merged(unet):  # no gradient here: the adapter folded into the weights, one product per layer
-                traj, R = env.rollout(unet, prompts, ctx.gen)  # (B, ...), (B,)
-        else:
+        states = None
+        if conds is not None:
             with torch.no_grad():
                 states = conds.states()  # (B, L, D) each
-            with merged(unet):
-                traj, R = env.rollout(unet, prompts, ctx.gen, states=(states[0], states[1][0]))
+        with merged(unet):  # no gradient here: the adapter folded into the weights, one product per layer
+            traj, R = env.rollout(unet, prompts, ctx.gen,  # (B, ...), (B,)
+                                  states=None if states is None else (states[0], states[1][0]))
         unet.train()
         B, K = traj.log_probs.shape
         # the critic's c: the prompt's pooled embedding, or (critic.robust_input: states) the chain's own states'
