@@ -14,12 +14,12 @@ minutes), `canvas` (the UnlearnCanvas table on tiny-canvas: every method on 8 co
 import sys
 import time
 
-from bench import (attack_speed, canvas, compare, critic_ablation, evaluate_speed, multiprocess, robustness,
-                   sample_speed, scaling, sd_size, tiny_quality, uce_many, uce_scale, unlearn_compare)
+from bench import (attack_speed, canvas, clip_zero_shot, compare, critic_ablation, evaluate_speed, multiprocess,
+                   robustness, sample_speed, scaling, sd_size, tiny_quality, uce_many, uce_scale, unlearn_compare)
 
 BENCHES = {"tiny_quality": tiny_quality.main, "evaluate_speed": evaluate_speed.main,
            "unlearn_compare": unlearn_compare.main, "sample_speed": sample_speed.main, "scaling": scaling.main,
-           "sd_size": sd_size.main, "multiprocess": multiprocess.main}
+           "sd_size": sd_size.main, "multiprocess": multiprocess.main, "clip_zero_shot": clip_zero_shot.main}
 BY_NAME_ONLY = {"compare": compare.main, "critic_ablation": critic_ablation.main, "robustness": robustness.main,
                 "uce_scale": uce_scale.main, "uce_many": uce_many.main, "canvas": canvas.main,
                 "attack_speed": attack_speed.main}

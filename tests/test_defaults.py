@@ -46,6 +46,9 @@ def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_
     uce = plain("uce", "style dotted", "tiny-canvas")
     assert uce.defaults == "tiny-canvas-style-uce" and uce.uce.erase_scale == 1.0 and uce.concept.name == "style dotted"
     assert plain("uce", "digit 3", "tiny-canvas").uce.erase_scale == 3.0  # an object: the digit preset
+    rece = plain("rece", "style glowing", "tiny-canvas")  # one round, retain prompts kept 3x: the digits stay
+    assert rece.defaults == "tiny-canvas-style-rece" and (rece.uce.rounds, rece.uce.preserve_scale) == (1, 3.0)
+    assert plain("rece", "digit 3", "tiny-canvas").uce.rounds == 3
     esd = plain("esd", "style striped", "tiny-canvas")
     assert esd.defaults == "tiny-canvas-style-esd" and esd.esd.negative_guidance == 1.0
     assert plain("ac", "style striped", "tiny-canvas").defaults == "tiny-digit-ac"  # no canvas style preset: not
