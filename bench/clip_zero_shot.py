@@ -31,9 +31,8 @@ def read_digits(world: str, temperature: float):
     x, digits = out[0], out[1]
     styles = out[3] if world == "canvas" else None
     texts = clip.embed_text([label_phrase("digit", j) for j in range(10)])
-    scale = float(clip.model.logit_scale.detach().exp()) / temperature
     img = torch.cat([clip.embed_pixels(x[i : i + 512]) for i in range(0, len(x), 512)])
-    return (scale * img @ texts.T).softmax(-1), digits, styles
+    return (clip.zero_shot_scale(temperature) * img @ texts.T).softmax(-1), digits, styles  # as critic-rl's reward
 
 
 def main(argv=None) -> None:

@@ -149,6 +149,12 @@ class Clip:
         std = torch.tensor(ip.image_std, device=x.device)[None, :, None, None]
         return clip_image_embeds(self.model, (x - mean) / std)
 
+    def zero_shot_scale(self, temperature: float = 1.0) -> float:
+        """The factor on cosine similarities before a zero-shot softmax: CLIP's learnt logit scale (100 for a model
+        without one) divided by `temperature`."""
+        m = self.model
+        return (float(m.logit_scale.detach().exp()) if hasattr(m, "logit_scale") else 100.0) / temperature
+
     def score(self, images, prompts) -> torch.Tensor:
         """CLIP score per image, torchmetrics' definition: 100 * max(cos(image, prompt), 0)."""
         im = self.embed_images(images)

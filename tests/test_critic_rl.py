@@ -428,7 +428,7 @@ def test_robust_critic_rl_rolls_out_adversarial_chains_and_trains_the_text_encod
 
 
 def test_rollouts_fold_the_adapter_in_and_leave_the_base_weights_exact(tiny):
-    """critic-rl rolls out with its LoRA merged into the weights (adapter.merged): the same predictions up to float
+    """critic-rl rolls out with its LoRA merged into the weights (delta.merged): the same predictions up to float
     rounding, the base weights back bit for bit afterwards, and an adapter switched off (base_only) stays off."""
     from erasecli.diffusion.cond import unet_eps
     from erasecli.delta import merged

@@ -80,8 +80,7 @@ def clip_reward(recipe, base, sets) -> Reward:
     if recipe.critic.zero_shot:
         texts += _contrast_texts(recipe, sets)
     concepts = clip.embed_text(texts)  # (K, D); the first n_erased rows are the erased concepts
-    scale = float(clip.model.logit_scale.detach().exp()) if hasattr(clip.model, "logit_scale") else 100.0
-    scale /= recipe.critic.temperature
+    scale = clip.zero_shot_scale(recipe.critic.temperature)
     w, w_keep = recipe.critic.retain_weight, recipe.critic.keep_weight
     keep_texts = keep_of = anchor_of = None
     if w_keep > 0 and sets.tiny_world:
