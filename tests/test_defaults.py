@@ -56,6 +56,14 @@ def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_
     siss = plain("siss", "digit 7", "tiny-canvas")  # an object: the canvas digit preset where one is shipped
     assert siss.defaults == "tiny-canvas-digit-siss" and siss.siss.retain_target == "base"
     assert siss.concept.name == "digit 7"
+    ant = plain("ant", "digit 5", "tiny-canvas")  # eta 2: the other digits kept better than at the tiny eta 3
+    assert ant.defaults == "tiny-canvas-digit-ant" and ant.ant.negative_guidance == 2.0
+    ant = plain("ant", "style dotted", "tiny-canvas")  # a style: its own preset, reversed from the anchor
+    assert ant.defaults == "tiny-canvas-style-ant"
+    assert (ant.ant.guide_from, ant.ant.negative_guidance) == ("anchor", 1.0)
+    receler = plain("receler", "digit 8", "tiny-canvas")
+    assert receler.defaults == "tiny-canvas-digit-receler"
+    assert (receler.receler.negative_guidance, receler.receler.retain_weight) == (3.0, 5.0)
 
 
 def test_other_bases_a_recipe_file_or_defaults_paper_keep_the_paper_settings(tmp_path):

@@ -214,6 +214,28 @@ def test_ant_targets_by_phase_and_saliency_by_hand(tiny):
         assert row["late"] == pytest.approx(late.float().mean().item())
 
 
+def test_ant_guide_from_anchor_reverses_only_what_the_prompt_adds_to_its_anchor(tiny):
+    """ant.guide_from anchor: the late target is e_a - eta (e_c - e_a), e_a the base's prediction under each forget
+    prompt's anchor ("a red handwritten digit" for "a red handwritten digit three"), not under the empty prompt."""
+    from erasecli.methods.ant import Ant
+
+    sets = ("ant.xt_source=data", "ant.negative_guidance=2", "ant.early_share=0", "ant.saliency=1",
+            "ant.guide_from=anchor")
+    with _two_row_context(tiny, "ant", *sets) as ctx:
+        unet, d = ctx.unet, ctx.data
+        ant = Ant(ctx)
+        i, t, x_t = _noisy_forget_draws(tiny, ctx)
+        with torch.no_grad():
+            e_c = unet(x_t, t, encoder_hidden_states=d.embeds[d.forget_c[i]]).sample  # lora_B is zero: the base
+            e_a = unet(x_t, t, encoder_hidden_states=d.embeds[d.anchor_c[i]]).sample
+            e_0 = unet(x_t, t, encoder_hidden_states=d.embeds[torch.zeros_like(i)]).sample
+        want = ((e_c - (e_a - 2 * (e_c - e_a))) ** 2).mean()  # every row late (early_share 0)
+        paper = ((e_c - (e_0 - 2 * (e_c - e_0))) ** 2).mean()
+        row = ant.step(0)
+        assert row["L_ant"] == pytest.approx(want.item(), rel=1e-5)
+        assert abs(want.item() - paper.item()) > 1e-3 * paper.item()  # the anchor is not the empty prompt here
+
+
 def test_recorded_attention_is_the_unets_own(tiny):
     """The recording processor changes no prediction, and what it keeps are each cross-attention's probabilities:
     (B, heads, Q, K), rows summing to 1, one map per attn2 module."""

@@ -11,8 +11,10 @@ Code names and symbols:
                   uniformly from the sample.steps of a trajectory (ant.xt_source: sample, as esd's), or a
                   forget latent noised to a random t (ant.xt_source: data [ours], no sampling per step)
     e_c, e_0      eps_theta*(x_t, c, t), eps_theta*(x_t, "", t): the frozen base (the adapter off)
+    e_ref         e_0 (ant.guide_from: empty, the paper's), or eps_theta*(x_t, c_anchor, t), the forget prompt's
+                  anchor (ant.guide_from: anchor [ours]: only what the prompt adds to its anchor is reversed)
     late          n >= ant.early_share x steps, or t < (1 - ant.early_share) T (the mid-to-late phase)
-    target        late: e_0 - eta (e_c - e_0)  (the condition direction reversed; eta ant.negative_guidance)
+    target        late: e_ref - eta (e_c - e_ref)  (the condition direction reversed; eta ant.negative_guidance)
                   early: e_c                   (the base's own field kept)
     loss          mean_b w ||eps_theta(x_t, c, t) - target||^2, w = 1 late, ant.early_weight early
                   (+ ant.retain_weight L_r on the retain prompts' images [ours])
@@ -56,29 +58,34 @@ class Ant(Esd):
     def _in_unet(self, p) -> bool:
         return any(p is q for q in self.ctx.adapter.denoiser.parameters())
 
-    def _targets(self, x_t, t, c):
-        """(e_c, e_0) of the frozen base, no gradient."""
+    def _targets(self, x_t, t, c, c_ref):
+        """(e_c, e_ref) of the frozen base, no gradient; c_ref is the empty prompt's or the anchors' states."""
         ctx = self.ctx
         with base_only(ctx.unet, *text_encoders(ctx.base.pipe)), torch.no_grad():
-            return ctx.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.zeros_like(c)])).chunk(2)
+            return ctx.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, c_ref])).chunk(2)
+
+    def _late_target(self, e_c, e_ref):
+        """The mid-to-late target: e_ref - eta (e_c - e_ref)."""
+        return e_ref - self.ctx.recipe.ant.negative_guidance * (e_c - e_ref)
 
     def _draw(self):
-        """A batch: (c, x_t, t, late (B,) bool). ant.xt_source sample: one partial trajectory of n steps, late
-        when n >= early_share x steps; data [ours]: forget latents noised to random t, late where
-        t < (1 - early_share) T."""
+        """A batch: (c, c_ref, x_t, t, late (B,) bool), c_ref the states the reversed direction is measured
+        from (ant.guide_from). ant.xt_source sample: one partial trajectory of n steps, late when n >=
+        early_share x steps; data [ours]: forget latents noised to random t, late where t < (1 - early_share) T."""
         ctx, cfg = self.ctx, self.ctx.recipe.ant
         d, B = ctx.data, ctx.recipe.train.batch_size
         i = ctx.randint(len(d.forget), B)
         c = ctx.world.local(d.forget_c[i])
+        c_ref = ctx.world.local(d.anchor_c[i]) if cfg.guide_from == "anchor" else torch.zeros_like(c)
         if cfg.xt_source == "data":
             t = ctx.randint(ctx.num_timesteps, B)
             x_t = ctx.world.local(ctx.noise.add_noise(d.forget[i], ctx.randn(d.forget[i].shape), t))
             t = ctx.world.local(t)
-            return c, x_t, t, t < (1 - cfg.early_share) * ctx.num_timesteps
+            return c, c_ref, x_t, t, t < (1 - cfg.early_share) * ctx.num_timesteps
         n_all = len(self.sched.timesteps)
         n = int(ctx.randint(n_all, 1).item())
         x_t, t = self._partial_sample(c, n, B)
-        return c, x_t, t, torch.full((len(c),), n >= cfg.early_share * n_all, device=x_t.device)
+        return c, c_ref, x_t, t, torch.full((len(c),), n >= cfg.early_share * n_all, device=x_t.device)
 
     def _select(self):
         """Module saliency at the base (the late-phase loss's gradient) and the top share of modules."""
@@ -94,11 +101,11 @@ class Ant(Esd):
             w.requires_grad_(True)
         try:
             for _ in range(cfg.saliency_batches):
-                c, x_t, t, _late = self._draw()
-                e_c, e_0 = self._targets(x_t, t, c)
+                c, c_ref, x_t, t, _late = self._draw()
+                e_c, e_ref = self._targets(x_t, t, c, c_ref)
                 with base_only(ctx.unet):
                     e = ctx.eps(x_t, t, c)
-                loss = mse(e, e_0 - cfg.negative_guidance * (e_c - e_0)).mean()
+                loss = mse(e, self._late_target(e_c, e_ref)).mean()
                 for j, g in enumerate(torch.autograd.grad(loss, weights)):
                     score[j] += g.abs().mean().item() / cfg.saliency_batches
         finally:
@@ -112,10 +119,9 @@ class Ant(Esd):
     def step(self, k: int) -> dict:
         ctx, cfg = self.ctx, self.ctx.recipe.ant
         B = ctx.recipe.train.batch_size
-        c, x_t, t, late = self._draw()
-        e_c, e_0 = self._targets(x_t, t, c)
-        lt = late.view(-1, 1, 1, 1)
-        target = torch.where(lt, e_0 - cfg.negative_guidance * (e_c - e_0), e_c)
+        c, c_ref, x_t, t, late = self._draw()
+        e_c, e_ref = self._targets(x_t, t, c, c_ref)
+        target = torch.where(late.view(-1, 1, 1, 1), self._late_target(e_c, e_ref), e_c)
         e, L_r = self.eps_and_retain(x_t, t, c, cfg.retain_weight)
         w = torch.where(late, 1.0, cfg.early_weight)
         L_ant = (w * ctx.err(e, target, t)).sum() / B  # this process's share of the batch mean

@@ -417,9 +417,14 @@ class AntConfig:
                                                          "x_t, >= 0."})
     retain_weight: float = field(default=0.0, metadata={"help": "Weight of a retain-preservation term on the "
                                                         "retain prompts' images, >= 0 [ours]."})
+    guide_from: str = field(default="empty", metadata={"help": "What the reversed direction is measured from: "
+                            "'empty' (the empty prompt, the paper's: target e_0 - eta (e_c - e_0)) or 'anchor' (each "
+                            "forget prompt's anchor: only what the prompt adds to it, e.g. a style, is reversed) "
+                            "[anchor: ours]."})
 
     CHECKS: ClassVar[Checks] = {
         "xt_source": (one_of("sample", "data"),),
+        "guide_from": (one_of("empty", "anchor"),),
         "negative_guidance": (at_least(0),),
         "early_share": (between(0, 1, open_hi=True),),
         "early_weight": (at_least(0),),
