@@ -42,6 +42,17 @@ def test_tiny_xl_starts_from_its_own_presets_and_keeps_the_kinds_choice():
     assert tiny_preset("siss", "colour", "tiny-oracle-digit-3") == "tiny-digit-siss"
 
 
+def test_tiny_flux_takes_its_own_presets():
+    receler = plain("receler", "digit 3", "tiny-flux")  # the retain weight of a velocity loss
+    assert receler.defaults == "tiny-flux-digit-receler" and receler.receler.retain_weight == 0.1
+    assert plain("receler", "digit 3").receler.retain_weight == 3.0
+    rl = plain("critic-rl", "digit 3", "tiny-flux")
+    assert rl.defaults == "tiny-flux-digit-critic-rl" and (rl.critic.retain_loss, rl.critic.anchor_loss) == (0.5, 0.2)
+    ant = plain("ant", "digit 3", "tiny-flux")
+    assert ant.defaults == "tiny-flux-digit-ant" and (ant.ant.early_share, ant.ant.retain_weight) == (0.1, 0.3)
+    assert plain("esd", "digit 3", "tiny-flux").defaults == "tiny-digit-esd"  # none of its own: the tiny base's
+
+
 def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_one():
     uce = plain("uce", "style dotted", "tiny-canvas")
     assert uce.defaults == "tiny-canvas-style-uce" and uce.uce.erase_scale == 1.0 and uce.concept.name == "style dotted"

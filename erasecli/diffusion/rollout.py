@@ -43,11 +43,19 @@ def guided_eps(unet, x, t, emb_c, emb_u, guidance: float, extra=None):
     return e if extra is None else (e, out[own:])
 
 
+# Where a flow base's rollouts stop: s = 0.03, about the noise-to-signal ratio (sigma / gamma = 0.029) at which SD's
+# DDIM chains stop (alpha_bar_0 = 0.99915). A last step to s = 1/T would have a kernel of std ~1e-3, whose
+# log-density moves by whole nats when the mean moves by 1e-3, so PPO's ratio read that step's noise rather than
+# the policy's change (docs/methods.md, "Flux").
+FLOW_LAST_SIGMA = 0.03
+
+
 class Sampler:
     """DDIM with eta > 0 over a fixed K-step schedule, from the base pipeline's scheduler config. On a flow base
     (Flux) the same step on the straight path x_s = (1 - s) x_0 + s eps (`ddim.path_step_with_logprob`): levels
-    evenly spaced from s = 1 - 1/T to the last step's target s = 1/T (every step stochastic), the velocity turned
-    into the noise it implies (classifier-free guidance, an affine combination, commutes with that)."""
+    evenly spaced from s = 1 - 1/T to the last step's target s = FLOW_LAST_SIGMA (every step stochastic), the
+    velocity turned into the noise it implies (classifier-free guidance, an affine combination, commutes with
+    that)."""
 
     def __init__(self, base, steps: int, eta: float, guidance: float):
         self.eta, self.guidance = eta, guidance
@@ -58,7 +66,8 @@ class Sampler:
 
             self.schedule = schedule_of(base.pipe.scheduler, base.device)
             T = self.schedule.num_timesteps
-            levels = torch.linspace(T - 2, 0, steps + 1).round().long().to(base.device)
+            last = max(round(FLOW_LAST_SIGMA * T) - 1, 0)  # level index t holds s = (t + 1) / T
+            levels = torch.linspace(T - 2, last, steps + 1).round().long().to(base.device)
             self.timesteps, self.prevs = levels[:-1], levels[1:]
             self.init_sigma = 1.0
             return

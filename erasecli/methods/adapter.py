@@ -28,11 +28,17 @@ def expand_targets(targets, flow: bool = False) -> list[str]:
     (ESD-u without the convolutions); attn = both attentions' projections (the default set).
     On a Flux transformer (`flow`), where text and image attend jointly, the text enters through the double
     blocks' text-stream projections (add_q/k/v_proj, to_add_out): xattn is those; noxattn the image stream's
-    attention (to_q/k/v, to_out.0: the single blocks' too) and feed-forward; attn both streams' projections."""
+    attention (to_q/k/v, to_out.0: the single blocks' too) and feed-forward; attn both streams' projections.
+    A UNet cross-attention's module names read on Flux as the joint attention's parts that play their role: the
+    text tokens' keys and values (attn2.to_k / to_v: add_k_proj / add_v_proj), the image tokens' queries
+    (attn2.to_q: to_q) and the image stream's output projection (attn2.to_out.0: to_out.0, the double blocks'
+    only), so a SD recipe's cross-attention LoRA (ac's, receler's eraser) has a place on Flux."""
     proj = ("to_q", "to_k", "to_v", "to_out.0")
     if flow:
         text = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-        presets = {"xattn": list(text), "noxattn": [*proj, "ff.net.0.proj", "ff.net.2"], "attn": [*proj, *text]}
+        presets = {"xattn": list(text), "noxattn": [*proj, "ff.net.0.proj", "ff.net.2"], "attn": [*proj, *text],
+                   "attn2.to_q": ["to_q"], "attn2.to_k": ["add_k_proj"], "attn2.to_v": ["add_v_proj"],
+                   "attn2.to_out.0": ["to_out.0"]}
     else:
         presets = {
             "xattn": [f"attn2.{p}" for p in proj],

@@ -37,14 +37,15 @@ from erasecli.methods.sa import lora_layers
 ERASER = ("attn2.to_out.0",)  # where the eraser sits: the output projection of every cross-attention
 
 
-def concept_tokens(tokenizer, prompts, concept, fillers=("cat", "dog")) -> torch.Tensor:
-    """(P, L) bool: which token positions of each prompt (padded as the UNet sees it) are the concept's words.
+def concept_tokens(tokenizer, prompts, concept, fillers=("cat", "dog"), length: int | None = None) -> torch.Tensor:
+    """(P, L) bool: which token positions of each prompt (padded as the UNet sees it: to `length`, else the
+    tokenizer's model_max_length) are the concept's words.
     The concept's words are replaced by a one-token filler; the positions before the first and after the last
     token that changes are the prompt's own, the rest the concept's. Two fillers, so a filler that is itself part
     of the concept changes nothing. A prompt without the concept's words marks nothing."""
     from erasecli.attacks.inversion import inverted_prompt
 
-    L = tokenizer.model_max_length
+    L = int(length or tokenizer.model_max_length)
     out = torch.zeros(len(prompts), L, dtype=torch.bool)
     for j, p in enumerate(prompts):
         ids = tokenizer(p, truncation=True, max_length=L).input_ids
@@ -62,9 +63,24 @@ def concept_tokens(tokenizer, prompts, concept, fillers=("cat", "dog")) -> torch
     return out
 
 
+def states_tokens(pipe, prompts, concept) -> torch.Tensor:
+    """`concept_tokens` in the tokenisation of the token states the denoiser attends to (CLIP's on SD and SDXL,
+    T5's on Flux, padded to the pipeline's length)."""
+    from erasecli.diffusion.cond import token_length
+    from erasecli.diffusion.kinds import kind_of
+
+    tk = getattr(pipe, kind_of(pipe).states_tokenizer)
+    return concept_tokens(tk, prompts, concept, length=token_length(pipe, tk))
+
+
 def eraser_layers(unet) -> list:
-    """(attention module name, LoRA layer) of every eraser: the LoRA layers on a cross-attention's output."""
-    return [(n[: -len(".to_out.0")], m) for n, m in lora_layers(unet) if any(n.endswith(e) for e in ERASER)]
+    """(attention module name, LoRA layer) of every eraser: the LoRA layers on a cross-attention's output (on
+    Flux, a double block's joint attention's image output: `attention.cross_attentions`)."""
+    from erasecli.diffusion.attention import cross_attentions
+
+    cross = cross_attentions(unet)
+    return [(n[: -len(".to_out.0")], m) for n, m in lora_layers(unet)
+            if n.endswith(".to_out.0") and n[: -len(".to_out.0")] in cross]
 
 
 @contextmanager
@@ -114,7 +130,7 @@ def localized_penalty(outs: dict, masks: dict, rows: int):
 
 class Receler(Esd):
     name = "receler"
-    kinds = ("sd", "sdxl")  # not restated for Flux yet (esd is)
+    kinds = ("sd", "sdxl", "flux")  # Flux: the eraser on the joint attention's image output (docs/methods.md)
     adapter_targets: ClassVar[tuple] = ERASER
 
     @property
@@ -133,7 +149,7 @@ class Receler(Esd):
         super().__init__(ctx)
         d = ctx.data
         self.plain_c = d.forget_c.clone()  # each forget image's own prompt, before robust training mixes any in
-        self.tokens = concept_tokens(ctx.base.pipe.tokenizer, d.prompts, d.sets).to(ctx.device)  # (P, L)
+        self.tokens = states_tokens(ctx.base.pipe, d.prompts, d.sets).to(ctx.device)  # (P, L)
         if not self.tokens[self.plain_c].any():
             from erasecli.errors import RecipeError
 
