@@ -117,7 +117,7 @@ def train_lora(recipe, base, part, keys: dict, gen) -> tuple:
     from erasecli.diffusion.attention import recording
     from erasecli.diffusion.cond import encode_prompts, unet_eps
     from erasecli.diffusion.noise import schedule_of
-    from erasecli.methods.receler import concept_masks, concept_tokens
+    from erasecli.methods.receler import concept_masks, states_tokens
     from erasecli.sampling import cached_generate
 
     m, tr, pipe = recipe.mace, recipe.train, base.pipe
@@ -129,7 +129,7 @@ def train_lora(recipe, base, part, keys: dict, gen) -> tuple:
     with torch.no_grad():
         emb = encode_prompts(pipe, forget, base.device)  # (J, L, D)
     row_prompt = torch.arange(len(forget)).repeat_interleave(len(seeds))  # (N,)
-    tokens = concept_tokens(pipe.tokenizer, forget, part).to(base.device)  # (J, L)
+    tokens = states_tokens(pipe, forget, part).to(base.device)  # (J, L)
     if not tokens.any():
         raise RecipeError(f"no forget prompt of {part.name!r} names it in words mace can find",
                           hint="use forget prompts that contain the concept's name")
