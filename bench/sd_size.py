@@ -30,8 +30,15 @@ prompts, and no knobs unless `--knobs`; every line says `reduced_resolution: tru
 method runs at SD size and how the methods compare, not what a GPU run costs. A `--budget-s` stops starting
 new measurements once spent (a skipped line says so).
 
+`--arch flux` does the same at FLUX.1 [dev] size: a `FluxTransformer2DModel` of 19 double- and 38 single-stream
+blocks (about 12B parameters), its 16-channel VAE, CLIP-L's text tower and T5 v1.1 XXL's encoder (about 4.7B),
+built directly in the run's dtype, in a real `FluxPipeline` with FLUX.1 [dev]'s flow-matching scheduler and a
+T5 length of 512. Each method runs its `recipes/flux-dev-vangogh-<method>.yaml` where one is shipped, else its
+sd14 recipe with FLUX.1 [dev]'s sampling (28 steps, embedded guidance 3.5); every line names which. The SD
+targets are reported for reference and not judged. bf16 weights need about 34 GB before activations.
+
     python -m bench.sd_size [--methods siss,esd] [--steps N] [--latent 16] [--batch B] [--knobs] [--compile]
-                            [--budget-s S] [--cpu] [--threads T] [--quick]
+                            [--budget-s S] [--cpu] [--threads T] [--quick] [--arch sd|flux]
 """
 
 from __future__ import annotations
@@ -79,6 +86,31 @@ QUICK_VISION = dict(CLIP_L14_VISION, hidden_size=32, intermediate_size=64, num_h
                     num_attention_heads=2, projection_dim=32, image_size=32, patch_size=16)
 SCALES = {"sd14": (SD14_UNET, SD14_VAE, SD14_TEXT, CLIP_L14_VISION),
           "quick": (QUICK_UNET, QUICK_VAE, QUICK_TEXT, QUICK_VISION)}
+
+# FLUX.1 [dev] (black-forest-labs/FLUX.1-dev) component configs, as its model folder's config files give them: a
+# transformer of 19 double- and 38 single-stream blocks (published as 12B parameters), a 16-channel VAE, CLIP
+# ViT-L/14's text tower for the pooled embedding and T5 v1.1 XXL's encoder (4.7B) for the token states.
+FLUX1_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                         guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+FLUX1_VAE = dict(SD14_VAE, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+                 scaling_factor=0.3611, shift_factor=0.1159)
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              dense_act_fn="gelu_new", is_gated_act=True, layer_norm_epsilon=1e-6, is_encoder_decoder=False,
+              use_cache=False)
+FLUX1_SCHEDULE = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+FLUX1_T5_LENGTH = 512  # FluxPipeline's max_sequence_length for FLUX.1 [dev]
+# The published sizes, to check the configs against (the exact counts are not published: a tolerance of 1 %).
+FLUX_PARAMS_ABOUT = {"transformer": 12.0e9, "text_encoder_2": 4.76e9}
+QUICK_FLUX_TRANSFORMER = dict(FLUX1_TRANSFORMER, in_channels=64, num_layers=1, num_single_layers=1,
+                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                              pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+QUICK_T5 = dict(T5_XXL, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+FLUX_SCALES = {"flux1": (FLUX1_TRANSFORMER, FLUX1_VAE, SD14_TEXT, CLIP_L14_VISION, T5_XXL, FLUX1_T5_LENGTH),
+               "quick-flux": (QUICK_FLUX_TRANSFORMER, dict(FLUX1_VAE, layers_per_block=1, block_out_channels=(32,) * 4),
+                              QUICK_TEXT, QUICK_VISION, QUICK_T5, 32)}
 # SD-1.4's noise schedule (its scheduler_config.json), as the DDIM scheduler the methods build from it.
 SD14_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -147,23 +179,38 @@ class PeakMemory:
 # -- the random SD-1.4-sized base ---------------------------------------------------------------------------
 def component_configs(scale: str, latent: int) -> tuple[dict, dict, dict, dict]:
     """(unet, vae, text, vision) configs; the UNet's sample_size is the latent side trained at (rollouts and
-    `Base.resolution` read it; it does not change the parameter count)."""
+    `Base.resolution` read it; it does not change the parameter count). A Flux scale gives (transformer, vae,
+    CLIP text, vision): the VAE's sample_size is then the pixel side, which a Flux base draws at."""
+    if scale in FLUX_SCALES:
+        tr, vae, text, vision = FLUX_SCALES[scale][:4]
+        return dict(tr), dict(vae, sample_size=latent * 8), dict(text), dict(vision)
     unet, vae, text, vision = SCALES[scale]
     return dict(unet, sample_size=latent), dict(vae, sample_size=latent * 8), dict(text), dict(vision)
 
 
-def build_components(scale: str = "sd14", latent: int = 64, device: str = "cpu", seed: int = 0) -> dict:
-    """The UNet, VAE and text encoder from their configs, random weights, fp32, on `device` ("meta": shapes only,
-    instant, for counting parameters)."""
+def build_components(scale: str = "sd14", latent: int = 64, device: str = "cpu", seed: int = 0,
+                     dtype=None) -> dict:
+    """The UNet (or Flux transformer and T5 encoder), VAE and text encoder from their configs, random weights, on
+    `device` ("meta": shapes only, instant, for counting parameters), in `dtype` (default fp32; built in it, so a
+    12B transformer never exists in fp32)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     u, v, t, _ = component_configs(scale, latent)
     torch.manual_seed(seed)
-    with torch.device(device):
-        return {"unet": UNet2DConditionModel(**u), "vae": AutoencoderKL(**v),
-                "text_encoder": CLIPTextModel(CLIPTextConfig(**t))}
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with torch.device(device):
+            if scale in FLUX_SCALES:
+                return {"transformer": FluxTransformer2DModel(**u), "vae": AutoencoderKL(**v),
+                        "text_encoder": CLIPTextModel(CLIPTextConfig(**t)),
+                        "text_encoder_2": T5EncoderModel(T5Config(**FLUX_SCALES[scale][4]))}
+            return {"unet": UNet2DConditionModel(**u), "vae": AutoencoderKL(**v),
+                    "text_encoder": CLIPTextModel(CLIPTextConfig(**t))}
+    finally:
+        torch.set_default_dtype(before)
 
 
 def param_counts(components: dict) -> dict:
@@ -180,17 +227,39 @@ def sd14_tokenizer():
     return CLIPTokenizer.from_pretrained(str(TINY_DIR / "tokenizer"), model_max_length=77)
 
 
-def make_base(components: dict, device, dtype, name: str):
-    """A `Base` around a real StableDiffusionPipeline of the given components (no safety checker, as load_base)."""
+def t5_tokenizer(length: int):
+    """A T5 tokenizer padding to `length` (FLUX.1 [dev]: 512): tiny-flux's, built from the tiny world's captions
+    (its ids are a subset of any T5 vocabulary's range; what the ids mean does not matter to random weights)."""
+    from transformers import T5TokenizerFast
+
+    from erasecli.models.registry import TINY_FLUX_DIR
+
+    return T5TokenizerFast.from_pretrained(str(TINY_FLUX_DIR / "tokenizer_2"), model_max_length=length)
+
+
+def make_base(components: dict, device, dtype, name: str, scale: str = "sd14"):
+    """A `Base` around a real StableDiffusionPipeline (no safety checker, as load_base) or, for a Flux scale, a
+    real FluxPipeline of the given components."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import (
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        StableDiffusionPipeline,
+    )
 
     from erasecli.models.registry import Base, BaseRef
 
-    pipe = StableDiffusionPipeline(vae=components["vae"], text_encoder=components["text_encoder"],
-                                   tokenizer=sd14_tokenizer(), unet=components["unet"],
-                                   scheduler=DDIMScheduler(**SD14_SCHEDULE), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    if "transformer" in components:
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULE), vae=components["vae"],
+                            text_encoder=components["text_encoder"], tokenizer=sd14_tokenizer(),
+                            text_encoder_2=components["text_encoder_2"],
+                            tokenizer_2=t5_tokenizer(FLUX_SCALES[scale][5]), transformer=components["transformer"])
+    else:
+        pipe = StableDiffusionPipeline(vae=components["vae"], text_encoder=components["text_encoder"],
+                                       tokenizer=sd14_tokenizer(), unet=components["unet"],
+                                       scheduler=DDIMScheduler(**SD14_SCHEDULE), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     if dtype != torch.float32:
@@ -203,7 +272,7 @@ def attention_processors(unet) -> list[str]:
 
 
 def random_train_data(recipe, base, latent: int, gen_seed: int = 0):
-    """TrainData for the recipe's prompts with random latents and random text embeddings: nothing sampled.
+    """TrainData for the recipe's prompts with random latents and random condition tensors: nothing sampled.
     Sizes follow the recipe (data.images_per_prompt per forget prompt, data.retain_images_per_prompt per
     retain prompt); prompt index 0 is the empty prompt, as build_train_data makes it."""
     import torch
@@ -216,8 +285,14 @@ def random_train_data(recipe, base, latent: int, gen_seed: int = 0):
     prompts = list(dict.fromkeys(["", *sets.forget, *sets.anchor, *sets.retain]))
     index = {p: i for i, p in enumerate(prompts)}
     g = torch.Generator("cpu").manual_seed(gen_seed)
-    C = base.pipe.unet.config.in_channels
-    L, D = base.pipe.tokenizer.model_max_length, base.pipe.text_encoder.config.hidden_size
+    if base.kind.flow:  # 16-channel latents (read as 2 x 2 patches); a condition: T5's states and a pooled row
+        from erasecli.diffusion.cond import max_sequence_length
+
+        C = base.denoiser.config.in_channels // 4
+        L, D = max_sequence_length(base.pipe) + 1, base.denoiser.config.joint_attention_dim
+    else:
+        C = base.denoiser.config.in_channels
+        L, D = base.pipe.tokenizer.model_max_length, base.pipe.text_encoder.config.hidden_size
     dev = base.device
 
     def lat(k):
@@ -276,6 +351,7 @@ def peak_flops(device) -> float | None:
 @dataclass
 class Plan:
     scale: str
+    arch: str  # "sd" (SD-1.4's components) or "flux" (FLUX.1 [dev]'s)
     device: object
     dtype: object
     latent: int
@@ -295,18 +371,31 @@ class Plan:
         return time.perf_counter() - self.started > self.budget_s
 
 
+def recipe_path(method: str, plan: Plan) -> tuple[Path, list]:
+    """(the recipe a method's figures come from, the overrides that adapt it to the arch). Flux: the method's
+    flux-dev recipe where one is shipped, else its sd14 recipe with FLUX.1 [dev]'s sampling (28 steps, embedded
+    guidance 3.5, as recipes/flux-dev-vangogh-esd.yaml)."""
+    if plan.arch == "flux":
+        own = ROOT / "recipes" / f"flux-dev-vangogh-{method}.yaml"
+        if own.exists():
+            return own, []
+        return ROOT / "recipes" / f"sd14-vangogh-{method}.yaml", ["base=flux-dev", "sample.steps=28",
+                                                                  "sample.guidance=3.5"]
+    return ROOT / "recipes" / f"sd14-vangogh-{method}.yaml", []
+
+
 def recipe_for(method: str, plan: Plan, extra=()):
-    """The method's sd14 recipe with the run's overrides: step count, batch, autocast for half weights, and on a
-    reduced run fewer prompts (one forget template, one retain prompt), small critic-rl rollouts, fewer esd
-    sampling steps. Returns (recipe, the shipped recipe unchanged, overrides)."""
+    """The method's recipe (recipe_path) with the run's overrides: step count, batch, autocast for half weights,
+    and on a reduced run fewer prompts (one forget template, one retain prompt), small critic-rl rollouts, fewer
+    esd sampling steps. Returns (recipe, the shipped recipe with the arch's overrides only, overrides)."""
     import torch
 
     from erasecli.recipes import load_recipe
 
-    path = ROOT / "recipes" / f"sd14-vangogh-{method}.yaml"
-    shipped = load_recipe(path)
+    path, arch_o = recipe_path(method, plan)
+    shipped = load_recipe(path, arch_o)
     total = 1 + plan.timed_steps
-    o = [f"train.steps={total}", f"train.checkpoint_every={total}"]
+    o = [*arch_o, f"train.steps={total}", f"train.checkpoint_every={total}"]
     if plan.batch is not None:
         o.append(f"train.batch_size={plan.batch}")
     if plan.dtype in (torch.bfloat16, torch.float16) and shipped.train.mixed_precision == "no":
@@ -357,7 +446,7 @@ def run_method(recipe, base, data, plan: Plan, count_flops: bool) -> dict:
             state.update(on=False, done=True)
 
     mem = PeakMemory(base.device)
-    handle = base.pipe.unet.register_forward_pre_hook(start_counting) if count_flops else None
+    handle = base.denoiser.register_forward_pre_hook(start_counting) if count_flops else None
     mem.start()
     try:
         # entered here, left by remove_adapter: the follow-up measurements run with the adapter on
@@ -378,19 +467,20 @@ def run_method(recipe, base, data, plan: Plan, count_flops: bool) -> dict:
 
 
 def guided_pass_cost(base, recipe, data, batch: int) -> tuple[float, int]:
-    """Seconds and FLOPs of one no-grad UNet pass over 2 x batch inputs (a guided sampling step), under the
+    """Seconds and FLOPs of one no-grad denoiser pass over 2 x batch inputs (a guided sampling step), under the
     recipe's autocast, with the adapter on: what each extra partial-sampling step of esd costs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = base.pipe.unet
+    from erasecli.diffusion.cond import unet_eps
+
     x = data.forget[:1].expand(2 * batch, -1, -1, -1).contiguous()  # (2B, C, h, w)
     t = torch.full((2 * batch,), 500, device=base.device)
     emb = data.embeds[:1].expand(2 * batch, -1, -1).contiguous()  # (2B, L, D)
 
     def once():
         with torch.no_grad(), _autocast(recipe, base):  # half weights come with autocast (recipe_for)
-            unet(x, t, encoder_hidden_states=emb)
+            unet_eps(base.denoiser, x, t, emb)
         if base.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -403,25 +493,25 @@ def guided_pass_cost(base, recipe, data, batch: int) -> tuple[float, int]:
     return secs, fc.get_total_flops()
 
 
-def esd_n_stops(recipe, base, rows) -> list[int]:
-    """The partial-sampling depth n_stop of each logged esd step, read back from its timestep t."""
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(base.pipe.scheduler.config)
-    sched.set_timesteps(recipe.sample.steps)
-    ts = [int(t) for t in sched.timesteps]
-    return [ts.index(int(round(r["t"]))) for r in rows]
+def esd_n_stops(method, rows) -> list[int]:
+    """The partial-sampling depth n_stop of each logged esd step, read back from its timestep t on the method's
+    own sampling schedule (DDIM's, or the flow ODE's Euler steps on Flux)."""
+    ts = [float(t) for t in method.sched.timesteps]
+    return [min(range(len(ts)), key=lambda i: abs(ts[i] - r["t"])) for r in rows]
 
 
 # -- the bench ----------------------------------------------------------------------------------------------
 def common_fields(plan: Plan, base) -> dict:
     res = plan.latent * base.pipe.vae_scale_factor
     d = dict(device=plan.device.type, weights_dtype=str(plan.dtype).replace("torch.", ""), resolution=res,
-             latent=plan.latent, reduced_resolution=res < 512, scale=plan.scale,
-             attention=attention_processors(base.pipe.unet), weights="random (built from the configs, seed 0)")
+             latent=plan.latent, reduced_resolution=res < 512, arch=plan.arch, scale=plan.scale,
+             attention=attention_processors(base.denoiser), weights="random (built from the configs, seed 0)")
     if res < 512:
-        d["note"] = (f"{res} px, not SD's 512 px: a {plan.device.type.upper()} run sized to finish in minutes; "
+        d["note"] = (f"{res} px, not 512 px: a {plan.device.type.upper()} run sized to finish in minutes; "
                      "seconds and memory here are not comparable with the 512 px GPU targets")
+    if plan.arch == "flux":
+        d["flux_note"] = ("FLUX.1 draws at 1024 px (--latent 128, 4,096 image tokens); 512 px is 1,024 tokens. "
+                          "The siss-family and critic-rl targets were set for SD-1.4 and are reported, not judged")
     return d
 
 
@@ -444,18 +534,18 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
         extra_notes.append("critic: random weights loaded from critic.path (train-critic not run; see "
                            "critic_pretrain_estimate_seconds)")
         extra_notes.append(("reward CLIP: the shipped tiny CLIP" if plan.reward_clip == "tiny" else
-                            f"reward CLIP: random {'ViT-L/14' if plan.scale == 'sd14' else 'small'} CLIP")
+                            f"reward CLIP: random {'small' if 'quick' in plan.scale else 'ViT-L/14'} CLIP")
                            + "; erasecli.rewards runs it on the base's device")
     else:
         data = random_train_data(recipe, base, plan.latent)
         extra_notes.append("TrainData from random latents and random text embeddings (no sampling)")
     B = recipe.train.batch_size
-    lines = dict(method=method, recipe=f"recipes/sd14-vangogh-{method}.yaml", overrides=overrides,
+    lines = dict(method=method, recipe=f"recipes/{recipe_path(method, plan)[0].name}", overrides=overrides,
                  batch_size=B, lora_rank=recipe.lora.rank, mixed_precision=recipe.train.mixed_precision, **common)
     try:
         m = run_method(recipe, base, data, plan, count_flops=True)
     except Exception as err:  # OOM on a GPU, or a method the random base cannot run: say so, go on
-        remove_adapter(base.pipe.unet)
+        remove_adapter(base.denoiser)
         if base.device.type == "cuda":
             torch.cuda.empty_cache()
         emit(BENCH, "seconds_per_step", None, "s/step", error=f"{type(err).__name__}: {err}"[:500], **lines)
@@ -467,7 +557,7 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
             # a step's cost grows with its partial-sampling depth n_stop ~ U{0..sample.steps-1}: put the
             # measured steps at the shipped recipe's expected depth with the measured cost of one guided pass
             b_s, b_f = guided_pass_cost(base, recipe, data, B)
-            n = esd_n_stops(recipe, base, m["rows"])
+            n = esd_n_stops(m["result"]["method"], m["rows"])
             want = (shipped.sample.steps - 1) / 2
             sps = max(sps + b_s * (want - sum(n[1:]) / len(n[1:])), 0.0)
             flops = flops + b_f * (want - n[0])
@@ -488,7 +578,7 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.no_grad(), _autocast(recipe, base):
-                env.rollout(base.pipe.unet, prompts, torch.Generator("cpu").manual_seed(0))
+                env.rollout(base.denoiser, prompts, torch.Generator("cpu").manual_seed(0))
             if base.device.type == "cuda":
                 torch.cuda.synchronize()
             per_traj_step = (time.perf_counter() - t0) / (len(prompts) * c.steps)
@@ -498,7 +588,7 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
                  f"measured {per_traj_step:.4f} s per trajectory-step (with decode and reward); the critic's "
                  f"{s.train_epochs} fitting epochs are not included", **lines)
     finally:
-        remove_adapter(base.pipe.unet)
+        remove_adapter(base.denoiser)
     notes = "; ".join([what, *extra_notes] + (["ppo-alpha's PPO update (tiny MLPs, every ppo.update_every="
                                                f"{recipe.ppo.update_every} steps) falls outside the timed steps"]
                                               if method == "ppo-alpha" else []))
@@ -506,7 +596,8 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
         m["warmup_seconds"], 3), step_seconds=[round(s, 4) for s in m["step_seconds"]],
         trainable_params=m["params"], **lines)
     peak_gb = m["peak_mb"] / 1024
-    on_target_hw = base.device.type == "cuda" and not common["reduced_resolution"] and peak_flops(base.device)
+    on_target_hw = (base.device.type == "cuda" and not common["reduced_resolution"] and peak_flops(base.device)
+                    and plan.arch == "sd")  # the targets are SD-1.4's
     tgt_mem = TARGET_PEAK_GB.get(method)
     emit(BENCH, "peak_memory_mb", m["peak_mb"], "MiB", kind=m["peak_kind"],
          **({"target_gb": tgt_mem, "meets_target": (peak_gb <= tgt_mem) if on_target_hw else None} if tgt_mem else {}),
@@ -525,7 +616,7 @@ def measure_method(method: str, base, plan: Plan, common: dict) -> dict | None:
     extra = {}
     if plan.sampling_estimate and method != "critic-rl":
         extra["data_sampling_estimate_seconds"] = round(
-            sampling_estimate(base, shipped, 1 if plan.scale == "quick" else None), 2)
+            sampling_estimate(base, shipped, 1 if "quick" in plan.scale else None), 2)
     tgt = TARGET_SECONDS.get(method)
     emit(BENCH, "full_run_estimate_seconds", round(full, 1), "s", train_steps=steps,
          model="seconds_per_step x the shipped recipe's train.steps (training only"
@@ -587,7 +678,7 @@ def knob_effects(base, plan: Plan, common: dict) -> None:
             return run_method(recipe, base, random_train_data(recipe, base, plan.latent), plan,
                               count_flops=False), overrides
         finally:
-            remove_adapter(base.pipe.unet)
+            remove_adapter(base.denoiser)
 
     skipped, measured = [], []
     first, _ = siss_run()
@@ -638,17 +729,22 @@ def run(plan: Plan) -> dict:
     try:
         t0 = time.perf_counter()
         comps = build_components(plan.scale, plan.latent, device=str(plan.device) if plan.device.type == "cuda"
-                                 else "cpu")
+                                 else "cpu", dtype=plan.dtype if plan.arch == "flux" else None)
         counts = param_counts(comps)
-        base = make_base(comps, plan.device, plan.dtype, f"random-{plan.scale}")
+        base = make_base(comps, plan.device, plan.dtype, f"random-{plan.scale}", plan.scale)
         build_s = time.perf_counter() - t0
         common = common_fields(plan, base)
         for name, count in counts.items():
+            if plan.arch == "flux":
+                about = FLUX_PARAMS_ABOUT.get(name) if plan.scale == "flux1" else None
+                emit(BENCH, "component_params", count, "parameters", component=name, published_about=about,
+                     **common)
+                continue
             ref = SD_PARAMS[name] if plan.scale == "sd14" else None
             emit(BENCH, "component_params", count, "parameters", component=name, sd14_reference=ref,
                  matches_sd14=(count == ref) if ref else None, **common)
-        emit(BENCH, "build_seconds", round(build_s, 2), "s", what="building the three components from their "
-             "configs (random init) and the pipeline", **common)
+        emit(BENCH, "build_seconds", round(build_s, 2), "s", what=f"building the {len(comps)} components from "
+             "their configs (random init) and the pipeline", **common)
         plan.started = time.perf_counter()
         results = {}
         for method in plan.methods:
@@ -659,7 +755,7 @@ def run(plan: Plan) -> dict:
             try:
                 results[method] = measure_method(method, base, plan, common)
             except Exception as err:  # a failure after the run (estimates): report it, measure the rest
-                remove_adapter(base.pipe.unet)
+                remove_adapter(base.denoiser)
                 emit(BENCH, "error", None, "", method=method, error=f"{type(err).__name__}: {err}"[:500], **common)
         if plan.knobs:
             if plan.over_budget():
@@ -669,7 +765,7 @@ def run(plan: Plan) -> dict:
                 try:
                     knob_effects(base, plan, common)
                 except Exception as err:  # the baseline itself failed: say so
-                    remove_adapter(base.pipe.unet)
+                    remove_adapter(base.denoiser)
                     emit(BENCH, "knob_effect", None, "x speedup", error=f"{type(err).__name__}: {err}"[:500],
                          **common)
         return results
@@ -700,6 +796,9 @@ def main(argv=None) -> None:
                     help="torch.set_num_threads (default: untouched; 1 steadies timings on a shared CPU)")
     ap.add_argument("--quick", action="store_true", help="seconds: components a few thousand times smaller, "
                     "latent 8, one timed step, knobs on (for tests; the figures mean nothing)")
+    ap.add_argument("--arch", choices=("sd", "flux"), default="sd",
+                    help="sd: SD-1.4's components (default); flux: FLUX.1 [dev]'s (a 12B transformer and T5-XXL: "
+                    "bf16 on a GPU with >= 48 GB)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -710,7 +809,8 @@ def main(argv=None) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         ap.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
-    plan = Plan(scale="quick" if a.quick else "sd14", device=device,
+    scale = {("sd", False): "sd14", ("sd", True): "quick", ("flux", False): "flux1", ("flux", True): "quick-flux"}
+    plan = Plan(scale=scale[a.arch, a.quick], arch=a.arch, device=device,
                 dtype=dtypes[a.dtype or ("bf16" if cuda else "fp32")],
                 latent=a.latent or (64 if cuda and not a.quick else 8),
                 batch=a.batch if a.batch is not None else (None if cuda and not a.quick else 1),

@@ -173,3 +173,31 @@ def test_the_tiny_clip_reads_the_digit_that_critic_rls_reward_scores():
     p, d, _ = read_digits("digits", 2.5)
     assert (p.argmax(-1) == d).float().mean() > 0.9
     assert p[d == 3, 3].mean() > 5 * p[d != 3, 3].mean()
+
+
+def test_flux1_component_configs_give_flux1_sizes():
+    """`bench sd_size --arch flux` times FLUX.1 [dev] at its published size: a 12B transformer, T5-XXL's 4.7B."""
+    counts = sd_size.param_counts(sd_size.build_components("flux1", latent=64, device="meta"))
+    for name, about in sd_size.FLUX_PARAMS_ABOUT.items():
+        assert abs(counts[name] - about) / about < 0.01, (name, counts[name])
+    assert counts["text_encoder"] == sd_size.SD_PARAMS["text_encoder"]  # CLIP ViT-L/14's text tower, as SD-1.4's
+
+
+def test_sd_size_quick_flux(capsys):
+    """The same bench on a Flux pipeline (the FLUX.1 families, scaled down): every method runs its real step."""
+    sd_size.main(["--quick", "--cpu", "--arch", "flux", "--no-knobs"])
+    rows = json_lines(capsys.readouterr().out, "sd_size")
+    assert {r["component"] for r in by_metric(rows, "component_params")} == {
+        "transformer", "vae", "text_encoder", "text_encoder_2"}
+    assert all(r["arch"] == "flux" and r["scale"] == "quick-flux" for r in rows)
+    for method in sd_size.METHODS:
+        step = by_metric(rows, "seconds_per_step", method=method)
+        assert len(step) == 1 and step[0]["value"] > 0, (method, step)
+        assert by_metric(rows, "step_flops", method=method)[0]["value"] > 0
+        full = by_metric(rows, "full_run_estimate_seconds", method=method)[0]
+        assert full["value"] > 0 and full.get("meets_target") is None  # SD's targets: not judged on Flux
+        own = f"flux-dev-vangogh-{method}.yaml"
+        assert step[0]["recipe"] == ("recipes/" + own if (sd_size.ROOT / "recipes" / own).exists()
+                                     else f"recipes/sd14-vangogh-{method}.yaml")
+    assert "sample.guidance=3.5" in by_metric(rows, "seconds_per_step", method="siss")[0]["overrides"]
+    assert by_metric(rows, "critic_pretrain_estimate_seconds")[0]["value"] > 0

@@ -51,6 +51,12 @@ def test_tiny_flux_takes_its_own_presets():
     ant = plain("ant", "digit 3", "tiny-flux")
     assert ant.defaults == "tiny-flux-digit-ant" and (ant.ant.early_share, ant.ant.retain_weight) == (0.1, 0.3)
     assert plain("esd", "digit 3", "tiny-flux").defaults == "tiny-digit-esd"  # none of its own: the tiny base's
+    for method in ("siss", "ppo-alpha"):  # the text stream: on the image stream some seeds kept threes
+        r = plain(method, "digit 3", "tiny-flux")
+        assert r.defaults == f"tiny-flux-digit-{method}" and list(r.lora.target_modules) == ["xattn"]
+        assert "xattn" not in plain(method, "digit 3").lora.target_modules
+    sa = plain("sa", "digit 3", "tiny-flux")  # a velocity loss against the tiny Fisher's penalty
+    assert sa.defaults == "tiny-flux-digit-sa" and sa.sa.ewc_lambda == 1e3 and sa.sa.surrogate == "noise"
 
 
 def test_tiny_canvas_takes_its_style_preset_where_one_is_shipped_else_the_digit_one():
