@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
 import tempfile
 import time
@@ -140,6 +141,11 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def free_memory_gib() -> float:
+    """The machine's free physical memory, GiB."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def peak_rss_mb() -> float:
@@ -798,7 +804,7 @@ def main(argv=None) -> None:
                     "latent 8, one timed step, knobs on (for tests; the figures mean nothing)")
     ap.add_argument("--arch", choices=("sd", "flux"), default="sd",
                     help="sd: SD-1.4's components (default); flux: FLUX.1 [dev]'s (a 12B transformer and T5-XXL: "
-                    "bf16 on a GPU with >= 48 GB)")
+                    "34 GB of bf16 weights before activations, on a GPU)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -810,8 +816,14 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
     scale = {("sd", False): "sd14", ("sd", True): "quick", ("flux", False): "flux1", ("flux", True): "quick-flux"}
-    plan = Plan(scale=scale[a.arch, a.quick], arch=a.arch, device=device,
-                dtype=dtypes[a.dtype or ("bf16" if cuda else "fp32")],
+    dtype = dtypes[a.dtype or ("bf16" if cuda else "fp32")]
+    if scale[a.arch, a.quick] == "flux1" and not cuda:
+        need = sum(param_counts(build_components("flux1", 8, device="meta")).values()) * dtype.itemsize / 2**30
+        free = free_memory_gib()
+        if need > free:
+            ap.error(f"FLUX.1 [dev]'s weights take {need:.0f} GiB in {str(dtype).replace('torch.', '')} and this "
+                     f"machine has {free:.0f} GiB free: run it on a GPU, or add --quick for the scaled-down form")
+    plan = Plan(scale=scale[a.arch, a.quick], arch=a.arch, device=device, dtype=dtype,
                 latent=a.latent or (64 if cuda and not a.quick else 8),
                 batch=a.batch if a.batch is not None else (None if cuda and not a.quick else 1),
                 timed_steps=a.steps or (3 if cuda and not a.quick else 1), methods=methods,

@@ -201,3 +201,12 @@ def test_sd_size_quick_flux(capsys):
                                      else f"recipes/sd14-vangogh-{method}.yaml")
     assert "sample.guidance=3.5" in by_metric(rows, "seconds_per_step", method="siss")[0]["overrides"]
     assert by_metric(rows, "critic_pretrain_estimate_seconds")[0]["value"] > 0
+
+
+def test_sd_size_flux_refuses_a_cpu_without_the_memory_for_it(monkeypatch, capsys):
+    monkeypatch.setattr(sd_size, "free_memory_gib", lambda: 4.0)
+    with pytest.raises(SystemExit) as e:
+        sd_size.main(["--arch", "flux", "--cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "63 GiB in float32" in err and "4 GiB free" in err and "--quick" in err
