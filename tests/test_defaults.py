@@ -55,7 +55,7 @@ def test_tiny_flux_takes_its_own_presets():
         r = plain(method, "digit 3", "tiny-flux")
         assert r.defaults == f"tiny-flux-digit-{method}" and list(r.lora.target_modules) == ["xattn"]
         assert "xattn" not in plain(method, "digit 3").lora.target_modules
-    sa = plain("sa", "digit 3", "tiny-flux")  # a velocity loss against the tiny Fisher's penalty
+    sa = plain("sa", "digit 3", "tiny-flux")  # at the tiny base's EWC weight (1e6) it erased nothing
     assert sa.defaults == "tiny-flux-digit-sa" and sa.sa.ewc_lambda == 1e3 and sa.sa.surrogate == "noise"
 
 
